@@ -1,0 +1,19 @@
+"""seqrl: reinforcement learning with sequence-model policies, on one data path."""
+
+from seqrl.data.store import Batch, ReplayStore
+from seqrl.errors import CheckpointError, DataError, PresetError, SeqrlError
+from seqrl.policies.base import TaskSpec
+from seqrl.policies.bc import BC
+from seqrl.policies.dt import DecisionTransformer
+from seqrl.presets import load_agent, load_env
+from seqrl.runners.evaluate import RandomPolicy, evaluate
+from seqrl.runners.offline import OfflineRunner
+from seqrl.tokenizer import TrajectoryTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BC", "Batch", "CheckpointError", "DataError", "DecisionTransformer", "OfflineRunner", "PresetError",
+    "RandomPolicy", "ReplayStore", "SeqrlError", "TaskSpec", "TrajectoryTokenizer", "evaluate", "load_agent",
+    "load_env",
+]

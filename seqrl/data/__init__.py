@@ -1,0 +1,3 @@
+from seqrl.data.store import Batch, ReplayStore
+
+__all__ = ["Batch", "ReplayStore"]

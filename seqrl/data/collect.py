@@ -1,0 +1,129 @@
+"""Roll out behaviour policies into Minari datasets.
+
+A behaviour policy is any function ``obs (n_envs, *obs_shape) -> actions (n_envs, *act_shape)``
+(random, a scripted controller, a stable-baselines3 model, a seqrl policy). `rollout` runs it in a
+Gymnasium vector env and keeps whole episodes; `collect` builds the datasets of an env preset:
+
+- scripted source (the quickstart's Pendulum): random, medium (the controller with a random action
+  with probability `medium_epsilon`), expert (the controller), mixed = random + medium + expert.
+- sb3 source (MuJoCo, D4RL recipe): see `seqrl.data.sb3` (SB3 training with resumable checkpoints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from seqrl.data.minari_io import dataset_exists, dataset_path, write_dataset
+from seqrl.errors import PresetError
+from seqrl.presets import EnvPreset
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+
+
+def rollout(policy: PolicyFn, env_id: str, n_steps: int, n_envs: int, seed: int, desc: str = "rollout",
+            max_episode_steps: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Run `policy` until at least `n_steps` transitions of finished episodes are gathered.
+
+    Returns episodes as dicts with obs (T+1 rows: the final observation included), act, rew, term, trunc.
+    """
+    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    envs = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kwargs)
+    obs, _ = envs.reset(seed=seed)
+    open_eps: list[dict[str, list]] = [{"obs": [o], "act": [], "rew": [], "term": [], "trunc": []} for o in obs]
+    done_eps: list[dict[str, np.ndarray]] = []
+    total = 0
+    with tqdm(total=n_steps, desc=desc, unit="step", leave=False) as bar:
+        while total < n_steps:
+            act = policy(obs)
+            nxt, rew, term, trunc, info = envs.step(act)
+            for i, ep in enumerate(open_eps):
+                ep["act"].append(act[i])
+                ep["rew"].append(rew[i])
+                ep["term"].append(term[i])
+                ep["trunc"].append(trunc[i])
+                if term[i] or trunc[i]:
+                    ep["obs"].append(info["final_obs"][i])
+                    done_eps.append({k: np.asarray(v) for k, v in ep.items()})
+                    total += len(ep["rew"])
+                    bar.update(len(ep["rew"]))
+                    open_eps[i] = {"obs": [nxt[i]], "act": [], "rew": [], "term": [], "trunc": []}
+                else:
+                    ep["obs"].append(nxt[i])
+            obs = nxt
+    envs.close()
+    return done_eps
+
+
+# ------------------------------------------------------------------------------ scripted Pendulum
+def pendulum_controller(epsilon: float, seed: int) -> PolicyFn:
+    """Energy-shaping swing-up with a PD catch near the top, for Pendulum-v1.
+
+    Pendulum-v1 integrates th'' = 3g/(2l) sin th + 3/(m l^2) u = 15 sin th + 3u (th = 0 upright), so
+    E = th'^2/2 + 15 cos th has dE/dt = 3 u th' and equals 15 upright at rest. Far from the top the
+    controller pumps energy towards 15; within ~30 degrees of the top it holds th = 0 with PD gains
+    (kp=10 > 5 overcomes gravity, kd=2 damps). With probability `epsilon` an action is uniform in [-2, 2].
+    """
+    rng = np.random.default_rng(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        c, s, w = obs[:, 0], obs[:, 1], obs[:, 2]
+        energy = 0.5 * w**2 + 15.0 * c
+        swing = 0.2 * (15.0 - energy) * w
+        catch = -(10.0 * np.arctan2(s, c) + 2.0 * w)
+        u = np.clip(np.where(c > 0.85, catch, swing), -2.0, 2.0)
+        u = np.where(rng.random(u.shape) < epsilon, rng.uniform(-2.0, 2.0, u.shape), u)
+        return u[:, None].astype(np.float32)
+
+    return act
+
+
+SCRIPTED = {"Pendulum-v1": pendulum_controller}
+
+
+def _scripted_episodes(env: EnvPreset, quality: str, seed: int) -> list[dict[str, np.ndarray]]:
+    if env.env_id not in SCRIPTED:
+        raise PresetError(f"env {env.name!r}: no scripted controller for {env.env_id}; known: {list(SCRIPTED)}")
+    eps = {"random": 1.0, "medium": env.collect.medium_epsilon, "expert": 0.0}[quality]
+    policy = SCRIPTED[env.env_id](eps, seed)
+    return rollout(policy, env.env_id, env.collect.n_steps, env.collect.n_envs, seed, desc=f"{env.name}/{quality}",
+                   max_episode_steps=env.max_episode_steps)
+
+
+def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "runs/collect") -> Path:
+    """Build dataset `env.dataset_id(quality)` (and the ones it is made of) unless it already exists."""
+    dataset_id = env.dataset_id(quality)
+    if dataset_exists(dataset_id):
+        return dataset_path(dataset_id)
+    composite = {"mixed": ("random", "medium", "expert"), "medium-expert": ("medium", "expert")}
+    if quality in composite:
+        parts = [env.dataset_id(q) for q in composite[quality]]
+        for q in composite[quality]:
+            collect(env, q, seed, workdir)
+        episodes = [ep for pid in parts for ep in _read_episodes(pid)]
+        description = f"{' + '.join(parts)}, concatenated"
+        algo = "concatenation"
+    elif env.collect.source == "scripted":
+        episodes = _scripted_episodes(env, quality, seed)
+        description = f"{quality} data: scripted controller, epsilon-random actions ({env.env_id})"
+        algo = "scripted"
+    else:
+        from seqrl.data.sb3 import sb3_episodes
+
+        episodes = sb3_episodes(env, quality, seed, Path(workdir) / env.name)
+        description = f"{quality} data from stable-baselines3 {env.collect.algo} ({env.env_id}), D4RL recipe"
+        algo = f"sb3-{env.collect.algo}"
+    return write_dataset(dataset_id, episodes, env.env_id, env.ref_min_score, env.ref_max_score, algo, description)
+
+
+def _read_episodes(dataset_id: str) -> list[dict[str, np.ndarray]]:
+    import minari
+
+    ds = minari.load_dataset(dataset_id)
+    return [{"obs": e["observations"], "act": e["actions"], "rew": e["rewards"], "term": e["terminations"],
+             "trunc": e["truncations"]} for e in ds.storage.get_episodes(ds.episode_indices)]

@@ -1,0 +1,174 @@
+"""Minari <-> ReplayStore: load any local Minari dataset, write new ones atomically.
+
+Dataset ids follow Minari's naming, ``namespace/env/name-vN`` (ours: ``seqrl/hopper/medium-v0``).
+Reference scores live in the dataset's metadata (`ref_min_score`, `ref_max_score`), so that
+`minari.get_normalized_score` gives D4RL-comparable numbers; the store carries them in `meta` and
+every checkpoint carries the store's `meta`, so evaluation needs nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from seqrl.data.store import ReplayStore, same_space
+from seqrl.errors import DataError
+
+
+def datasets_root() -> Path:
+    """Minari's local datasets folder: $MINARI_DATASETS_PATH or ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+
+
+def dataset_path(dataset_id: str) -> Path:
+    return datasets_root() / dataset_id
+
+
+def dataset_exists(dataset_id: str) -> bool:
+    return (dataset_path(dataset_id) / "data").is_dir()
+
+
+def _missing_message(dataset_id: str) -> str:
+    from seqrl.presets import find_env_for_dataset
+
+    msg = f"dataset {dataset_id!r} is not in {datasets_root()} (set MINARI_DATASETS_PATH to look elsewhere)."
+    env = find_env_for_dataset(dataset_id)
+    if env is not None:
+        quality = dataset_id[len(env.dataset_prefix) + 1 :].rsplit("-v", 1)[0]
+        msg += f" Create it here with: seqrl collect --env {env.name} --quality {quality}"
+    else:
+        msg += f" With network access: minari download {dataset_id}"
+    return msg
+
+
+def load_store(dataset_id: str) -> ReplayStore:
+    """Read a local Minari dataset into a ReplayStore (one concatenation per column, no per-step loop)."""
+    import minari
+
+    if not dataset_exists(dataset_id):
+        raise DataError(_missing_message(dataset_id))
+    try:
+        ds = minari.load_dataset(dataset_id)
+        metadata = dict(ds.storage.metadata)
+        episodes = list(ds.storage.get_episodes(ds.episode_indices))
+    except DataError:
+        raise
+    except Exception as e:  # h5py raises OSError on truncated files, json/KeyError on broken metadata
+        raise DataError(f"dataset {dataset_id!r} at {dataset_path(dataset_id)} is corrupt or truncated "
+                        f"({type(e).__name__}: {e})") from e
+    env_spec = metadata.get("env_spec")
+    env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) else None
+    meta = {
+        "dataset_id": dataset_id,
+        "env_id": env_id,
+        "ref_min_score": metadata.get("ref_min_score"),
+        "ref_max_score": metadata.get("ref_max_score"),
+    }
+    cols = ({"obs": e["observations"], "act": e["actions"], "rew": e["rewards"], "term": e["terminations"],
+             "trunc": e["truncations"]} for e in episodes)
+    return ReplayStore.from_episodes(cols, ds.observation_space, ds.action_space, meta)
+
+
+def check_env_matches(store: ReplayStore, env_or_id: gym.Env | str) -> None:
+    """Raise DataError when the store's spaces differ from the environment's."""
+    env = gym.make(env_or_id) if isinstance(env_or_id, str) else env_or_id
+    try:
+        where = store.meta.get("dataset_id", "store")
+        if not same_space(store.observation_space, env.observation_space):
+            raise DataError(f"{where}: observation space {store.observation_space} does not match "
+                            f"{env.spec.id if env.spec else 'the env'}'s {env.observation_space}")
+        if not same_space(store.action_space, env.action_space):
+            raise DataError(f"{where}: action space {store.action_space} does not match "
+                            f"{env.spec.id if env.spec else 'the env'}'s {env.action_space}")
+    finally:
+        if isinstance(env_or_id, str):
+            env.close()
+
+
+@contextlib.contextmanager
+def _minari_root(root: Path) -> Iterator[None]:
+    """Point Minari at another datasets root for the duration (it reads the variable on every call)."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def write_dataset(
+    dataset_id: str,
+    episodes: Sequence[Mapping[str, np.ndarray]],
+    env_id: str,
+    ref_min_score: float,
+    ref_max_score: float,
+    algorithm_name: str,
+    description: str,
+) -> Path:
+    """Write episodes (obs with T+1 rows, act, rew, term, trunc) as a Minari HDF5 dataset, atomically.
+
+    The dataset is first created under a temporary root beside the real one and moved into place only
+    once complete, so an interrupted write never leaves a half-made dataset holding the id.
+    """
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    if not episodes:
+        raise DataError(f"{dataset_id}: no episodes to write")
+    final = dataset_path(dataset_id)
+    if final.exists():
+        raise DataError(f"dataset {dataset_id!r} already exists at {final}")
+    buffers = []
+    for i, e in enumerate(episodes):
+        T = len(e["rew"])
+        if T == 0 or len(e["obs"]) != T + 1:
+            raise DataError(f"{dataset_id}: episode {i} needs T+1 observations for T>0 steps, got "
+                            f"{len(e['obs'])} for {T}")
+        for k in ("obs", "act", "rew"):
+            if not np.isfinite(np.asarray(e[k], np.float64)).all():
+                raise DataError(f"{dataset_id}: episode {i}: {k} holds NaN or inf")
+        buffers.append(EpisodeBuffer(id=i, observations=np.asarray(e["obs"]), actions=np.asarray(e["act"]),
+                                     rewards=np.asarray(e["rew"], np.float64),
+                                     terminations=np.asarray(e["term"], bool), truncations=np.asarray(e["trunc"], bool)))
+    root = datasets_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=".seqrl-tmp-", dir=root))
+    try:
+        with _minari_root(tmp_root):
+            minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=env_id, algorithm_name=algorithm_name, author="seqrl",
+                author_email="seqrl@localhost", code_permalink="https://github.com/seqrl/seqrl",
+                ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score),
+                description=description, data_format="hdf5",
+            )
+        # namespace metadata files (seqrl/, seqrl/hopper/) first, then the dataset folder in one rename
+        for meta in tmp_root.rglob("namespace_metadata.json"):
+            target = root / meta.relative_to(tmp_root)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(meta, target)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_root / dataset_id, final)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return final
+
+
+def delete_dataset(dataset_id: str) -> None:
+    shutil.rmtree(dataset_path(dataset_id), ignore_errors=True)
+
+
+def store_meta_scores(meta: Mapping[str, Any]) -> tuple[float, float] | None:
+    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
+    return None if lo is None or hi is None else (float(lo), float(hi))

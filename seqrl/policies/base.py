@@ -1,0 +1,59 @@
+"""TaskSpec: what a policy needs to know about its task, saved in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seqrl.data.store import ReplayStore, space_from_dict, space_to_dict
+from seqrl.presets import EnvPreset
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    observation_space: gym.Space
+    action_space: gym.Space
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    env: EnvPreset  # env id, reward scale, episode length, target returns, reference scores
+    meta: dict[str, Any] = field(default_factory=dict)  # the store's metadata (dataset id, ...)
+
+    @classmethod
+    def from_store(cls, store: ReplayStore, env: EnvPreset) -> "TaskSpec":
+        mean, std = store.obs_stats()
+        return cls(store.observation_space, store.action_space, mean, std, env, dict(store.meta))
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"observation_space": space_to_dict(self.observation_space),
+                "action_space": space_to_dict(self.action_space),
+                "obs_mean": self.obs_mean.tolist(), "obs_std": self.obs_std.tolist(),
+                "env": dataclasses.asdict(self.env), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
+        from seqrl.presets import build
+
+        return cls(space_from_dict(d["observation_space"]), space_from_dict(d["action_space"]),
+                   np.asarray(d["obs_mean"], np.float32), np.asarray(d["obs_std"], np.float32),
+                   build(EnvPreset, d["env"]), dict(d["meta"]))
+
+
+def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, discrete: bool) -> dict[str, torch.Tensor]:
+    """Masked action loss shared by DT, DM and BC: MSE (Box) or cross-entropy (Discrete).
+
+    pred (B, K, A) actions or logits; target (B, K, A) or (B, K) int; mask (B, K) bool."""
+    m = mask.float()
+    if discrete:
+        ce = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")  # (B*K,)
+        loss = (ce * m.flatten()).sum() / m.sum()
+        acc = ((pred.argmax(-1) == target).float() * m).sum() / m.sum()
+        return {"loss_action": loss, "action_accuracy": acc.detach()}
+    se = ((pred - target) ** 2).mean(-1)  # (B, K)
+    return {"loss_action": (se * m).sum() / m.sum()}

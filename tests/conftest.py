@@ -1,0 +1,30 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # CI has 2 cores; keep one free for the env and data work
+
+
+def make_episodes(lengths, obs_dim=3, act_dim=1, seed=0, final_obs=True):
+    rng = np.random.default_rng(seed)
+    eps = []
+    for T in lengths:
+        term = np.zeros(T, bool)
+        term[-1] = True
+        eps.append({"obs": rng.standard_normal((T + int(final_obs), obs_dim)).astype(np.float32),
+                    "act": rng.uniform(-1, 1, (T, act_dim)).astype(np.float32),
+                    "rew": rng.standard_normal(T), "term": term, "trunc": np.zeros(T, bool)})
+    return eps
+
+
+@pytest.fixture
+def spaces():
+    return (gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Box(-1, 1, (1,), np.float32))
+
+
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root

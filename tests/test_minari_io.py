@@ -1,0 +1,83 @@
+import minari
+import numpy as np
+import pytest
+
+from conftest import make_episodes
+from seqrl.data import minari_io
+from seqrl.data.minari_io import check_env_matches, dataset_exists, load_store, write_dataset
+from seqrl.data.store import ReplayStore
+from seqrl.errors import DataError
+
+
+def pendulum_episodes(lengths, seed=0):
+    return make_episodes(lengths, obs_dim=3, act_dim=1, seed=seed)
+
+
+def test_write_then_load(minari_root):
+    eps = pendulum_episodes([5, 9, 3])
+    write_dataset("seqrl/pendulum/test-v0", eps, "Pendulum-v1", -1000.0, -100.0, "test", "unit test")
+    store = ReplayStore.from_minari("seqrl/pendulum/test-v0")
+    assert store.num_episodes == 3 and len(store) == 17
+    np.testing.assert_allclose(store.column("obs")[5:14], eps[1]["obs"][:9])
+    assert store.meta == {"dataset_id": "seqrl/pendulum/test-v0", "env_id": "Pendulum-v1",
+                          "ref_min_score": -1000.0, "ref_max_score": -100.0}
+    # our normalised score is Minari's (x100)
+    ds = minari.load_dataset("seqrl/pendulum/test-v0")
+    returns = np.array([-550.0, -100.0])
+    from seqrl.presets import load_env
+
+    env = load_env("pendulum", {"ref_min_score": -1000.0, "ref_max_score": -100.0})
+    np.testing.assert_allclose(env.normalized_score(returns), 100 * minari.get_normalized_score(ds, returns))
+    with pytest.raises(DataError, match="already exists"):
+        write_dataset("seqrl/pendulum/test-v0", eps, "Pendulum-v1", 0.0, 1.0, "test", "again")
+
+
+def test_missing_dataset_says_how_to_make_it(minari_root):
+    with pytest.raises(DataError, match="seqrl collect --env hopper --quality medium"):
+        load_store("seqrl/hopper/medium-v0")
+    with pytest.raises(DataError, match="minari download D4RL/door/human-v2"):
+        load_store("D4RL/door/human-v2")
+
+
+def test_truncated_dataset_file(minari_root):
+    write_dataset("seqrl/pendulum/trunc-v0", pendulum_episodes([50] * 4), "Pendulum-v1", 0.0, 1.0, "t", "t")
+    f = minari_root / "seqrl/pendulum/trunc-v0/data/main_data.hdf5"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        load_store("seqrl/pendulum/trunc-v0")
+
+
+def test_spaces_must_match_the_env(minari_root):
+    write_dataset("seqrl/pendulum/sp-v0", pendulum_episodes([4]), "Pendulum-v1", 0.0, 1.0, "t", "t")
+    store = load_store("seqrl/pendulum/sp-v0")
+    check_env_matches(store, "Pendulum-v1")
+    with pytest.raises(DataError, match="observation space .* does not match CartPole-v1"):
+        check_env_matches(store, "CartPole-v1")
+
+
+def test_bad_episodes_are_refused_and_leave_no_dataset(minari_root):
+    eps = pendulum_episodes([4, 4])
+    eps[1]["rew"][0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        write_dataset("seqrl/pendulum/nan-v0", eps, "Pendulum-v1", 0.0, 1.0, "t", "t")
+    assert not dataset_exists("seqrl/pendulum/nan-v0")
+    with pytest.raises(DataError, match="no episodes"):
+        write_dataset("seqrl/pendulum/none-v0", [], "Pendulum-v1", 0.0, 1.0, "t", "t")
+
+
+def test_crash_during_write_keeps_the_id_free(minari_root, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. Ctrl-C half way through Minari's write
+
+    with monkeypatch.context() as m:
+        m.setattr(minari, "create_dataset_from_buffers", boom)
+        with pytest.raises(KeyboardInterrupt):
+            write_dataset("seqrl/pendulum/crash-v0", pendulum_episodes([4]), "Pendulum-v1", 0.0, 1.0, "t", "t")
+    assert not dataset_exists("seqrl/pendulum/crash-v0")
+    assert not [p for p in minari_root.iterdir() if p.name.startswith(".seqrl-tmp")]
+    write_dataset("seqrl/pendulum/crash-v0", pendulum_episodes([4]), "Pendulum-v1", 0.0, 1.0, "t", "t")
+    assert len(load_store("seqrl/pendulum/crash-v0")) == 4
+
+
+def test_datasets_root_follows_the_variable(minari_root):
+    assert minari_io.datasets_root() == minari_root

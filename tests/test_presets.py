@@ -1,0 +1,57 @@
+import pytest
+
+from seqrl.errors import PresetError
+from seqrl.presets import load_agent, load_env, parse_overrides
+
+
+def test_presets_load_with_paper_defaults():
+    dt = load_agent("dt")
+    assert dt.agent == "dt" and dt.policy.context_len == 20 and dt.runner.lr == 1e-4 and dt.runner.grad_clip == 0.25
+    assert load_agent("bc").policy.hidden_dim == 256
+    hopper = load_env("hopper")
+    assert hopper.env_id == "Hopper-v5" and hopper.ref_max_score == 3234.3
+    assert hopper.dataset_id("medium") == "seqrl/hopper/medium-v0"
+    for name in ("halfcheetah", "walker2d", "pendulum"):
+        load_env(name)
+
+
+def test_overrides():
+    o = parse_overrides(["runner.steps=10", "policy.dropout=0.0", "runner.device=cuda", "runner.betas=[0.8, 0.9]"])
+    p = load_agent("dt", o)
+    assert p.runner.steps == 10 and p.policy.dropout == 0.0 and p.runner.device == "cuda"
+    assert p.runner.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("runner.stepz=10", "unknown key 'runner.stepz'"),
+    ("policy.embed_dim=1.5", "policy.embed_dim: expected an integer"),
+    ("policy.activation=tanh", "policy.activation: 'tanh' is not one of"),
+    ("policy.n_heads=3", "not divisible"),
+    ("runner.amp=yes", "runner.amp: expected true or false"),
+    ("mystery=1", "unknown key 'mystery'"),
+    ("runner.steps", "not of the form key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(PresetError, match=message):
+        load_agent("dt", parse_overrides([override]))
+
+
+def test_unknown_presets():
+    with pytest.raises(PresetError, match="unknown agent preset 'dtt'.*'dt'"):
+        load_agent("dtt")
+    with pytest.raises(PresetError, match="unknown env preset 'hoper'"):
+        load_env("hoper")
+    with pytest.raises(PresetError, match="unknown quality 'great'"):
+        load_env("hopper").dataset_id("great")
+    with pytest.raises(PresetError, match="unknown key 'collect.algoo'"):
+        load_env("hopper", {"collect": {"algoo": "SAC"}})
+
+
+def test_unknown_agent_in_a_file(tmp_path):
+    f = tmp_path / "x.toml"
+    f.write_text('agent = "ppo9"\n')
+    with pytest.raises(PresetError, match="unknown agent 'ppo9'"):
+        load_agent(f)
+    f.write_text('agent = "dt"\n[policy\n')
+    with pytest.raises(PresetError, match="not valid TOML"):
+        load_agent(f)

@@ -1,0 +1,163 @@
+"""seqrl.data.sb3: D4RL recipe on a tiny SB3 budget (InvertedPendulum-v5, SAC, 300 env steps)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC
+
+from seqrl.data.sb3 import medium_step, replay_episodes, sb3_episodes, train
+from seqrl.errors import DataError, PresetError
+from seqrl.presets import load_env
+
+TRAIN, EVERY, N_STEPS = 300, 100, 120
+
+
+def tiny_env(**collect):
+    env = load_env("hopper")
+    c = dict(algo="SAC", train_steps=TRAIN, checkpoint_every=EVERY, n_steps=N_STEPS, n_envs=2,
+             checkpoint_eval_episodes=1)
+    c.update(collect)
+    return dataclasses.replace(env, name="ip-test", env_id="InvertedPendulum-v5", dataset_prefix="seqrl/ip-test",
+                               max_episode_steps=50, collect=dataclasses.replace(env.collect, **c))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets train far faster on one thread; several threads on a busy 2-core box crawl."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(workdir as collect.collect passes it, the run folder) after one full training."""
+    base = tmp_path_factory.mktemp("collect")
+    return base, train(tiny_env(), 0, base / "ip-test")
+
+
+def files(run: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+
+
+def check_episodes(eps, min_steps):
+    assert eps and sum(len(e["rew"]) for e in eps) >= min_steps
+    for e in eps:
+        T = len(e["rew"])
+        assert T > 0 and e["obs"].shape == (T + 1, 4) and e["act"].shape == (T, 1) and e["act"].dtype == np.float32
+        assert e["rew"].shape == e["term"].shape == e["trunc"].shape == (T,)
+        assert e["term"].dtype == e["trunc"].dtype == bool
+        assert e["term"][-1] or e["trunc"][-1]  # whole episodes only
+        assert not (e["term"][:-1] | e["trunc"][:-1]).any()
+        assert np.isfinite(e["obs"]).all() and (np.abs(e["act"]) <= 3.0).all()  # InvertedPendulum: [-3, 3]
+
+
+@pytest.mark.parametrize("quality", ["random", "expert", "medium"])
+def test_rollout_qualities(trained, quality):
+    base, run = trained
+    before = files(run)
+    check_episodes(sb3_episodes(tiny_env(), quality, 0, base / "ip-test"), N_STEPS)
+    assert all(files(run)[name] == t for name, t in before.items())  # no retraining
+
+
+def test_medium_is_closest_to_a_third_of_final(trained):
+    base, run = trained
+    sb3_episodes(tiny_env(), "medium", 0, base / "ip-test")
+    evals = {int(s): r for s, r in json.loads((run / "evals.json").read_text()).items()}
+    assert sorted(evals) == [100, 200, 300]
+    target = tiny_env().collect.medium_fraction * evals[300]
+    assert min(evals, key=lambda s: (abs(evals[s] - target), s)) == medium_step(tiny_env(), 0, run)
+
+
+def test_medium_replay_stops_at_medium_checkpoint(trained):
+    base, run = trained
+    eps = sb3_episodes(tiny_env(), "medium-replay", 0, base / "ip-test")
+    check_episodes(eps, 1)
+    m = medium_step(tiny_env(), 0, run)
+    assert sum(len(e["rew"]) for e in eps) <= m
+    allowed, later = set(), set()
+    for p in run.glob("chunk_*.npz"):
+        with np.load(p) as z:
+            for obs, step in zip(z["obs"], z["step"]):
+                (allowed if step <= m else later).add(obs.tobytes())
+    assert all(o.tobytes() in allowed for e in eps for o in e["obs"][:-1])
+    if m < TRAIN:  # the full replay has more episodes than the medium one
+        assert len(replay_episodes(run, TRAIN)) > len(eps)
+
+
+def test_resume_continues_from_newest_checkpoint(tmp_path):
+    run = train(tiny_env(train_steps=200), 0, tmp_path)  # "interrupted" after step 200
+    before = files(run)
+    assert sorted(before) == ["chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip", "replay_200.pkl"]
+    assert train(tiny_env(), 0, tmp_path) == run
+    after = files(run)
+    assert {n: after[n] for n in ("chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip")} == \
+           {n: before[n] for n in ("chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip")}
+    assert "replay_200.pkl" not in after and "replay_300.pkl" in after  # newest checkpoint only
+    assert SAC.load(run / "model_300.zip").num_timesteps == 300
+    with np.load(run / "chunk_300.npz") as z:  # only the last 100 steps were collected again
+        assert len(z["step"]) == 100 and z["step"].min() == 201 and z["step"].max() == 300
+    train(tiny_env(), 0, tmp_path)  # finished: nothing to do
+    assert files(run) == after
+
+
+def test_corrupt_newest_checkpoint_is_skipped(trained, tmp_path):
+    _, full = trained
+    run = tmp_path / full.relative_to(full.parents[1])
+    shutil.copytree(full, run)
+    (run / "evals.json").unlink(missing_ok=True)
+    data = (run / "model_300.zip").read_bytes()
+    (run / "model_300.zip").write_bytes(data[: len(data) // 2])  # a truncated zip
+    old = files(run)
+    with pytest.warns(UserWarning) as caught:
+        assert train(tiny_env(), 0, tmp_path) == run
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "model_300.zip: corrupt checkpoint" in messages and "refilling it from the recorded chunks" in messages
+    new = files(run)
+    assert all(new[n] == old[n] for n in ("model_100.zip", "model_200.zip", "chunk_100.npz", "chunk_200.npz"))
+    assert new["model_300.zip"] != old["model_300.zip"] and new["chunk_300.npz"] != old["chunk_300.npz"]
+    assert SAC.load(run / "model_300.zip").num_timesteps == 300
+    buffer = SAC.load(run / "model_300.zip")
+    buffer.load_replay_buffer(run / "replay_300.pkl")  # 200 refilled from the chunks + 100 new
+    assert buffer.replay_buffer.pos == 300
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(DataError, match="medium-expert"):
+        sb3_episodes(tiny_env(), "medium-expert", 0, tmp_path)
+    with pytest.raises(PresetError, match="DQN"):
+        sb3_episodes(tiny_env(algo="DQN"), "expert", 0, tmp_path)
+    with pytest.raises(PresetError, match="checkpoint_every"):
+        train(tiny_env(checkpoint_every=0), 0, tmp_path)
+    with pytest.raises(PresetError, match="NoSuchEnv"):
+        sb3_episodes(dataclasses.replace(tiny_env(), env_id="NoSuchEnv-v0"), "random", 0, tmp_path)
+
+
+def test_collect_medium_end_to_end(trained, tmp_path, monkeypatch):
+    from seqrl.data.collect import collect
+    from seqrl.data.minari_io import load_store
+    from seqrl.data.store import same_space
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    env = tiny_env()
+    base, _ = trained
+    path = collect(env, "medium", seed=0, workdir=base)  # reuses the trained run under base/ip-test
+    assert path == tmp_path / "minari" / "seqrl/ip-test/medium-v0"
+    store = load_store(env.dataset_id("medium"))
+    probe = gym.make(env.env_id)
+    assert same_space(store.observation_space, probe.observation_space)
+    assert same_space(store.action_space, probe.action_space)
+    probe.close()
+    assert len(store) >= N_STEPS
+    assert store.meta["ref_min_score"] == pytest.approx(env.ref_min_score)
+    assert store.meta["ref_max_score"] == pytest.approx(env.ref_max_score)
+    assert store.meta["env_id"] == "InvertedPendulum-v5"
