@@ -58,6 +58,9 @@ class RunnerConfig:
     """bf16 autocast on CUDA (ignored on CPU)"""
     compile: bool = False
     """torch.compile the policy's loss on CUDA"""
+    cuda_graph: bool = True
+    """on one CUDA device, capture a whole update (window sampling, forward, backward, clipping, AdamW) as
+    one CUDA graph and replay it: small models are otherwise bound by kernel-launch overhead"""
     store_on_device: bool = True
     """copy the replay store to the training device so sampling never crosses PCIe"""
 

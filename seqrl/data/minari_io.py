@@ -147,7 +147,7 @@ def write_dataset(
     try:
         with _minari_root(tmp_root):
             minari.create_dataset_from_buffers(
-                dataset_id, buffers, env=env_id, algorithm_name=algorithm_name, author="seqrl",
+                dataset_id, buffers, env=env_id, eval_env=env_id, algorithm_name=algorithm_name, author="seqrl",
                 author_email="seqrl@localhost", code_permalink="https://github.com/seqrl/seqrl",
                 ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score),
                 description=description, data_format="hdf5",

@@ -19,6 +19,7 @@ boolean mask for the cache, the window and the resets.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +27,20 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def gpt2_init(m: nn.Module, n_layers: int) -> None:
+    """GPT-2 init (Radford et al. 2019), as CORL's DT applies it to the whole model: linear and
+    embedding weights N(0, 0.02), biases 0; projections into the residual stream (marked
+    `residual_out`) N(0, 0.02 / sqrt(2 n_layers)). Embeddings matter: PyTorch's default N(0, 1) would
+    let a timestep embedding drown the observation it is added to."""
+    if isinstance(m, nn.Linear):
+        std = 0.02 / math.sqrt(2 * n_layers) if getattr(m, "residual_out", False) else 0.02
+        nn.init.normal_(m.weight, 0.0, std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, 0.0, 0.02)
 
 
 @dataclass
@@ -87,14 +102,7 @@ class CausalTransformer(nn.Module):
         self.d_model, self.n_layers, self.n_heads, self.window = d_model, n_layers, n_heads, window
         self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, activation) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, m: nn.Module) -> None:
-        # GPT-2 init: N(0, 0.02); projections into the residual stream scaled by 1/sqrt(2 L) (Radford et al. 2019)
-        if isinstance(m, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.n_layers) if getattr(m, "residual_out", False) else 0.02
-            nn.init.normal_(m.weight, 0.0, std)
-            nn.init.zeros_(m.bias)
+        self.apply(functools.partial(gpt2_init, n_layers=n_layers))
 
     # ------------------------------------------------------------------------------------ state
     def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> KVState:

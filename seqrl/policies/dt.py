@@ -18,6 +18,7 @@ in both, since a window never exceeds the attention span.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from seqrl.data.store import Batch
-from seqrl.nn.transformer import CausalTransformer, KVState
+from seqrl.nn.transformer import CausalTransformer, KVState, gpt2_init
 from seqrl.policies.base import TaskSpec, action_loss
 from seqrl.tokenizer import TrajectoryTokenizer
 
@@ -86,6 +87,7 @@ class DecisionTransformer(nn.Module):
             low, high = spec.action_space.low, spec.action_space.high
             self.register_buffer("act_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
             self.register_buffer("act_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
+        self.apply(functools.partial(gpt2_init, n_layers=config.n_layers))  # tokenizer, backbone and head
 
     # --------------------------------------------------------------------------------- training
     def predict(self, batch: Batch) -> torch.Tensor:

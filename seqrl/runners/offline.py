@@ -6,6 +6,11 @@ any one policy: it samples `policy.window`-step windows from the store, sums the
 
 DDP: launched under `torchrun` (WORLD_SIZE > 1) each rank draws its own `batch_size / world_size`
 windows and DDP averages the gradients, so the update equals one process on the global batch.
+
+CUDA graphs (`runner.cuda_graph`, one CUDA device, store on the device): the first update runs three
+eager warm-up steps, then captures sampling + loss + backward + clipping + AdamW as one graph; every
+later update is one replay. The learning rate lives in a device tensor that the graph reads, and
+windows are drawn from the default CUDA generator (graph-safe) instead of the runner's own.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,8 @@ from seqrl.data.minari_io import store_meta_scores
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.presets import AgentPreset, RunnerConfig
 from seqrl.runners.evaluate import evaluate
+
+log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -78,9 +86,14 @@ class OfflineRunner:
             store.to(device)
         self.gen = torch.Generator(device=device if cfg.store_on_device else "cpu")
         self.gen.manual_seed(cfg.seed * 1_000_003 + self.rank)
-        self.opt = torch.optim.AdamW(param_groups(self.policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-        warm = max(cfg.warmup_steps, 1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
+        self.use_graph = (cfg.cuda_graph and device.type == "cuda" and self.world == 1 and cfg.store_on_device)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        cuda = device.type == "cuda"
+        # fused AdamW on CUDA: one kernel for all parameters; capturable, with the learning rate in a
+        # device tensor, so that a CUDA graph can replay the step and still follow the schedule
+        lr = torch.tensor(cfg.lr, device=device) if self.use_graph else cfg.lr
+        self.opt = torch.optim.AdamW(param_groups(self.policy, cfg.weight_decay), lr=lr, betas=cfg.betas,
+                                     fused=cuda or None, capturable=self.use_graph)
         self.amp = cfg.amp and device.type == "cuda"
         self.loss_fn = self.policy.loss
         if self.world > 1:  # DDP averages the gradients of what runs through its forward()
@@ -97,39 +110,83 @@ class OfflineRunner:
             from torch.utils.tensorboard import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(preset.to_dict(), indent=2))
+            run = {"device": str(device), "world_size": self.world, "cuda_graph": self.use_graph, "amp": self.amp}
+            (self.run_dir / "config.json").write_text(json.dumps(preset.to_dict() | {"run": run}, indent=2))
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
 
     # ------------------------------------------------------------------------------- one update
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimiser step on this rank's share of the batch; returns the logged scalars."""
-        self.policy.train()
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to `lr` over `warmup_steps`, then constant (Chen et al. 2021)."""
+        return self.cfg.lr * min(1.0, (step + 1) / max(self.cfg.warmup_steps, 1))
+
+    def _set_lr(self) -> None:
+        for group in self.opt.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(self.lr_at(self.step))
+            else:
+                group["lr"] = self.lr_at(self.step)
+
+    def _loss_and_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             terms = self.loss_fn(batch)
         loss = total_loss(terms)
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = (nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
-                     if self.cfg.grad_clip > 0 else torch.tensor(0.0))
+        grad_norm = (nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip, foreach=True)
+                     if self.cfg.grad_clip > 0 else torch.zeros((), device=loss.device))
         self.opt.step()
-        self.sched.step()
-        self.step += 1
         out = {k: v.detach() for k, v in terms.items()}
         out["loss"] = loss.detach()
         out["grad_norm"] = grad_norm.detach()
         return out
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One eager optimiser step on this rank's share of the batch; returns the logged scalars."""
+        self.policy.train()
+        self._set_lr()
+        self.opt.zero_grad(set_to_none=True)
+        out = self._loss_and_update(batch)
+        self.step += 1
+        return out
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """Sample this rank's windows and take one step: a graph replay when CUDA graphs are on."""
+        batch_size = self.cfg.batch_size // self.world
+        if not self.use_graph:
+            return self.train_step(self.store.sample_windows(batch_size, self.policy.window, self.gen).to(self.device))
+        if self._graph is None:
+            self._capture(batch_size)
+        self._set_lr()
+        self._graph.replay()
+        self.step += 1
+        return self._graph_out
+
+    def _capture(self, batch_size: int) -> None:
+        self.policy.train()
+        body = lambda: self._loss_and_update(self.store.sample_windows(batch_size, self.policy.window))  # noqa: E731
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires: 3 real updates
+            for _ in range(3):
+                self._set_lr()
+                self.opt.zero_grad(set_to_none=True)
+                body()
+                self.step += 1
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.opt.zero_grad(set_to_none=True)  # grads are then allocated inside the graph and overwritten on replay
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._graph_out = body()
 
     # -------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.preset.agent}", unit="step",
                    disable=self.rank != 0, dynamic_ncols=True)
-        local_batch = cfg.batch_size // self.world
         t0, n0 = time.perf_counter(), self.step
         results: dict[str, Any] = {}
         while self.step < cfg.steps:
-            batch = self.store.sample_windows(local_batch, self.policy.window, self.gen)
-            scalars = self.train_step(batch.to(self.device))
+            before = self.step
+            scalars = self.update()
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 vals = {k: float(v) for k, v in scalars.items()}
                 dt = time.perf_counter() - t0
@@ -138,9 +195,9 @@ class OfflineRunner:
                 if self.writer is not None:
                     for k, v in vals.items():
                         self.writer.add_scalar(f"train/{k}", v, self.step)
-                    self.writer.add_scalar("train/lr", self.sched.get_last_lr()[0], self.step)
+                    self.writer.add_scalar("train/lr", self.lr_at(self.step - 1), self.step)
                 bar.set_postfix(loss=f"{vals['loss']:.4f}")
-            bar.update(1)
+            bar.update(self.step - before)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.evaluate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -180,7 +237,6 @@ class OfflineRunner:
             "spec": self.policy.spec.to_dict(),
             "policy": self.policy.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
             "step": self.step,
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -189,7 +245,9 @@ class OfflineRunner:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.policy.load_state_dict(ckpt["policy"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
+        if self.use_graph:  # the graph reads the learning rate from a device tensor
+            for group in self.opt.param_groups:
+                group["lr"] = torch.as_tensor(float(group["lr"]), device=self.device)
         self.step = int(ckpt["step"])
         self.gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])

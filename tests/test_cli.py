@@ -1,0 +1,54 @@
+"""The `seqrl` command end to end on a small Pendulum dataset."""
+
+import pytest
+from typer.testing import CliRunner
+
+from seqrl.cli import app
+from seqrl.data.collect import pendulum_controller, rollout
+from seqrl.data.minari_io import write_dataset
+
+runner = CliRunner()
+TINY = ["--set", "runner.steps=4", "--set", "runner.eval_episodes=2", "--set", "policy.embed_dim=16",
+        "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "runner.batch_size=4",
+        "--set", "env.max_episode_steps=30"]
+
+
+@pytest.fixture
+def dataset(minari_root):
+    eps = rollout(pendulum_controller(0.5, 0), "Pendulum-v1", 200, 2, seed=0, max_episode_steps=50)
+    write_dataset("seqrl/pendulum/cli-v0", eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "cli test")
+    return "seqrl/pendulum/cli-v0"
+
+
+def test_train_eval_resume(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--agent", "dt", "--dataset", dataset, "--run-dir", str(run_dir), *TINY])
+    assert res.exit_code == 0, res.output
+    assert "target=-150" in res.output and (run_dir / "checkpoint.pt").is_file()
+    res = runner.invoke(app, ["eval", str(run_dir / "checkpoint.pt"), "--episodes", "3"])
+    assert res.exit_code == 0, res.output
+    assert "dt target=-800" in res.output
+    res = runner.invoke(app, ["train", "--agent", "dt", "--dataset", dataset, "--run-dir", str(run_dir), "--resume",
+                              *TINY[:-4], "--set", "runner.steps=6", *TINY[4:]])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--agent", "dtx", "--dataset", "seqrl/pendulum/cli-v0"], "unknown agent preset 'dtx'"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/hopper/medium-v0"], "seqrl collect --env hopper --quality medium"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "runner.nope=1"], "unknown key 'runner.nope'"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--env", "hopper"], "does not match Hopper-v5"),
+    (["eval", "missing.pt"], "no checkpoint at missing.pt"),
+    (["collect", "--env", "pendulum", "--quality", "superb"], "unknown quality 'superb'"),
+])
+def test_bad_input_is_one_clear_line(dataset, args, message):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split()), res.output
+
+
+def test_collect_scripted(minari_root):
+    res = runner.invoke(app, ["collect", "--env", "pendulum", "--quality", "expert", "--set", "collect.n_steps=400",
+                              "--set", "collect.n_envs=2"])
+    assert res.exit_code == 0, res.output
+    assert (minari_root / "seqrl/pendulum/expert-v0/data").is_dir()

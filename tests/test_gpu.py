@@ -1,0 +1,77 @@
+"""CUDA-only checks, run on the GPU machine (`pytest tests/test_gpu.py`); skipped elsewhere."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_episodes
+from seqrl.data.store import ReplayStore
+from seqrl.nn.transformer import CausalTransformer
+from seqrl.policies import TaskSpec
+from seqrl.policies.dt import DecisionTransformer
+from seqrl.presets import load_agent, load_env, parse_overrides
+from seqrl.runners.offline import OfflineRunner
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_step_equals_forward_on_cuda():
+    torch.manual_seed(0)
+    m = CausalTransformer(64, 2, 2, window=9, dropout=0.0).cuda().eval()
+    x = torch.randn(4, 20, 64, device="cuda")
+    reset = torch.zeros(4, 20, dtype=torch.bool, device="cuda")
+    reset[2, 7] = True
+    y, _ = m(x, m.initial_state(4, "cuda"), reset=reset)
+    s, ys = m.initial_state(4, "cuda"), []
+    for t in range(20):
+        s = m.reset(s, reset[:, t])
+        yt, s = m.step(x[:, t], s)
+        ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
+
+
+def _runner(store, tmp_path, graph, amp=False):
+    torch.manual_seed(0)
+    preset = load_agent("dt", parse_overrides([
+        "runner.device=cuda", f"runner.cuda_graph={str(graph).lower()}", f"runner.amp={str(amp).lower()}",
+        "runner.warmup_steps=5", "runner.lr=1e-3", "runner.eval_episodes=0", "policy.dropout=0.0",
+        "policy.embed_dim=32", "policy.n_layers=2", "policy.context_len=6", "runner.batch_size=16"]))
+    env = dataclasses.replace(load_env("hopper"), max_episode_steps=100)
+    policy = DecisionTransformer(preset.policy, TaskSpec.from_store(store, env))
+    return OfflineRunner(policy, store, preset, tmp_path / f"graph{graph}")
+
+
+@pytest.fixture
+def hopper_like(spaces):
+    import gymnasium as gym
+
+    sp = (gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Box(-1, 1, (1,), np.float32))
+    return ReplayStore.from_episodes(make_episodes([50, 70, 30]), *sp)
+
+
+def test_cuda_graph_updates_equal_eager_updates(hopper_like, tmp_path, monkeypatch):
+    """On a fixed batch (no sampling randomness), 10 graph-mode updates (3 eager warm-ups, capture,
+    replays with the learning-rate schedule) give the parameters of 10 eager updates."""
+    hopper_like.to("cuda")
+    fixed = hopper_like.windows_at(np.arange(0, 150, 10)[:16].tolist() + [5], 6)
+    fixed = type(fixed)(**{f.name: getattr(fixed, f.name)[:16] for f in dataclasses.fields(fixed)})
+    monkeypatch.setattr(hopper_like, "sample_windows", lambda b, k, generator=None: fixed)
+    params = {}
+    for graph in (False, True):
+        r = _runner(hopper_like, tmp_path, graph)
+        assert r.use_graph is graph
+        while r.step < 10:
+            r.update()
+        params[graph] = torch.cat([p.detach().flatten() for p in r.policy.parameters()])
+        assert r.step == 10
+    torch.testing.assert_close(params[True], params[False], atol=1e-5, rtol=1e-4)
+
+
+def test_cuda_graph_bf16_training_learns(hopper_like, tmp_path):
+    r = _runner(hopper_like.to("cuda"), tmp_path, graph=True, amp=True)
+    first = float(r.update()["loss"])
+    for _ in range(200):
+        out = r.update()
+    assert float(out["loss"]) < 0.7 * first
