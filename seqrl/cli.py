@@ -45,8 +45,8 @@ def _split_overrides(items: list[str]) -> tuple[dict, dict]:
 
 
 def _results_table(title: str, rows: list[tuple[str, dict]]) -> Table:
-    table = Table(title=title)
-    for col in ("policy", "return (mean ± std)", "normalised score (mean ± std)", "episodes"):
+    table = Table(title=title, caption="mean ± std over episodes")
+    for col in ("policy", "return", "normalised score", "episodes"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, s in rows:
         score = f"{s['score_mean']:.1f} ± {s['score_std']:.1f}" if "score_mean" in s else "n/a"
@@ -118,6 +118,8 @@ def train(
 ) -> None:
     """Train an agent offline on a Minari dataset, then evaluate it."""
     run_dir, results = train_run(agent, dataset, env, set_, run_dir, resume, device)
+    if not results:  # DDP ranks other than 0 neither evaluate nor report
+        return
     console.print(_results_table(f"{agent} on {dataset}", [(f"{agent} {k}".strip(), v) for k, v in results.items()]))
     console.print(f"checkpoint: {run_dir / 'checkpoint.pt'}\nTensorBoard: tensorboard --logdir {run_dir / 'tb'}")
 
@@ -151,7 +153,7 @@ def eval_(
 @_friendly
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="TensorBoard logs and checkpoints go here"),
-    episodes: int = typer.Option(20, help="evaluation episodes per policy"),
+    episodes: int = typer.Option(50, help="evaluation episodes per policy, run together"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
 ) -> None:
     """Offline, in a few minutes on a laptop CPU: build a mixed-quality Pendulum dataset, train BC and a
