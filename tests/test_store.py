@@ -30,22 +30,28 @@ def test_derived_columns_match_a_loop(spaces):
 
 
 def test_windows_never_cross_an_episode_unmasked(spaces):
-    store = ReplayStore.from_episodes(make_episodes([3, 8, 2, 11, 1]), *spaces)
-    g = torch.Generator().manual_seed(0)
-    b = store.sample_windows(512, 6, g)
+    eps = make_episodes([3, 8, 2, 11, 1])
+    offset = 0
+    for e in eps:  # observation feature 0 = the step's global index, to trace every window position
+        T = len(e["rew"])
+        e["obs"][:T, 0] = np.arange(offset, offset + T)
+        offset += T
+    store = ReplayStore.from_episodes(eps, *spaces)
+    b = store.sample_windows(512, 6, torch.Generator().manual_seed(0))
     assert b.obs.shape == (512, 6, 3) and b.act.shape == (512, 6, 1) and b.mask.shape == (512, 6)
-    ep_of = torch.from_numpy(store.column("episode"))
-    # the first step is always real, the mask is a prefix, and timesteps count up by one inside it
-    assert b.mask[:, 0].all()
-    assert (b.mask[:, 1:] <= b.mask[:, :-1]).all()
+    idx = b.obs[..., 0].long()  # (B, K) global step index at real positions
+    episode = torch.from_numpy(store.column("episode"))
+    ep_end = torch.from_numpy(store.ep_start[1:])
+    assert b.mask[:, 0].all() and (b.mask[:, 1:] <= b.mask[:, :-1]).all()  # real steps form a prefix
+    for w in range(512):
+        real = idx[w][b.mask[w]]
+        assert (episode[real] == episode[real[0]]).all()  # every real step is of the first step's episode
+        assert (real == real[0] + torch.arange(len(real))).all()  # consecutive
+        if not b.mask[w].all():  # padding starts exactly where the episode ends
+            assert real[-1] + 1 == ep_end[episode[real[0]]]
+    assert (b.obs[~b.mask] == 0).all() and (b.rtg[~b.mask] == 0).all()  # padding is zero
     steps = b.timestep[:, 1:] - b.timestep[:, :-1]
     assert (steps[b.mask[:, 1:]] == 1).all()
-    # padding is zero everywhere
-    assert (b.obs[~b.mask] == 0).all() and (b.rtg[~b.mask] == 0).all()
-    # the window's real steps are the store's steps of one episode
-    starts = b.timestep[:, 0]
-    assert (starts >= 0).all()
-    del ep_of
 
 
 def test_windows_at_known_positions(spaces):
