@@ -331,7 +331,7 @@ def bench_eval_synthetic(store, env, device, K, n_envs, warmup, steps, repeats, 
         ps["act"] = torch.cat([ps["act"][:, 1:], zero_a], 1)
         b = Batch(obs=ps["obs"], act=ps["act"], rew=zeros_k, rtg=ps["rtg"], timestep=ps["ts"], done=false_k,
                   first=false_k, mask=mask)
-        a = pol.predict(b)[:, -1] * pol.act_half + pol.act_mid
+        a = pol.head.to_env(pol.predict(b)[:, -1])
         ps["act"][:, -1] = a
         a.cpu().numpy()
         r = torch.as_tensor(rew_np, dtype=torch.float32, device=device)

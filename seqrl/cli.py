@@ -117,8 +117,10 @@ def train(
     resume: bool = typer.Option(False, help="continue from RUN_DIR/checkpoint.pt"),
 ) -> None:
     """Train an agent offline on a Minari dataset, then evaluate it."""
+    import torch.distributed as dist
+
     run_dir, results = train_run(agent, dataset, env, set_, run_dir, resume, device)
-    if not results:  # DDP ranks other than 0 neither evaluate nor report
+    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun, rank 0 evaluates and reports
         return
     console.print(_results_table(f"{agent} on {dataset}", [(f"{agent} {k}".strip(), v) for k, v in results.items()]))
     console.print(f"checkpoint: {run_dir / 'checkpoint.pt'}\nTensorBoard: tensorboard --logdir {run_dir / 'tb'}")
@@ -160,7 +162,7 @@ def quickstart(
     Decision Transformer on it, evaluate both against random, and print the table."""
     from seqrl.data.collect import collect as run_collect
     from seqrl.data.minari_io import load_store
-    from seqrl.presets import load_env
+    from seqrl.presets import load_agent, load_env
     from seqrl.runners.evaluate import RandomPolicy, evaluate
 
     env = load_env("pendulum")
@@ -171,7 +173,9 @@ def quickstart(
     r = store.return_stats()
     console.print(f"     {store.num_episodes} episodes, {len(store)} steps, returns {r['min']:.0f} .. {r['max']:.0f}")
     ref = (env.ref_min_score, env.ref_max_score)
-    rows = [("random", evaluate(RandomPolicy(store.action_space), env.env_id, episodes, 0, "cpu", None, ref).summary())]
+    seed = load_agent("dt_small").runner.seed + 10_000  # the evaluation seeds the runner uses: same starts for all
+    rows = [("random", evaluate(RandomPolicy(store.action_space), env.env_id, episodes, seed, "cpu", None, ref,
+                                env.max_episode_steps).summary())]
     for i, agent in enumerate(("bc_small", "dt_small"), start=2):
         console.print(f"[bold]{i}/4[/] training {agent}")
         run_dir, results = train_run(agent, dataset, "pendulum",

@@ -61,6 +61,22 @@ class RunnerConfig:
     cuda_graph: bool = True
     """on one CUDA device, capture a whole update (window sampling, forward, backward, clipping, AdamW) as
     one CUDA graph and replay it: small models are otherwise bound by kernel-launch overhead"""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0, grad_clip and weight_decay >= 0")
+        try:
+            import torch
+
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
     store_on_device: bool = True
     """copy the replay store to the training device so sampling never crosses PCIe"""
 
@@ -89,6 +105,13 @@ class CollectConfig:
     medium_epsilon: float = 0.7
     """scripted source only: probability of a uniformly random action in 'medium' data"""
 
+    def __post_init__(self):
+        for name in ("train_steps", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.medium_epsilon <= 1.0 or not 0.0 < self.medium_fraction < 1.0:
+            raise ValueError("medium_epsilon must be in [0, 1] and medium_fraction in (0, 1)")
+
 
 @dataclass(frozen=True)
 class EnvPreset:
@@ -114,14 +137,22 @@ class EnvPreset:
     """the datasets `seqrl collect` can build for this task"""
     collect: CollectConfig = field(default_factory=CollectConfig)
 
+    def __post_init__(self):
+        if self.ref_max_score == self.ref_min_score:
+            raise ValueError("ref_max_score must differ from ref_min_score")
+        if not self.target_returns:
+            raise ValueError("target_returns needs at least one return")
+        if self.max_episode_steps < 1:
+            raise ValueError("max_episode_steps must be >= 1")
+
     def dataset_id(self, quality: str) -> str:
         if quality not in self.qualities:
             raise PresetError(f"unknown quality {quality!r} for env {self.name!r}; one of {list(self.qualities)}")
         return f"{self.dataset_prefix}/{quality}-v0"
 
-    def normalized_score(self, returns: Any) -> Any:
-        """D4RL normalised score: 0 = random, 100 = expert."""
-        return 100.0 * (returns - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+    @property
+    def ref_scores(self) -> tuple[float, float]:
+        return self.ref_min_score, self.ref_max_score
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -183,8 +214,8 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {k: _check(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as e:  # __post_init__ validation
-        raise PresetError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from e
+    except (ValueError, TypeError) as e:  # __post_init__ validation: messages start with the field name
+        raise PresetError(f"{prefix}{e}") from e
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -222,6 +253,9 @@ def read_toml(name_or_path: str | Path, directory: Path, kind: str) -> tuple[dic
     if path.suffix != ".toml":
         path = directory / f"{name_or_path}.toml"
     if not path.is_file():
+        if not directory.is_dir():
+            raise PresetError(f"no {kind} presets: {directory} is missing. Presets live in the repository's "
+                              f"agents/ and envs/ folders; install seqrl from a checkout with `pip install -e .`")
         known = sorted(p.stem for p in directory.glob("*.toml"))
         raise PresetError(f"unknown {kind} preset {str(name_or_path)!r}; known: {known}")
     try:

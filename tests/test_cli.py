@@ -24,13 +24,16 @@ def test_train_eval_resume(dataset, tmp_path):
     run_dir = tmp_path / "run"
     res = runner.invoke(app, ["train", "--agent", "dt", "--dataset", dataset, "--run-dir", str(run_dir), *TINY])
     assert res.exit_code == 0, res.output
-    assert "target=-150" in res.output and (run_dir / "checkpoint.pt").is_file()
+    assert "target=-400" in res.output and (run_dir / "checkpoint.pt").is_file()
     res = runner.invoke(app, ["eval", str(run_dir / "checkpoint.pt"), "--episodes", "3"])
     assert res.exit_code == 0, res.output
-    assert "dt target=-800" in res.output
+    assert "dt target=-1000" in res.output
     res = runner.invoke(app, ["train", "--agent", "dt", "--dataset", dataset, "--run-dir", str(run_dir), "--resume",
                               *TINY[:-4], "--set", "runner.steps=6", *TINY[4:]])
     assert res.exit_code == 0, res.output
+    from seqrl.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoint.pt", "dt")["step"] == 6
 
 
 @pytest.mark.parametrize("args,message", [
@@ -40,6 +43,13 @@ def test_train_eval_resume(dataset, tmp_path):
     (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--env", "hopper"], "does not match Hopper-v5"),
     (["eval", "missing.pt"], "no checkpoint at missing.pt"),
     (["collect", "--env", "pendulum", "--quality", "superb"], "unknown quality 'superb'"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "runner.log_every=0"],
+     "runner.log_every must be >= 1"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--device", "cdua"], "is not a torch device"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "env.target_returns=[]"],
+     "target_returns needs at least one"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--resume", "--run-dir", "/nonexistent/x"],
+     "nothing to resume"),
 ])
 def test_bad_input_is_one_clear_line(dataset, args, message):
     res = runner.invoke(app, args)

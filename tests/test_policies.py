@@ -54,7 +54,7 @@ def test_dt_kv_cache_rollout_equals_full_recomputation(spaces):
                   first=~ones, mask=ones)
     tokens = dt.tokenizer(batch)
     h, _ = dt.backbone(tokens.x, dt.backbone.initial_state(n, "cpu"))
-    full = dt.head(tokens.heads(h)["action"]) * dt.act_half + dt.act_mid
+    full = dt.head.to_env(dt.head(tokens.heads(h)["action"]))
     torch.testing.assert_close(actions, full, atol=1e-5, rtol=1e-5)
 
 
@@ -92,6 +92,17 @@ def test_policies_fit_a_small_dataset(spaces, agent):
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.2 * first
+
+
+def test_infinite_action_bounds_are_refused():
+    obs_space, act_space = gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    eps = [{"obs": np.zeros((4, 2), np.float32), "act": np.zeros((3, 1), np.float32), "rew": np.ones(3),
+            "term": np.eye(3, dtype=bool)[-1], "trunc": np.zeros(3, bool)}]
+    store = ReplayStore.from_episodes(eps, obs_space, act_space)
+    from seqrl.errors import DataError
+
+    with pytest.raises(DataError, match="infinite bounds"):
+        DecisionTransformer(DTConfig(embed_dim=8, n_layers=1), spec_for(store))
 
 
 def test_discrete_dt():

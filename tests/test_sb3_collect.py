@@ -136,8 +136,8 @@ def test_bad_input(tmp_path):
         sb3_episodes(tiny_env(), "medium-expert", 0, tmp_path)
     with pytest.raises(PresetError, match="DQN"):
         sb3_episodes(tiny_env(algo="DQN"), "expert", 0, tmp_path)
-    with pytest.raises(PresetError, match="checkpoint_every"):
-        train(tiny_env(checkpoint_every=0), 0, tmp_path)
+    with pytest.raises(PresetError, match="checkpoint_every must be >= 1"):
+        load_env("hopper", {"collect": {"checkpoint_every": 0}})
     with pytest.raises(PresetError, match="NoSuchEnv"):
         sb3_episodes(dataclasses.replace(tiny_env(), env_id="NoSuchEnv-v0"), "random", 0, tmp_path)
 

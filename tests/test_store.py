@@ -29,29 +29,61 @@ def test_derived_columns_match_a_loop(spaces):
     np.testing.assert_allclose(store.episode_returns, [e["rew"].sum() for e in eps], atol=1e-5)
 
 
-def test_windows_never_cross_an_episode_unmasked(spaces):
-    eps = make_episodes([3, 8, 2, 11, 1])
+def traced_store(spaces, lengths, streams=None):
+    """A store whose observation feature 0 is each step's global index, to trace window positions."""
+    eps = make_episodes(lengths)
     offset = 0
-    for e in eps:  # observation feature 0 = the step's global index, to trace every window position
+    for i, e in enumerate(eps):
         T = len(e["rew"])
         e["obs"][:T, 0] = np.arange(offset, offset + T)
+        e["term"][-1] = i % 2 == 0  # some episodes end terminated, some truncated
+        e["trunc"][-1] = i % 2 == 1
+        e["stream"] = 0 if streams is None else streams[i]
         offset += T
-    store = ReplayStore.from_episodes(eps, *spaces)
+    return ReplayStore.from_episodes(eps, *spaces)
+
+
+def check_against_columns(store, b):
+    """Every real position of every field equals the store's column at that step; padding is zero."""
+    idx = b.obs[..., 0].long()
+    m = b.mask
+    for name, col in (("obs", "obs"), ("act", "act"), ("rew", "rew"), ("rtg", "rtg"), ("timestep", "timestep"),
+                      ("done", "term")):
+        got = getattr(b, name)
+        want = torch.from_numpy(store.column(col))[idx]
+        assert torch.equal(got[m], want[m]), name
+        assert (got[~m] == 0).all(), name
+    ep = torch.from_numpy(store.column("episode"))[idx]
+    assert torch.equal(b.timestep[m], (idx - torch.from_numpy(store.ep_start)[ep])[m])
+    assert torch.equal(b.first, (b.timestep == 0) & m)
+    return idx, ep
+
+
+def test_windows_never_cross_an_episode_unmasked(spaces):
+    store = traced_store(spaces, [3, 8, 2, 11, 1])
     b = store.sample_windows(512, 6, torch.Generator().manual_seed(0))
     assert b.obs.shape == (512, 6, 3) and b.act.shape == (512, 6, 1) and b.mask.shape == (512, 6)
-    idx = b.obs[..., 0].long()  # (B, K) global step index at real positions
-    episode = torch.from_numpy(store.column("episode"))
+    idx, ep = check_against_columns(store, b)
     ep_end = torch.from_numpy(store.ep_start[1:])
     assert b.mask[:, 0].all() and (b.mask[:, 1:] <= b.mask[:, :-1]).all()  # real steps form a prefix
     for w in range(512):
         real = idx[w][b.mask[w]]
-        assert (episode[real] == episode[real[0]]).all()  # every real step is of the first step's episode
+        assert (ep[w][b.mask[w]] == ep[w, 0]).all()  # every real step is of the first step's episode
         assert (real == real[0] + torch.arange(len(real))).all()  # consecutive
         if not b.mask[w].all():  # padding starts exactly where the episode ends
-            assert real[-1] + 1 == ep_end[episode[real[0]]]
-    assert (b.obs[~b.mask] == 0).all() and (b.rtg[~b.mask] == 0).all()  # padding is zero
-    steps = b.timestep[:, 1:] - b.timestep[:, :-1]
-    assert (steps[b.mask[:, 1:]] == 1).all()
+            assert real[-1] + 1 == ep_end[ep[w, 0]]
+
+
+def test_histories_follow_the_columns(spaces):
+    store = traced_store(spaces, [3, 4, 2, 5, 3], streams=[0, 0, 0, 1, 1])
+    b = store.sample_histories(256, 7, torch.Generator().manual_seed(2))
+    idx, _ = check_against_columns(store, b)
+    stream_of_step = torch.from_numpy(store.stream[store.column("episode")])
+    for w in range(256):
+        real = idx[w][b.mask[w]]
+        assert (real == real[0] + torch.arange(len(real))).all()
+        assert (stream_of_step[real] == stream_of_step[real[0]]).all()  # never into another stream
+    assert (b.first & b.mask).sum() > 0 and (b.first[:, 1:]).any()  # episode starts inside windows
 
 
 def test_windows_at_known_positions(spaces):
@@ -73,8 +105,6 @@ def test_histories_run_across_episodes_of_one_stream(spaces):
     assert b.mask.tolist()[0] == [True] * 5 + [False]
     assert b.first.tolist()[0] == [False, False, True, False, False, False]
     assert b.mask.tolist()[1] == [True, True, False, False, False, False]
-    h = store.sample_histories(64, 6, torch.Generator().manual_seed(1))
-    assert h.mask[:, 0].all()
 
 
 def test_online_append_grows_and_samples(spaces):

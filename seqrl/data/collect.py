@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from seqrl.data.minari_io import dataset_exists, dataset_path, write_dataset
+from seqrl.data.minari_io import dataset_exists, dataset_path, read_episodes, write_dataset
 from seqrl.errors import PresetError
 from seqrl.presets import EnvPreset
 
@@ -90,6 +90,7 @@ def _scripted_episodes(env: EnvPreset, quality: str, seed: int) -> list[dict[str
     if env.env_id not in SCRIPTED:
         raise PresetError(f"env {env.name!r}: no scripted controller for {env.env_id}; known: {list(SCRIPTED)}")
     eps = {"random": 1.0, "medium": env.collect.medium_epsilon, "expert": 0.0}[quality]
+    seed = seed + 1000 * ("random", "medium", "expert").index(quality)  # each quality its own initial states
     policy = SCRIPTED[env.env_id](eps, seed)
     return rollout(policy, env.env_id, env.collect.n_steps, env.collect.n_envs, seed, desc=f"{env.name}/{quality}",
                    max_episode_steps=env.max_episode_steps)
@@ -105,7 +106,7 @@ def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "
         parts = [env.dataset_id(q) for q in composite[quality]]
         for q in composite[quality]:
             collect(env, q, seed, workdir)
-        episodes = [ep for pid in parts for ep in _read_episodes(pid)]
+        episodes = [ep for pid in parts for ep in read_episodes(pid)[0]]
         description = f"{' + '.join(parts)}, concatenated"
         algo = "concatenation"
     elif env.collect.source == "scripted":
@@ -119,11 +120,3 @@ def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "
         description = f"{quality} data from stable-baselines3 {env.collect.algo} ({env.env_id}), D4RL recipe"
         algo = f"sb3-{env.collect.algo}"
     return write_dataset(dataset_id, episodes, env.env_id, env.ref_min_score, env.ref_max_score, algo, description)
-
-
-def _read_episodes(dataset_id: str) -> list[dict[str, np.ndarray]]:
-    import minari
-
-    ds = minari.load_dataset(dataset_id)
-    return [{"obs": e["observations"], "act": e["actions"], "rew": e["rewards"], "term": e["terminations"],
-             "trunc": e["truncations"]} for e in ds.storage.get_episodes(ds.episode_indices)]

@@ -19,8 +19,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
-from seqrl.data.store import ReplayStore, same_space
+from seqrl.data.store import ReplayStore, check_spaces
 from seqrl.errors import DataError
+from seqrl.io import atomic_write
 
 
 def datasets_root() -> Path:
@@ -49,45 +50,40 @@ def _missing_message(dataset_id: str) -> str:
     return msg
 
 
-def load_store(dataset_id: str) -> ReplayStore:
-    """Read a local Minari dataset into a ReplayStore (one concatenation per column, no per-step loop)."""
+def read_episodes(dataset_id: str) -> tuple[list[dict[str, np.ndarray]], Any, str | None]:
+    """A local Minari dataset's episodes (obs with T+1 rows, act, rew, term, trunc), the dataset, its env id.
+
+    Raises DataError when it is missing (saying how to make it) or cannot be read."""
     import minari
 
     if not dataset_exists(dataset_id):
         raise DataError(_missing_message(dataset_id))
     try:
         ds = minari.load_dataset(dataset_id)
-        metadata = dict(ds.storage.metadata)
-        episodes = list(ds.storage.get_episodes(ds.episode_indices))
-    except DataError:
-        raise
-    except Exception as e:  # h5py raises OSError on truncated files, json/KeyError on broken metadata
+        episodes = [{"obs": e["observations"], "act": e["actions"], "rew": e["rewards"], "term": e["terminations"],
+                     "trunc": e["truncations"]} for e in ds.storage.get_episodes(ds.episode_indices)]
+        env_spec = ds.storage.metadata.get("env_spec")
+        env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) else None
+    except Exception as e:  # h5py raises OSError on truncated files; json/KeyError on broken metadata
         raise DataError(f"dataset {dataset_id!r} at {dataset_path(dataset_id)} is corrupt or truncated "
                         f"({type(e).__name__}: {e})") from e
-    env_spec = metadata.get("env_spec")
-    env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) else None
-    meta = {
-        "dataset_id": dataset_id,
-        "env_id": env_id,
-        "ref_min_score": metadata.get("ref_min_score"),
-        "ref_max_score": metadata.get("ref_max_score"),
-    }
-    cols = ({"obs": e["observations"], "act": e["actions"], "rew": e["rewards"], "term": e["terminations"],
-             "trunc": e["truncations"]} for e in episodes)
-    return ReplayStore.from_episodes(cols, ds.observation_space, ds.action_space, meta)
+    return episodes, ds, env_id
+
+
+def load_store(dataset_id: str) -> ReplayStore:
+    """Read a local Minari dataset into a ReplayStore (one concatenation per column, no per-step loop)."""
+    episodes, ds, env_id = read_episodes(dataset_id)
+    metadata = ds.storage.metadata
+    meta = {"dataset_id": dataset_id, "env_id": env_id, "ref_min_score": metadata.get("ref_min_score"),
+            "ref_max_score": metadata.get("ref_max_score")}
+    return ReplayStore.from_episodes(episodes, ds.observation_space, ds.action_space, meta)
 
 
 def check_env_matches(store: ReplayStore, env_or_id: gym.Env | str) -> None:
     """Raise DataError when the store's spaces differ from the environment's."""
     env = gym.make(env_or_id) if isinstance(env_or_id, str) else env_or_id
     try:
-        where = store.meta.get("dataset_id", "store")
-        if not same_space(store.observation_space, env.observation_space):
-            raise DataError(f"{where}: observation space {store.observation_space} does not match "
-                            f"{env.spec.id if env.spec else 'the env'}'s {env.observation_space}")
-        if not same_space(store.action_space, env.action_space):
-            raise DataError(f"{where}: action space {store.action_space} does not match "
-                            f"{env.spec.id if env.spec else 'the env'}'s {env.action_space}")
+        check_spaces(store.observation_space, store.action_space, env, store.meta.get("dataset_id", "store"))
     finally:
         if isinstance(env_or_id, str):
             env.close()
@@ -143,7 +139,8 @@ def write_dataset(
                                      terminations=np.asarray(e["term"], bool), truncations=np.asarray(e["trunc"], bool)))
     root = datasets_root()
     root.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".seqrl-tmp-", dir=root))
+    _remove_stale_temp_roots(root)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".seqrl-tmp-{os.getpid()}-", dir=root))
     try:
         with _minari_root(tmp_root):
             minari.create_dataset_from_buffers(
@@ -153,20 +150,34 @@ def write_dataset(
                 description=description, data_format="hdf5",
             )
         # namespace metadata files (seqrl/, seqrl/hopper/) first, then the dataset folder in one rename
+        for path in (tmp_root / dataset_id).rglob("*"):  # on disk before the rename makes them visible
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
         for meta in tmp_root.rglob("namespace_metadata.json"):
             target = root / meta.relative_to(tmp_root)
             if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(meta, target)
+                atomic_write(target, lambda f, m=meta: f.write(m.read_bytes()))
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_root / dataset_id, final)
+        try:
+            os.replace(tmp_root / dataset_id, final)
+        except OSError as e:  # another process made it since the check above
+            raise DataError(f"dataset {dataset_id!r} already exists at {final}") from e
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return final
 
 
-def delete_dataset(dataset_id: str) -> None:
-    shutil.rmtree(dataset_path(dataset_id), ignore_errors=True)
+def _remove_stale_temp_roots(root: Path) -> None:
+    """Remove temporary roots left by writers that were killed (their process is gone)."""
+    for tmp in root.glob(".seqrl-tmp-*"):
+        try:
+            pid = int(tmp.name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            pass
 
 
 def store_meta_scores(meta: Mapping[str, Any]) -> tuple[float, float] | None:

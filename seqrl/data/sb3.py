@@ -200,9 +200,6 @@ def _check(env: EnvPreset) -> None:
     c = env.collect
     if c.algo not in ALGOS:
         raise PresetError(f"env {env.name!r}: collect.algo {c.algo!r} is not one of {list(ALGOS)}")
-    for key in ("train_steps", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"):
-        if getattr(c, key) <= 0:
-            raise PresetError(f"env {env.name!r}: collect.{key} must be positive, got {getattr(c, key)}")
     try:
         gym.spec(env.env_id)
     except gym.error.Error as e:

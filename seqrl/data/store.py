@@ -59,6 +59,17 @@ def same_space(a: gym.Space, b: gym.Space) -> bool:
     return False
 
 
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, env: gym.Env | gym.vector.VectorEnv,
+                 what: str) -> None:
+    """Raise DataError naming the space of `what` (a dataset, a policy) that `env` does not share."""
+    env_obs = getattr(env, "single_observation_space", env.observation_space)
+    env_act = getattr(env, "single_action_space", env.action_space)
+    env_id = env.spec.id if env.spec else "the env"
+    for name, ours, theirs in (("observation", observation_space, env_obs), ("action", action_space, env_act)):
+        if not same_space(ours, theirs):
+            raise DataError(f"{what}: {name} space {ours} does not match {env_id}'s {theirs}")
+
+
 # ------------------------------------------------------------------------------------------ batches
 @dataclass
 class Batch:
@@ -313,6 +324,8 @@ class ReplayStore:
     def windows_at(self, starts: np.ndarray | torch.Tensor, length: int) -> Batch:
         """Deterministic windows at given start steps (tests, evaluation of losses)."""
         start = torch.as_tensor(starts, dtype=torch.long, device=self._device)
+        if len(start) and (int(start.min()) < 0 or int(start.max()) >= self.n):
+            raise DataError(f"window starts must lie in [0, {self.n}), got [{int(start.min())}, {int(start.max())}]")
         return self._gather(start, length, self._tensors()["ep_end"][start])
 
     # ------------------------------------------------------------------------------- save/load
@@ -338,11 +351,15 @@ class ReplayStore:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(bytes(z["header"]).decode())
                 cols = {k: z[k] for k in (*cls.COLUMNS, "ep_start", "stream")}
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+            if header.get("format") != FORMAT_VERSION:
+                raise DataError(f"store file {path} has format {header.get('format')}, this seqrl reads {FORMAT_VERSION}")
+            spaces = space_from_dict(header["observation_space"]), space_from_dict(header["action_space"])
+            meta = header["meta"]
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, TypeError, ValueError) as e:
+            if isinstance(e, DataError):
+                raise
             raise DataError(f"store file {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
-        if header.get("format") != FORMAT_VERSION:
-            raise DataError(f"store file {path} has format {header.get('format')}, this seqrl reads {FORMAT_VERSION}")
-        store = cls(space_from_dict(header["observation_space"]), space_from_dict(header["action_space"]), header["meta"])
+        store = cls(*spaces, meta)
         s = cols["ep_start"]
         if len(s) < 2 or s[-1] != len(cols["rew"]):
             raise DataError(f"store file {path} is inconsistent: offsets do not cover the steps")

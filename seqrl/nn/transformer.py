@@ -143,9 +143,7 @@ class CausalTransformer(nn.Module):
             mask = mask[:, None]  # (B, 1, T, C+T), broadcast over heads
         ks, vs = [], []
         for i, blk in enumerate(self.blocks):
-            ck = state.k[i] if (state is not None and not fast) else None
-            cv = state.v[i] if (state is not None and not fast) else None
-            x, k, v = blk(x, ck, cv, mask)
+            x, k, v = blk(x, None if state is None else state.k[i], None if state is None else state.v[i], mask)
             ks.append(k[:, :, -W:])
             vs.append(v[:, :, -W:])
         # the new state: the last W keys/values, valid where they belong to the segment's last episode

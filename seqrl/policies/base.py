@@ -8,9 +8,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from seqrl.data.store import ReplayStore, space_from_dict, space_to_dict
+from seqrl.errors import DataError
 from seqrl.presets import EnvPreset
 
 
@@ -57,3 +59,34 @@ def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, di
         return {"loss_action": loss, "action_accuracy": acc.detach()}
     se = ((pred - target) ** 2).mean(-1)  # (B, K)
     return {"loss_action": (se * m).sum() / m.sum()}
+
+
+class ActionHead(nn.Module):
+    """Hidden state (..., d) -> action prediction, and back to the env's units.
+
+    Discrete: logits, argmax to act. Box: tanh in [-1, 1], rescaled to [low, high] to act, so the
+    space's bounds must be finite; training targets are the dataset's actions mapped into [-1, 1].
+    """
+
+    def __init__(self, d_in: int, action_space: gym.Space):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.out = nn.Linear(d_in, int(action_space.n))
+            return
+        low, high = action_space.low, action_space.high
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise DataError(f"action space {action_space} has infinite bounds: the tanh action head needs finite ones")
+        self.out = nn.Linear(d_in, int(np.prod(action_space.shape)))
+        self.register_buffer("center", torch.as_tensor((high + low) / 2, dtype=torch.float32).flatten())
+        self.register_buffer("scale", torch.as_tensor((high - low) / 2, dtype=torch.float32).flatten())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(h) if self.discrete else torch.tanh(self.out(h))
+
+    def loss(self, pred: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        target = act if self.discrete else (act - self.center) / self.scale
+        return action_loss(pred.float(), target, mask, self.discrete)
+
+    def to_env(self, pred: torch.Tensor) -> torch.Tensor:
+        return pred.argmax(-1) if self.discrete else pred * self.scale + self.center

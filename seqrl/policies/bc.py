@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import gymnasium as gym
 import torch
 import torch.nn as nn
 
 from seqrl.data.store import Batch
-from seqrl.policies.base import TaskSpec, action_loss
+from seqrl.policies.base import ActionHead, TaskSpec
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -40,25 +39,17 @@ class BC(nn.Module):
     def __init__(self, config: BCConfig, spec: TaskSpec):
         super().__init__()
         self.config, self.spec = config, spec
-        self.discrete = isinstance(spec.action_space, gym.spaces.Discrete)
         self.tokenizer = TrajectoryTokenizer("s", spec.observation_space, spec.action_space, config.hidden_dim,
                                              readout={"action": "s"}, obs_mean=spec.obs_mean, obs_std=spec.obs_std)
         layers: list[nn.Module] = [nn.ReLU()]
         for _ in range(config.n_layers - 1):
             layers += [nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(), nn.Dropout(config.dropout)]
-        if self.discrete:
-            layers.append(nn.Linear(config.hidden_dim, int(spec.action_space.n)))
-        else:
-            layers += [nn.Linear(config.hidden_dim, spec.action_space.shape[0]), nn.Tanh()]
-            low, high = spec.action_space.low, spec.action_space.high
-            self.register_buffer("act_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
-            self.register_buffer("act_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
         self.mlp = nn.Sequential(*layers)
+        self.head = ActionHead(config.hidden_dim, spec.action_space)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        pred = self.mlp(self.tokenizer(batch).x)  # (B, 1, A)
-        target = batch.act if self.discrete else (batch.act - self.act_mid) / self.act_half
-        return action_loss(pred.float(), target, batch.mask, self.discrete)
+        pred = self.head(self.mlp(self.tokenizer(batch).x))  # (B, 1, A)
+        return self.head.loss(pred, batch.act, batch.mask)
 
     def eval_conditions(self) -> list[tuple[str, dict]]:
         return [("", {})]
@@ -68,8 +59,8 @@ class BC(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, state: BCState) -> tuple[torch.Tensor, BCState]:
-        out = self.mlp(self.tokenizer.step("s", obs, torch.zeros(len(obs), dtype=torch.long, device=obs.device)))
-        return (out.argmax(-1) if self.discrete else out * self.act_half + self.act_mid), state
+        h = self.mlp(self.tokenizer.step("s", obs, torch.zeros(len(obs), dtype=torch.long, device=obs.device)))
+        return self.head.to_env(self.head(h)), state
 
     def observe(self, state: BCState, reward: torch.Tensor, done: torch.Tensor) -> BCState:
         return state

@@ -22,13 +22,12 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-import gymnasium as gym
 import torch
 import torch.nn as nn
 
 from seqrl.data.store import Batch
 from seqrl.nn.transformer import CausalTransformer, KVState, gpt2_init
-from seqrl.policies.base import TaskSpec, action_loss
+from seqrl.policies.base import ActionHead, TaskSpec
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -71,23 +70,19 @@ class DecisionTransformer(nn.Module):
         super().__init__()
         self.config, self.spec = config, spec
         self.window = config.context_len
-        self.discrete = isinstance(spec.action_space, gym.spaces.Discrete)
         self.tokenizer = TrajectoryTokenizer(
             "R s a", spec.observation_space, spec.action_space, config.embed_dim, readout={"action": "s"},
             obs_mean=spec.obs_mean, obs_std=spec.obs_std, reward_scale=spec.env.reward_scale,
             max_timestep=spec.env.max_episode_steps, dropout=config.dropout,
         )
+        # window 3K - 1: the state token of step t then sees R, s, a of steps t-K+1 .. t-1 and R_t, exactly
+        # what the state token of the last step of a K-step training window sees
         self.backbone = CausalTransformer(config.embed_dim, config.n_layers, config.n_heads,
-                                          window=3 * config.context_len, dropout=config.dropout,
+                                          window=3 * config.context_len - 1, dropout=config.dropout,
                                           activation=config.activation)
-        if self.discrete:
-            self.head = nn.Linear(config.embed_dim, int(spec.action_space.n))
-        else:
-            self.head = nn.Sequential(nn.Linear(config.embed_dim, spec.action_space.shape[0]), nn.Tanh())
-            low, high = spec.action_space.low, spec.action_space.high
-            self.register_buffer("act_mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
-            self.register_buffer("act_half", torch.as_tensor((high - low) / 2, dtype=torch.float32))
-        self.apply(functools.partial(gpt2_init, n_layers=config.n_layers))  # tokenizer, backbone and head
+        self.head = ActionHead(config.embed_dim, spec.action_space)
+        for part in (self.tokenizer, self.head):  # the backbone initialises itself the same way
+            part.apply(functools.partial(gpt2_init, n_layers=config.n_layers))
 
     # --------------------------------------------------------------------------------- training
     def predict(self, batch: Batch) -> torch.Tensor:
@@ -97,9 +92,7 @@ class DecisionTransformer(nn.Module):
         return self.head(tokens.heads(h)["action"])
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        pred = self.predict(batch)
-        target = batch.act if self.discrete else (batch.act - self.act_mid) / self.act_half
-        return action_loss(pred.float(), target, batch.mask, self.discrete)
+        return self.head.loss(self.predict(batch), batch.act, batch.mask)
 
     # ----------------------------------------------------------------------------------- acting
     def eval_conditions(self) -> list[tuple[str, dict]]:
@@ -117,11 +110,7 @@ class DecisionTransformer(nn.Module):
         tok = self.tokenizer.step
         x = torch.stack([tok("R", state.rtg, state.t), tok("s", obs, state.t)], dim=1)  # (n, 2, d)
         h, kv = self.backbone(x, state.kv)
-        out = self.head(h[:, 1])
-        if self.discrete:
-            action = out.argmax(-1)
-        else:
-            action = out * self.act_half + self.act_mid
+        action = self.head.to_env(self.head(h[:, 1]))
         _, kv = self.backbone.step(tok("a", action, state.t), kv)
         return action, DTState(kv, state.rtg, state.t, state.target)
 

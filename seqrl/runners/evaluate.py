@@ -10,8 +10,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from seqrl.data.store import same_space
+from seqrl.data.store import check_spaces
 from seqrl.errors import DataError
+
+
+def normalized_score(returns: np.ndarray, ref_scores: tuple[float, float]) -> np.ndarray:
+    """D4RL normalised score: 0 at the random reference return, 100 at the expert's."""
+    lo, hi = ref_scores
+    if hi == lo:
+        raise DataError(f"reference scores {ref_scores} are equal: cannot normalise")
+    return 100.0 * (np.asarray(returns, np.float64) - lo) / (hi - lo)
 
 
 @dataclass
@@ -62,11 +70,11 @@ def evaluate(policy: Any, env_id: str, episodes: int, seed: int = 0, device: str
     envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync", **kwargs)
     spec = getattr(policy, "spec", None)
     if spec is not None:
-        for name, a, b in (("observation", spec.observation_space, envs.single_observation_space),
-                           ("action", spec.action_space, envs.single_action_space)):
-            if not same_space(a, b):
-                envs.close()
-                raise DataError(f"the policy was trained on {name} space {a}, but {env_id} has {b}")
+        try:
+            check_spaces(spec.observation_space, spec.action_space, envs, "the policy")
+        except DataError:
+            envs.close()
+            raise
     was_training = getattr(policy, "training", False)
     if hasattr(policy, "eval"):
         policy.eval()
@@ -92,8 +100,5 @@ def evaluate(policy: Any, env_id: str, episodes: int, seed: int = 0, device: str
         envs.close()
         if was_training:
             policy.train()
-    normalized = None
-    if ref_scores is not None:
-        lo, hi = ref_scores
-        normalized = 100.0 * (returns - lo) / (hi - lo)
+    normalized = None if ref_scores is None else normalized_score(returns, ref_scores)
     return EvalResult(returns, lengths, rate, normalized)

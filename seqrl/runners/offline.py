@@ -5,17 +5,18 @@ any one policy: it samples `policy.window`-step windows from the store, sums the
 `policy.loss(batch)` and logs every entry.
 
 DDP: launched under `torchrun` (WORLD_SIZE > 1) each rank draws its own `batch_size / world_size`
-windows and DDP averages the gradients, so the update equals one process on the global batch.
+windows and DDP averages the ranks' gradients. Each rank's loss is a mean over its own real
+(unpadded) steps, so the update equals one process on the global batch when the ranks hold equally
+many real steps (tests/test_runner.py checks that case), and weighs ranks equally otherwise.
 
-CUDA graphs (`runner.cuda_graph`, one CUDA device, store on the device): the first update runs three
-eager warm-up steps, then captures sampling + loss + backward + clipping + AdamW as one graph; every
-later update is one replay. The learning rate lives in a device tensor that the graph reads, and
+CUDA graphs (`runner.cuda_graph`, one CUDA device, store on the device): the first three updates run
+eagerly on a side stream (warm-up, as capture requires), the fourth captures sampling + loss +
+backward + clipping + AdamW as one graph and replays it; every update is one optimiser step. The learning rate lives in a device tensor that the graph reads, and
 windows are drawn from the default CUDA generator (graph-safe) instead of the runner's own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import logging
@@ -29,6 +30,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from seqrl.checkpoint import load_checkpoint, save_checkpoint
+from seqrl.errors import CheckpointError, PresetError
+from seqrl.io import atomic_write
 from seqrl.data.minari_io import store_meta_scores
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.presets import AgentPreset, RunnerConfig
@@ -48,11 +51,13 @@ def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(v for k, v in terms.items() if k.startswith("loss_"))
 
 
-def distributed() -> tuple[int, int]:
+def distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
@@ -73,10 +78,12 @@ class OfflineRunner:
         cfg: RunnerConfig = preset.runner
         self.cfg, self.preset, self.store = cfg, preset, store
         self.run_dir = Path(run_dir)
-        self.rank, self.world = distributed()
-        if cfg.batch_size % self.world:
-            raise ValueError(f"runner.batch_size {cfg.batch_size} is not divisible by {self.world} DDP ranks")
         device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PresetError(f"runner.device={cfg.device!r}, but this machine has no CUDA device")
+        self.rank, self.world = distributed(device)
+        if cfg.batch_size % self.world:
+            raise PresetError(f"runner.batch_size {cfg.batch_size} is not divisible by {self.world} DDP ranks")
         if device.type == "cuda" and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.device = device
@@ -88,6 +95,7 @@ class OfflineRunner:
         self.gen.manual_seed(cfg.seed * 1_000_003 + self.rank)
         self.use_graph = (cfg.cuda_graph and device.type == "cuda" and self.world == 1 and cfg.store_on_device)
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._warmups = 0  # eager updates done before the graph is captured
         cuda = device.type == "cuda"
         # fused AdamW on CUDA: one kernel for all parameters; capturable, with the learning rate in a
         # device tensor, so that a CUDA graph can replay the step and still follow the schedule
@@ -103,7 +111,9 @@ class OfflineRunner:
             self.loss_fn = torch.compile(self.loss_fn)
         self.step = 0
         self.ckpt_path = self.run_dir / "checkpoint.pt"
-        if resume and self.ckpt_path.exists():
+        if resume:
+            if not self.ckpt_path.exists():
+                raise CheckpointError(f"nothing to resume: no checkpoint at {self.ckpt_path}")
             self._restore(load_checkpoint(self.ckpt_path, preset.agent))
         self.writer = None
         if self.rank == 0:
@@ -111,7 +121,7 @@ class OfflineRunner:
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             run = {"device": str(device), "world_size": self.world, "cuda_graph": self.use_graph, "amp": self.amp}
-            (self.run_dir / "config.json").write_text(json.dumps(preset.to_dict() | {"run": run}, indent=2))
+            _write_json(self.run_dir / "config.json", preset.to_dict() | {"run": run})
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
 
     # ------------------------------------------------------------------------------- one update
@@ -149,33 +159,33 @@ class OfflineRunner:
         return out
 
     def update(self) -> dict[str, torch.Tensor]:
-        """Sample this rank's windows and take one step: a graph replay when CUDA graphs are on."""
+        """Sample this rank's windows and take one optimiser step (a graph replay once captured)."""
         batch_size = self.cfg.batch_size // self.world
         if not self.use_graph:
             return self.train_step(self.store.sample_windows(batch_size, self.policy.window, self.gen).to(self.device))
-        if self._graph is None:
-            self._capture(batch_size)
+        body = lambda: self._loss_and_update(self.store.sample_windows(batch_size, self.policy.window))  # noqa: E731
+        current = torch.cuda.current_stream(self.device)
+        if self._warmups < 3:  # eager warm-up on a side stream, as graph capture requires
+            self.policy.train()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                self._set_lr()
+                self.opt.zero_grad(set_to_none=True)
+                out = body()
+            current.wait_stream(side)
+            self._warmups += 1
+            self.step += 1
+            return out
+        if self._graph is None:  # capture records the kernels without running them
+            self.opt.zero_grad(set_to_none=True)  # grads are allocated inside the graph, overwritten on replay
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._graph_out = body()
         self._set_lr()
         self._graph.replay()
         self.step += 1
         return self._graph_out
-
-    def _capture(self, batch_size: int) -> None:
-        self.policy.train()
-        body = lambda: self._loss_and_update(self.store.sample_windows(batch_size, self.policy.window))  # noqa: E731
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires: 3 real updates
-            for _ in range(3):
-                self._set_lr()
-                self.opt.zero_grad(set_to_none=True)
-                body()
-                self.step += 1
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self.opt.zero_grad(set_to_none=True)  # grads are then allocated inside the graph and overwritten on replay
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._graph_out = body()
 
     # -------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -183,7 +193,6 @@ class OfflineRunner:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.preset.agent}", unit="step",
                    disable=self.rank != 0, dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
-        results: dict[str, Any] = {}
         while self.step < cfg.steps:
             before = self.step
             scalars = self.update()
@@ -224,7 +233,7 @@ class OfflineRunner:
             tag = f"eval/{label}/" if label else "eval/"
             for k, v in s.items():
                 self.writer.add_scalar(tag + k, v, self.step)
-        (self.run_dir / "eval.json").write_text(json.dumps({"step": self.step, **out}, indent=2))
+        _write_json(self.run_dir / "eval.json", {"step": self.step, **out})
         return out
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -240,19 +249,32 @@ class OfflineRunner:
             "step": self.step,
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         })
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.policy.load_state_dict(ckpt["policy"])
+        # the moments come from the checkpoint; the settings (betas, weight decay, fused/capturable,
+        # the learning-rate tensor a graph reads) stay this run's, whatever device the checkpoint saw
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
         self.opt.load_state_dict(ckpt["optimizer"])
-        if self.use_graph:  # the graph reads the learning rate from a device tensor
-            for group in self.opt.param_groups:
-                group["lr"] = torch.as_tensor(float(group["lr"]), device=self.device)
+        for group, own in zip(self.opt.param_groups, settings):
+            group.update(own)
+        on_device = self.device.type == "cuda"  # fused/capturable AdamW keeps its step count on the device
+        for state in self.opt.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
         self.step = int(ckpt["step"])
-        self.gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        gen_state = ckpt.get("generator")
+        if self.world == 1 and gen_state is not None and gen_state.numel() == self.gen.get_state().numel():
+            self.gen.set_state(gen_state)
+        else:  # DDP ranks, or a generator of another device: a fresh stream per (seed, step, rank)
+            self.gen.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step)
 
 
-def preset_with(preset: AgentPreset, **runner_changes: Any) -> AgentPreset:
-    return dataclasses.replace(preset, runner=dataclasses.replace(preset.runner, **runner_changes))
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
