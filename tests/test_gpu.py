@@ -75,3 +75,27 @@ def test_cuda_graph_bf16_training_learns(hopper_like, tmp_path):
     for _ in range(200):
         out = r.update()
     assert float(out["loss"]) < 0.7 * first
+
+
+def test_every_graph_mode_update_is_one_step(hopper_like, tmp_path):
+    r = _runner(hopper_like.to("cuda"), tmp_path, graph=True)
+    r.preset = dataclasses.replace(r.preset, runner=dataclasses.replace(r.preset.runner, steps=2))
+    r.cfg = r.preset.runner
+    r.run()
+    assert r.step == 2 and r._graph is None  # two eager warm-up steps, no capture yet
+
+
+def test_eager_checkpoint_resumes_under_a_cuda_graph(hopper_like, tmp_path):
+    eager = _runner(hopper_like.to("cuda"), tmp_path, graph=False)
+    for _ in range(5):
+        eager.update()
+    eager.save()
+    torch.manual_seed(0)
+    preset = dataclasses.replace(eager.preset, runner=dataclasses.replace(eager.preset.runner, cuda_graph=True))
+    policy = DecisionTransformer(preset.policy, eager.policy.spec)
+    resumed = OfflineRunner(policy, hopper_like, preset, eager.run_dir, resume=True)
+    assert resumed.step == 5 and resumed.use_graph
+    for _ in range(6):  # 3 warm-ups, the capture and 2 replays
+        out = resumed.update()
+    assert resumed.step == 11 and resumed._graph is not None and torch.isfinite(out["loss"])
+    assert all(g["capturable"] for g in resumed.opt.param_groups)
