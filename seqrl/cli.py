@@ -142,7 +142,7 @@ def eval_(
 
     policy, preset, _ = policy_from_checkpoint(checkpoint, device=device)
     env = policy.spec.env
-    ref = store_meta_scores(policy.spec.meta) or (env.ref_min_score, env.ref_max_score)
+    ref = store_meta_scores(policy.spec.meta) or env.ref_scores
     rows = []
     for label, cond in policy.eval_conditions():
         s = evaluate(policy, env.env_id, episodes, seed, device, cond, ref, env.max_episode_steps).summary()
@@ -172,7 +172,7 @@ def quickstart(
     store = load_store(dataset)
     r = store.return_stats()
     console.print(f"     {store.num_episodes} episodes, {len(store)} steps, returns {r['min']:.0f} .. {r['max']:.0f}")
-    ref = (env.ref_min_score, env.ref_max_score)
+    ref = env.ref_scores
     seed = load_agent("dt_small").runner.seed + 10_000  # the evaluation seeds the runner uses: same starts for all
     rows = [("random", evaluate(RandomPolicy(store.action_space), env.env_id, episodes, seed, "cpu", None, ref,
                                 env.max_episode_steps).summary())]

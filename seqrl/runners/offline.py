@@ -227,7 +227,7 @@ class OfflineRunner:
         for label, cond in self.policy.eval_conditions():
             res = evaluate(self.policy, env.env_id, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
                            device=self.device, condition=cond, ref_scores=store_meta_scores(self.policy.spec.meta)
-                           or (env.ref_min_score, env.ref_max_score), max_episode_steps=env.max_episode_steps)
+                           or env.ref_scores, max_episode_steps=env.max_episode_steps)
             s = res.summary()
             out[label] = s
             tag = f"eval/{label}/" if label else "eval/"
