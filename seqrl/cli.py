@@ -137,15 +137,13 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint over parallel episodes, at every condition it declares (DT: target returns)."""
     from seqrl.checkpoint import policy_from_checkpoint
-    from seqrl.data.minari_io import store_meta_scores
     from seqrl.runners.evaluate import evaluate
 
     policy, preset, _ = policy_from_checkpoint(checkpoint, device=device)
     env = policy.spec.env
-    ref = store_meta_scores(policy.spec.meta) or env.ref_scores
     rows = []
     for label, cond in policy.eval_conditions():
-        s = evaluate(policy, env.env_id, episodes, seed, device, cond, ref, env.max_episode_steps).summary()
+        s = evaluate(policy, env.env_id, episodes, seed, device, cond, policy.spec.ref_scores, env.max_episode_steps).summary()
         rows.append((f"{preset.agent} {label}".strip(), s | {"episodes": episodes}))
     console.print(_results_table(f"{checkpoint} on {env.env_id}", rows))
 

@@ -61,6 +61,8 @@ class RunnerConfig:
     cuda_graph: bool = True
     """on one CUDA device, capture a whole update (window sampling, forward, backward, clipping, AdamW) as
     one CUDA graph and replay it: small models are otherwise bound by kernel-launch overhead"""
+    store_on_device: bool = True
+    """copy the replay store to the training device so sampling never crosses PCIe"""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every"):
@@ -77,8 +79,6 @@ class RunnerConfig:
             torch.device(self.device)
         except RuntimeError as e:
             raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
-    store_on_device: bool = True
-    """copy the replay store to the training device so sampling never crosses PCIe"""
 
 
 # --------------------------------------------------------------------------------------- environments

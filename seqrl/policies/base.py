@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqrl.data.minari_io import store_meta_scores
 from seqrl.data.store import ReplayStore, space_from_dict, space_to_dict
 from seqrl.errors import DataError
 from seqrl.presets import EnvPreset
@@ -24,6 +25,11 @@ class TaskSpec:
     obs_std: np.ndarray
     env: EnvPreset  # env id, reward scale, episode length, target returns, reference scores
     meta: dict[str, Any] = field(default_factory=dict)  # the store's metadata (dataset id, ...)
+
+    @property
+    def ref_scores(self) -> tuple[float, float]:
+        """The dataset's reference returns (normalised score 0 and 100), else the env preset's."""
+        return store_meta_scores(self.meta) or self.env.ref_scores
 
     @classmethod
     def from_store(cls, store: ReplayStore, env: EnvPreset) -> "TaskSpec":

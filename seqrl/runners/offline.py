@@ -11,15 +11,15 @@ many real steps (tests/test_runner.py checks that case), and weighs ranks equall
 
 CUDA graphs (`runner.cuda_graph`, one CUDA device, store on the device): the first three updates run
 eagerly on a side stream (warm-up, as capture requires), the fourth captures sampling + loss +
-backward + clipping + AdamW as one graph and replays it; every update is one optimiser step. The learning rate lives in a device tensor that the graph reads, and
-windows are drawn from the default CUDA generator (graph-safe) instead of the runner's own.
+backward + clipping + AdamW as one graph and replays it; every update is one optimiser step. The
+learning rate lives in a device tensor that the graph reads, and windows are drawn from the default
+CUDA generator (graph-safe) instead of the runner's own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,9 @@ from tqdm.auto import tqdm
 from seqrl.checkpoint import load_checkpoint, save_checkpoint
 from seqrl.errors import CheckpointError, PresetError
 from seqrl.io import atomic_write
-from seqrl.data.minari_io import store_meta_scores
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.presets import AgentPreset, RunnerConfig
 from seqrl.runners.evaluate import evaluate
-
-log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -163,25 +160,20 @@ class OfflineRunner:
         batch_size = self.cfg.batch_size // self.world
         if not self.use_graph:
             return self.train_step(self.store.sample_windows(batch_size, self.policy.window, self.gen).to(self.device))
-        body = lambda: self._loss_and_update(self.store.sample_windows(batch_size, self.policy.window))  # noqa: E731
-        current = torch.cuda.current_stream(self.device)
         if self._warmups < 3:  # eager warm-up on a side stream, as graph capture requires
-            self.policy.train()
+            current = torch.cuda.current_stream(self.device)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(current)
             with torch.cuda.stream(side):
-                self._set_lr()
-                self.opt.zero_grad(set_to_none=True)
-                out = body()
+                out = self.train_step(self.store.sample_windows(batch_size, self.policy.window))
             current.wait_stream(side)
             self._warmups += 1
-            self.step += 1
             return out
         if self._graph is None:  # capture records the kernels without running them
             self.opt.zero_grad(set_to_none=True)  # grads are allocated inside the graph, overwritten on replay
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
-                self._graph_out = body()
+                self._graph_out = self._loss_and_update(self.store.sample_windows(batch_size, self.policy.window))
         self._set_lr()
         self._graph.replay()
         self.step += 1
@@ -226,8 +218,7 @@ class OfflineRunner:
         out = {}
         for label, cond in self.policy.eval_conditions():
             res = evaluate(self.policy, env.env_id, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
-                           device=self.device, condition=cond, ref_scores=store_meta_scores(self.policy.spec.meta)
-                           or env.ref_scores, max_episode_steps=env.max_episode_steps)
+                           device=self.device, condition=cond, ref_scores=self.policy.spec.ref_scores, max_episode_steps=env.max_episode_steps)
             s = res.summary()
             out[label] = s
             tag = f"eval/{label}/" if label else "eval/"
