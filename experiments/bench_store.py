@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -66,8 +65,6 @@ def main():
     episodes = [{"obs": rng.standard_normal((T + 1, 11)).astype(np.float32),
                  "act": rng.uniform(-1, 1, (T, 3)).astype(np.float32), "rew": rng.standard_normal(T),
                  "term": np.zeros(T, bool), "trunc": np.eye(T, dtype=bool)[-1]} for _ in range(E)]
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (11,), np.float32)
-    act_space = gym.spaces.Box(-1, 1, (3,), np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MINARI_DATASETS_PATH"] = tmp
         t0 = time.perf_counter()
@@ -80,7 +77,6 @@ def main():
         t0 = time.perf_counter()
         ReplayStore.load(os.path.join(tmp, "store.npz"))
         t_npz = time.perf_counter() - t0
-    del obs_space, act_space
     B, K = args.batch, args.context
     g = torch.Generator().manual_seed(0)
     seqrl_rate = rate(lambda: store.sample_windows(B, K, g))
