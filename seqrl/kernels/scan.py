@@ -1,0 +1,249 @@
+"""Linear recurrences: the one entry point per recurrence, whatever the device.
+
+Dimension letters: b batch, d channels, n state size per channel, l sequence length.
+
+Two recurrences, each with a sequence form, a one-step form, and three paths that give the same
+answers (tests/test_scan.py holds them to the reference loop in float64, values and gradients):
+
+- ``selective_scan``: the S6 scan of Mamba (Gu & Dao 2023). With dt = softplus(delta + delta_bias)
+  (or delta + delta_bias), per channel d and state n:
+
+      h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,    y_t = C_t . h_t + D u_t,    out_t = y_t silu(z_t)
+
+  u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D, delta_bias (d,); state h (b, d, n).
+- ``linear_scan``: the diagonal recurrence of S4D/S5, ``h_t = a_t h_{t-1} + b_t`` over (b, d, l),
+  real or complex.
+
+Paths, picked by the inputs' device:
+
+- CUDA: the Triton kernels of ``seqrl/kernels/triton_scan.py``. The state stays in registers; only
+  chunk-start states (one in ``chunk`` steps) are kept for the backward pass, never (b, l, d, n).
+- CPU (and any device without Triton): a chunked PyTorch scan. Inside a chunk of ``chunk`` steps the
+  recurrence runs as a parallel (Hillis-Steele) scan over pairs (decay, input), which multiplies
+  decays only, so it cannot overflow; across chunks the state is carried. Forward and backward are one
+  ``torch.autograd.Function`` that keeps chunk-start states and recomputes a chunk's states when the
+  backward pass reaches it, so memory is O(b d l + b d n chunk) rather than O(b d l n).
+- Reference: the plain loop (``*_ref``), for tests and nothing else.
+
+Both sequence forms take an initial state ``h0`` and can return the final state, so a long sequence
+can be run segment by segment (truncated BPTT, long rollouts) with the same result as in one go.
+``selective_step`` is the one-step update for a batch of environments (rollouts).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 64  # steps per chunk of the CPU path: parallel within, carried across
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if not x.is_cuda:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - CUDA builds of torch ship Triton
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------- reference
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, h0=None):
+    """The plain loop over l, in the inputs' dtype. Returns (out (b, d, l), h_last (b, d, n))."""
+    dt = delta if delta_bias is None else delta + delta_bias[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    b, d, l = u.shape
+    h = u.new_zeros(b, d, A.shape[1]) if h0 is None else h0.to(u.dtype)
+    ys = []
+    for t in range(l):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1) if ys else u.new_zeros(b, d, 0)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y, h
+
+
+def linear_scan_ref(a, x, h0=None):
+    """h_t = a_t h_{t-1} + x_t by a loop over the last axis. Returns h (b, d, l)."""
+    h = torch.zeros_like(x[..., 0]) if h0 is None else h0.to(x.dtype)
+    hs = []
+    for t in range(x.shape[-1]):
+        h = a[..., t] * h + x[..., t]
+        hs.append(h)
+    return torch.stack(hs, -1) if hs else torch.zeros_like(x)
+
+
+# ------------------------------------------------------------------------------ chunked (CPU)
+def _scan_chunk(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """All states of h_t = a_t h_{t-1} + x_t along dim 2 (a, x: (b, d, T, ...), h0: (b, d, ...)).
+
+    Hillis-Steele: after the round with offset k, (a_t, x_t) compose the 2k steps ending at t. Only
+    products of decays appear, so nothing overflows, whatever the decays' size."""
+    T = a.shape[2]
+    k = 1
+    while k < T:
+        x = torch.cat([x[:, :, :k], x[:, :, k:] + a[:, :, k:] * x[:, :, :-k]], 2)
+        a = torch.cat([a[:, :, :k], a[:, :, k:] * a[:, :, :-k]], 2)
+        k *= 2
+    return x + a * h0.unsqueeze(2)
+
+
+class _SelectiveScanChunked(torch.autograd.Function):
+    """Core S6 recurrence: (u, dt, A, B, C, h0) -> (ys = C.h (b, d, l), h_last (b, d, n))."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, h0, chunk):
+        b, d, l = u.shape
+        h = h0
+        starts, ys = [], []
+        for t0 in range(0, l, chunk):
+            sl = slice(t0, t0 + chunk)
+            dA = torch.exp(dt[:, :, sl, None] * A[:, None])  # (b, d, T, n)
+            x = (dt[:, :, sl] * u[:, :, sl])[..., None] * B[:, None, :, sl].transpose(2, 3)
+            starts.append(h)
+            hs = _scan_chunk(dA, x, h)  # (b, d, T, n)
+            ys.append((hs * C[:, None, :, sl].transpose(2, 3)).sum(-1))
+            h = hs[:, :, -1]
+        ctx.save_for_backward(u, dt, A, B, C, *starts)
+        ctx.chunk = chunk
+        return (torch.cat(ys, 2) if ys else u.new_zeros(b, d, 0)), h
+
+    @staticmethod
+    def backward(ctx, g_ys, g_h):
+        u, dt, A, B, C, *starts = ctx.saved_tensors
+        chunk = ctx.chunk
+        l = u.shape[2]
+        du, ddt = torch.zeros_like(u), torch.zeros_like(dt)
+        dB, dC, dA_par = torch.zeros_like(B), torch.zeros_like(C), torch.zeros_like(A)
+        g_ys = torch.zeros_like(u) if g_ys is None else g_ys
+        carry = torch.zeros_like(starts[0]) if g_h is None else g_h  # dL/dh at the end of the chunk, from later steps
+        for i in reversed(range(len(starts))):
+            t0 = i * chunk
+            sl = slice(t0, t0 + chunk)
+            dtc, uc = dt[:, :, sl], u[:, :, sl]
+            Bc, Cc = B[:, None, :, sl].transpose(2, 3), C[:, None, :, sl].transpose(2, 3)  # (b, 1, T, n)
+            dA = torch.exp(dtc[..., None] * A[:, None])  # (b, d, T, n)
+            x = (dtc * uc)[..., None] * Bc
+            hs = _scan_chunk(dA, x, starts[i])
+            # dh_t = C_t g_t + dA_{t+1} dh_{t+1}: a scan backwards in time; the chunk's last step gets the carry
+            a_next = torch.cat([dA[:, :, 1:], torch.ones_like(dA[:, :, :1])], 2)
+            src = g_ys[:, :, sl, None] * Cc
+            src = torch.cat([src[:, :, :-1], src[:, :, -1:] + carry[:, :, None]], 2)
+            dh = _scan_chunk(a_next.flip(2), src.flip(2), torch.zeros_like(carry)).flip(2)
+            carry = dA[:, :, 0] * dh[:, :, 0]
+            dAh = dh * (hs - x)  # dL/d(dA_t) * dA_t, using dA_t h_{t-1} = h_t - x_t
+            dx = dh * Bc  # dL/dx_t / B-free part
+            ddt[:, :, sl] = (dx * uc[..., None]).sum(-1) + (dAh * A[:, None]).sum(-1)
+            du[:, :, sl] = (dx * dtc[..., None]).sum(-1)
+            dA_par += (dAh * dtc[..., None]).sum((0, 2))
+            dB[:, :, sl] = (dh * (dtc * uc)[..., None]).sum(1).transpose(1, 2)
+            dC[:, :, sl] = (hs * g_ys[:, :, sl, None]).sum(1).transpose(1, 2)
+        return du, ddt, dA_par, dB, dC, carry, None
+
+
+class _LinearScanChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, x, h0, chunk):
+        hs, h = [], h0
+        for t0 in range(0, x.shape[-1], chunk):
+            sl = slice(t0, t0 + chunk)
+            hc = _scan_chunk(a[:, :, sl], x[:, :, sl], h)
+            hs.append(hc)
+            h = hc[:, :, -1]
+        out = torch.cat(hs, 2) if hs else torch.zeros_like(x)
+        ctx.save_for_backward(a, out, h0)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        # PyTorch's convention for complex gradients: through h = a h' + x, dh' = conj(a) dh, da = dh conj(h')
+        a, out, h0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, :, 1:], torch.zeros_like(a[:, :, :1])], 2).conj()
+        dh = _LinearScanChunked.apply(a_next.flip(2), g.flip(2), torch.zeros_like(h0), ctx.chunk).flip(2)
+        h_prev = torch.cat([h0[:, :, None], out[:, :, :-1]], 2)
+        return dh * h_prev.conj(), dh, a[:, :, 0].conj() * dh[:, :, 0], None
+
+
+# ------------------------------------------------------------------------------- entry points
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, h0=None,
+                   return_state=False, chunk: int = CHUNK):
+    """The S6 selective scan (module docstring). Returns out (b, d, l) in u's dtype, and with
+    ``return_state`` also the final state (b, d, n) in float32."""
+    b, d, l = u.shape
+    n = A.shape[1]
+    _check_selective(u, delta, A, B, C, D, z, delta_bias, h0)
+    if _use_triton(u):
+        from seqrl.kernels.triton_scan import selective_scan_triton
+
+        out, h = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+        return (out, h) if return_state else out
+    dtype = u.dtype
+    f = (lambda t: None if t is None else t.float()) if dtype in (torch.float16, torch.bfloat16) else (lambda t: t)
+    u, delta, A, B, C, D, z, delta_bias = map(f, (u, delta, A, B, C, D, z, delta_bias))
+    dt = delta if delta_bias is None else delta + delta_bias[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h0 = u.new_zeros(b, d, n) if h0 is None else h0.to(u.dtype)
+    y, h = _SelectiveScanChunked.apply(u, dt, A, B, C, h0, chunk)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return (y.to(dtype), h.float()) if return_state else y.to(dtype)
+
+
+def selective_step(h, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """One step of the selective scan for a batch: h (b, d, n); u, delta, z (b, d); B, C (b, n).
+    Returns (out (b, d), h_new (b, d, n) float32). One fused kernel on CUDA."""
+    if _use_triton(u):
+        from seqrl.kernels.triton_scan import selective_step_triton
+
+        return selective_step_triton(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    dt = delta.float() if delta_bias is None else delta.float() + delta_bias.float()
+    if delta_softplus:
+        dt = F.softplus(dt)
+    uf = u.float()
+    h = torch.exp(dt[..., None] * A.float()) * h.float() + (dt * uf)[..., None] * B.float()[:, None]
+    y = (h * C.float()[:, None]).sum(-1)
+    if D is not None:
+        y = y + D.float() * uf
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(u.dtype), h
+
+
+def linear_scan(a, x, h0=None, chunk: int = CHUNK):
+    """All states of the diagonal recurrence h_t = a_t h_{t-1} + x_t: a, x (b, d, l), real or complex
+    (same dtype); h0 (b, d) or None for zeros. Returns h (b, d, l); the final state is h[..., -1]."""
+    if a.shape != x.shape or a.dim() != 3:
+        raise ValueError(f"linear_scan: a {tuple(a.shape)} and x {tuple(x.shape)} must both be (b, d, l)")
+    if a.dtype != x.dtype:
+        raise ValueError(f"linear_scan: a is {a.dtype} and x is {x.dtype}; they must match")
+    h0 = torch.zeros_like(x[..., 0]) if h0 is None else h0.to(x.dtype)
+    if h0.shape != x.shape[:2]:
+        raise ValueError(f"linear_scan: h0 {tuple(h0.shape)} must be (b, d) = {tuple(x.shape[:2])}")
+    if _use_triton(x):
+        from seqrl.kernels.triton_scan import linear_scan_triton
+
+        return linear_scan_triton(a, x, h0)
+    return _LinearScanChunked.apply(a, x, h0, chunk)
+
+
+def _check_selective(u, delta, A, B, C, D, z, delta_bias, h0):
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (b, d, l), got {tuple(u.shape)}")
+    b, d, l = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective_scan: A must be (d, n) = ({d}, n), got {tuple(A.shape)}")
+    n = A.shape[1]
+    want = {"delta": (delta, (b, d, l)), "B": (B, (b, n, l)), "C": (C, (b, n, l)), "D": (D, (d,)),
+            "z": (z, (b, d, l)), "delta_bias": (delta_bias, (d,)), "h0": (h0, (b, d, n))}
+    for name, (t, shape) in want.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"selective_scan: {name} must be {shape}, got {tuple(t.shape)}")
