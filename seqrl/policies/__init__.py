@@ -23,6 +23,9 @@ def policy_class(agent: str) -> type:
     from seqrl.policies.dt import DecisionTransformer
 
     classes = {"dt": DecisionTransformer, "bc": BC}
+    from seqrl.policies.dm import DecisionMamba
+
+    classes["dm"] = DecisionMamba
     if agent not in classes:
         raise PresetError(f"unknown agent {agent!r}; known agents: {sorted(classes)}")
     return classes[agent]
