@@ -1,0 +1,141 @@
+"""GTrXL and LSTM backbones: step == forward across resets, memory span, episode isolation, relative
+attention against a slow reference, gates near the identity at init."""
+
+import math
+
+import pytest
+import torch
+
+from seqrl.nn.gtrxl import GRUGate, GTrXL, sinusoid
+from seqrl.nn.lstm import LSTM
+
+
+def gtrxl(memory=5, dtype=torch.float32, n_layers=2):
+    torch.manual_seed(0)
+    return GTrXL(32, n_layers=n_layers, n_heads=4, memory=memory, d_ff=64).to(dtype).eval()
+
+
+def lstm(dtype=torch.float32):
+    torch.manual_seed(0)
+    return LSTM(32, n_layers=2).to(dtype).eval()
+
+
+@pytest.mark.parametrize("make,T", [(lambda: gtrxl(5), 13), (lambda: gtrxl(16), 9), (lstm, 13)])
+def test_step_equals_forward_across_resets(make, T):
+    m = make()
+    B = 3
+    state = m.initial_state(B, "cpu")
+    _, state = m(torch.randn(B, 4, 32), state)  # a memory that already holds steps
+    x = torch.randn(B, T, 32)
+    reset = torch.zeros(B, T, dtype=torch.bool)
+    reset[1, T // 2] = True
+    reset[2, 1] = True
+    reset[2, T - 2] = True
+    y, final = m(x, state, reset)
+    s, ys = state, []
+    for t in range(T):
+        s = m.reset(s, reset[:, t])
+        yt, s = m.step(x[:, t], s)
+        ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
+    # the final states agree too, so a rollout can continue from either
+    x2 = torch.randn(B, 3, 32)
+    torch.testing.assert_close(m(x2, s)[0], m(x2, final)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_segments_continue_from_memory():
+    m = gtrxl(memory=6, dtype=torch.float64)
+    x = torch.randn(2, 17, 32, dtype=torch.float64)
+    y, _ = m(x, m.initial_state(2, "cpu", torch.float64))
+    y1, s1 = m(x[:, :8], m.initial_state(2, "cpu", torch.float64))
+    y2, s2 = m(x[:, 8:12], s1)
+    y3, _ = m(x[:, 12:], s2)
+    torch.testing.assert_close(torch.cat([y1, y2, y3], 1), y, atol=1e-12, rtol=1e-12)
+
+
+def test_memory_span_is_M_steps_per_layer():
+    M = 4
+    m = gtrxl(memory=M, dtype=torch.float64, n_layers=1)
+    x = torch.randn(1, 10, 32, dtype=torch.float64)
+    y, _ = m(x)
+    x2 = x.clone()
+    x2[:, 0] += torch.randn(32, dtype=torch.float64)  # not a constant: LayerNorm would remove it
+    y2, _ = m(x2)
+    assert not torch.allclose(y[:, M], y2[:, M])  # step M sees step 0 (distance M)
+    torch.testing.assert_close(y[:, M + 1 :], y2[:, M + 1 :])  # beyond M steps: out of reach
+
+
+def test_new_episode_never_attends_to_an_old_one():
+    m = gtrxl(memory=8, dtype=torch.float64)
+    old = torch.randn(2, 5, 32, dtype=torch.float64)
+    new = torch.randn(2, 6, 32, dtype=torch.float64)
+    fresh, _ = m(new)
+    # via reset() on the state
+    _, s = m(old)
+    done = torch.tensor([True, True])
+    after, _ = m(new, m.reset(s, done))
+    torch.testing.assert_close(after, fresh)
+    # via a reset flag inside one segment
+    reset = torch.zeros(2, 11, dtype=torch.bool)
+    reset[:, 5] = True
+    both, _ = m(torch.cat([old, new], 1), None, reset)
+    torch.testing.assert_close(both[:, 5:], fresh)
+    # without the reset the old episode does leak in (the test above can fail)
+    leaky, _ = m(torch.cat([old, new], 1))
+    assert not torch.allclose(leaky[:, 5:], fresh)
+
+
+def test_relative_attention_matches_slow_reference():
+    torch.manual_seed(1)
+    m = gtrxl(memory=3, dtype=torch.float64, n_layers=1)
+    attn = m.blocks[0].attn
+    with torch.no_grad():  # non-zero u, v so both biases are exercised
+        attn.u.normal_()
+        attn.v.normal_()
+    B, T, M, d = 2, 4, 3, 32
+    nh, hs = attn.nh, attn.hs
+    ctx = torch.randn(B, M + T, d, dtype=torch.float64)
+    valid = torch.tensor([[True, True, True], [False, True, True]])  # env 1: oldest memory slot empty
+    dist = torch.arange(T)[:, None] - torch.arange(-M, T)[None, :]
+    mask = (dist >= 0) & (dist <= M) & torch.cat([valid, torch.ones(B, T, dtype=torch.bool)], 1)[:, None, :]
+    out = attn(ctx[:, M:], ctx, dist.clamp(0, M), mask[:, None])
+    # reference: one query, one key, one head at a time
+    q = attn.q(ctx[:, M:]).view(B, T, nh, hs)
+    k, v = attn.kv(ctx).view(B, M + T, 2, nh, hs).unbind(2)
+    R = attn.r(sinusoid(torch.arange(M + 1), d).double()).view(M + 1, nh, hs)
+    ref = torch.zeros(B, T, nh, hs, dtype=torch.float64)
+    for b in range(B):
+        for h in range(nh):
+            for i in range(T):
+                scores, vals = [], []
+                for j in range(M + T):
+                    if not mask[b, i, j]:
+                        continue
+                    delta = int(dist[i, j])
+                    s = (q[b, i, h] + attn.u[h]) @ k[b, j, h] + (q[b, i, h] + attn.v[h]) @ R[delta, h]
+                    scores.append(s / math.sqrt(hs))
+                    vals.append(v[b, j, h])
+                w = torch.softmax(torch.stack(scores), 0)
+                ref[b, i, h] = (w[:, None] * torch.stack(vals)).sum(0)
+    torch.testing.assert_close(out, attn.proj(ref.reshape(B, T, d)))
+
+
+def test_gates_start_near_identity():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 32), torch.randn(64, 32)
+    near = GRUGate(32, gate_bias=2.0)
+    far = GRUGate(32, gate_bias=-2.0)
+    far.load_state_dict({**near.state_dict(), "bg": far.bg.detach()})  # same weights, opposite bias
+    dev_near = (near(x, y) - x).norm() / x.norm()
+    dev_far = (far(x, y) - x).norm() / x.norm()
+    assert dev_near < 0.35 < dev_far
+
+
+def test_gradients_stop_at_the_memory():
+    m = gtrxl(memory=4).train()
+    _, s = m(torch.randn(2, 4, 32))
+    x = torch.randn(2, 3, 32, requires_grad=True)
+    y, s2 = m(x, s)
+    y.sum().backward()
+    assert x.grad is not None and all(not t.requires_grad for t in s2.mem)
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
