@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+import seqrl.envs  # noqa: F401  registers the seqrl/... env ids for gym.make
 from seqrl.data.store import check_spaces
 from seqrl.errors import DataError
 
@@ -28,12 +29,15 @@ class EvalResult:
     lengths: np.ndarray  # (N,)
     env_steps_per_s: float
     normalized: np.ndarray | None = None  # (N,) D4RL normalised scores, when reference scores are known
+    success: np.ndarray | None = None  # (N,) info["success"] at each episode's end, when the env reports it
 
     def summary(self) -> dict[str, float]:
         out = {"return_mean": float(self.returns.mean()), "return_std": float(self.returns.std()),
                "length_mean": float(self.lengths.mean()), "env_steps_per_s": self.env_steps_per_s}
         if self.normalized is not None:
             out |= {"score_mean": float(self.normalized.mean()), "score_std": float(self.normalized.std())}
+        if self.success is not None:
+            out["success_rate"] = float(self.success.mean())
         return out
 
 
@@ -60,13 +64,14 @@ class RandomPolicy:
 @torch.no_grad()
 def evaluate(policy: Any, env_id: str, episodes: int, seed: int = 0, device: str | torch.device = "cpu",
              condition: dict[str, Any] | None = None, ref_scores: tuple[float, float] | None = None,
-             max_episode_steps: int | None = None) -> EvalResult:
+             max_episode_steps: int | None = None, env_kwargs: dict[str, Any] | None = None) -> EvalResult:
     """Run `episodes` episodes of `env_id` together and return their returns.
 
     Env i is seeded with `seed + i`, so two policies evaluated with the same seed face the same starts.
-    `condition` goes to `policy.initial_state` (DT: `target_return`).
+    `condition` goes to `policy.initial_state` (DT: `target_return`); `env_kwargs` to the env's constructor.
     """
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    kwargs |= env_kwargs or {}
     envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync", **kwargs)
     spec = getattr(policy, "spec", None)
     if spec is not None:
@@ -84,14 +89,18 @@ def evaluate(policy: Any, env_id: str, episodes: int, seed: int = 0, device: str
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, np.int64)
         finished = np.zeros(episodes, bool)
+        success = np.full(episodes, np.nan)
         steps, t0 = 0, time.perf_counter()
         while not finished.all():
             action, state = policy.act(torch.as_tensor(obs, device=device), state)
-            obs, rew, term, trunc, _ = envs.step(action.cpu().numpy())
+            obs, rew, term, trunc, info = envs.step(action.cpu().numpy())
             returns += np.where(finished, 0.0, rew)
             lengths += ~finished
             steps += int((~finished).sum())
             done = term | trunc
+            if "success" in info:  # the info of a finished episode's last step (autoreset comes next step)
+                ended = done & ~finished & info.get("_success", np.ones(episodes, bool))
+                success[ended] = info["success"][ended]
             finished |= done
             state = policy.observe(state, torch.as_tensor(rew, dtype=torch.float32, device=device),
                                    torch.as_tensor(done, device=device))
@@ -101,4 +110,5 @@ def evaluate(policy: Any, env_id: str, episodes: int, seed: int = 0, device: str
         if was_training:
             policy.train()
     normalized = None if ref_scores is None else normalized_score(returns, ref_scores)
-    return EvalResult(returns, lengths, rate, normalized)
+    reported = ~np.isnan(success)
+    return EvalResult(returns, lengths, rate, normalized, success[reported] if reported.any() else None)

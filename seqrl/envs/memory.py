@@ -1,0 +1,101 @@
+"""Memory tasks: the answer depends on something seen a given number of steps earlier, and on nothing
+the current observation shows. The memory length is a constructor argument
+(`gym.make("seqrl/TMaze-v0", length=50)`).
+
+TMaze ("remember the cue"; the passive T-maze of Ni et al. 2023, arXiv:2307.03864, after Bakker 2001):
+    the first observation shows a cue, up or down; then the agent walks a corridor of `length` steps
+    that all look alike (it moves one cell per step, whatever it does), and at the junction, which it
+    sees, it must turn the way the cue said. Observation Box(3): [cue up, cue down, at junction].
+    Actions Discrete(2): 0 up, 1 down (ignored in the corridor). Reward +1 for the right turn, -1 for
+    the wrong one, 0 elsewhere; the episode ends at the junction after `length + 1` steps.
+    `info["success"]` on the last step says whether the turn was right. A memoryless policy succeeds
+    half of the time (return 0); the optimal one always (return 1).
+
+RepeatPrevious ("repeat what you saw k steps ago", after POPGym's RepeatPrevious, Morad et al. 2023):
+    each step shows one of `n_symbols` symbols, one-hot, drawn uniformly. From step k on, the action
+    must name the symbol shown k steps earlier: reward +1/`queries` when right, else 0 (actions
+    before step k are not scored). The episode lasts k + `queries` steps; `info["success"]` at the end
+    is whether every answer was right, `info["accuracy"]` the fraction right. Chance accuracy is
+    1/`n_symbols`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class TMaze(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, length: int = 10):
+        if not isinstance(length, (int, np.integer)) or length < 1:
+            raise ValueError(f"TMaze length must be an integer >= 1, got {length!r}")
+        self.length = int(length)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (3,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self._cue = 0
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(3, np.float32)
+        if self._t == 0:
+            obs[self._cue] = 1.0
+        if self._t == self.length:
+            obs[2] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._cue = int(self.np_random.integers(2))
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self._t == self.length:  # at the junction: the turn decides the episode
+            success = int(action) == self._cue
+            return self._obs(), 1.0 if success else -1.0, True, False, {"success": success}
+        self._t += 1
+        return self._obs(), 0.0, False, False, {}
+
+
+class RepeatPrevious(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, k: int = 4, n_symbols: int = 4, queries: int = 16):
+        for name, v, lo in (("k", k, 1), ("n_symbols", n_symbols, 2), ("queries", queries, 1)):
+            if not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"RepeatPrevious {name} must be an integer >= {lo}, got {v!r}")
+        self.k, self.n, self.queries = int(k), int(n_symbols), int(queries)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n,), np.float32)
+        self.action_space = gym.spaces.Discrete(self.n)
+        self._symbols = np.zeros(0, np.int64)
+        self._t = 0
+        self._correct = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.n, np.float32)
+        obs[self._symbols[self._t]] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._symbols = self.np_random.integers(self.n, size=self.k + self.queries)
+        self._t = 0
+        self._correct = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = 0.0
+        if self._t >= self.k:
+            right = int(action) == int(self._symbols[self._t - self.k])
+            self._correct += right
+            reward = 1.0 / self.queries if right else 0.0
+        self._t += 1
+        if self._t == self.k + self.queries:  # the last observation repeats the last one shown
+            self._t -= 1
+            info = {"success": self._correct == self.queries, "accuracy": self._correct / self.queries}
+            return self._obs(), reward, True, False, info
+        return self._obs(), reward, False, False, {}
