@@ -74,7 +74,7 @@ def collect(
 
 
 # ---------------------------------------------------------------------------------------------- train
-def train_run(agent: str, dataset: str, env_name: Optional[str], overrides: list[str], run_dir: Optional[Path],
+def train_run(agent: str, dataset: Optional[str], env_name: Optional[str], overrides: list[str], run_dir: Optional[Path],
               resume: bool, device: Optional[str] = None) -> tuple[Path, dict]:
     """Load presets and data, train, evaluate. Returns (run folder, evaluation summary)."""
     import torch
@@ -85,10 +85,16 @@ def train_run(agent: str, dataset: str, env_name: Optional[str], overrides: list
     from seqrl.presets import find_env_for_dataset, load_agent, load_env
     from seqrl.runners.offline import OfflineRunner
 
+    from seqrl.presets import OnlineRunnerConfig
+
     agent_over, env_over = _split_overrides(overrides)
     if device is not None:
         agent_over.setdefault("runner", {})["device"] = device
     preset = load_agent(agent, agent_over)
+    if isinstance(preset.runner, OnlineRunnerConfig):  # gtrxl, lstm_ppo: they train on an env
+        return online_train_run(preset, dataset, env_name, env_over, run_dir, resume)
+    if dataset is None:
+        raise PresetError(f"agent {preset.agent!r} trains offline: pass --dataset (a Minari dataset id)")
     store = load_store(dataset)
     if env_name is None:
         env_preset = find_env_for_dataset(dataset)
@@ -105,24 +111,85 @@ def train_run(agent: str, dataset: str, env_name: Optional[str], overrides: list
     return run_dir, results
 
 
+def resolve_env(name: str, overrides: dict) -> "EnvPreset":  # noqa: F821
+    """An env preset by name or path (envs/NAME.toml), else the preset of a Gymnasium id, else a bare
+    preset for any registered Gymnasium id."""
+    import dataclasses
+
+    import gymnasium as gym
+
+    import seqrl.envs  # noqa: F401  registers seqrl/... ids
+    from seqrl.errors import PresetError
+    from seqrl.presets import ENVS_DIR, EnvPreset, build, find_env_for_id, load_env, merge
+
+    if name.endswith(".toml") or (ENVS_DIR / f"{name}.toml").is_file():
+        return load_env(name, overrides)
+    found = find_env_for_id(name)
+    if found is not None:
+        return build(EnvPreset, merge(dataclasses.asdict(found), overrides))
+    if name in gym.registry:
+        limit = gym.registry[name].max_episode_steps or 1000
+        return build(EnvPreset, merge({"name": name, "env_id": name, "max_episode_steps": limit}, overrides))
+    known = sorted(p.stem for p in ENVS_DIR.glob("*.toml"))
+    raise PresetError(f"unknown env {name!r}: neither an env preset {known} nor a registered Gymnasium id")
+
+
+def online_train_run(preset, dataset: Optional[str], env_name: Optional[str], env_over: dict,
+                     run_dir: Optional[Path], resume: bool) -> tuple[Path, dict]:
+    """Train an online agent (gtrxl, lstm_ppo) with PPO on an env, then evaluate it."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from seqrl.data.store import space_to_dict
+    from seqrl.errors import PresetError
+    from seqrl.policies import TaskSpec, policy_class
+    from seqrl.runners.online import OnlineRunner
+
+    if dataset is not None:
+        raise PresetError(f"agent {preset.agent!r} trains online: pass --env, not --dataset")
+    if env_name is None:
+        raise PresetError(f"agent {preset.agent!r} trains online: pass --env (an env preset such as tmaze, "
+                          f"or a Gymnasium id such as seqrl/TMaze-v0)")
+    env_preset = resolve_env(env_name, env_over)
+    try:
+        probe = gym.make(env_preset.env_id, **env_preset.env_kwargs)
+    except (gym.error.Error, TypeError, ValueError) as e:
+        raise PresetError(f"env {env_preset.env_id!r} with env_kwargs {env_preset.env_kwargs}: {e}") from e
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    space_to_dict(obs_space), space_to_dict(act_space)  # DataError naming an unsupported space
+    shape = () if isinstance(obs_space, gym.spaces.Discrete) else obs_space.shape
+    spec = TaskSpec(obs_space, act_space, np.zeros(shape, np.float32), np.ones(shape, np.float32), env_preset,
+                    {"env_id": env_preset.env_id, "online": True})
+    torch.manual_seed(preset.runner.seed)  # initial weights follow the seed too
+    run_dir = run_dir or Path("runs") / preset.agent / env_preset.env_id.replace("/", "_") / f"seed{preset.runner.seed}"
+    policy = policy_class(preset.agent)(preset.policy, spec)
+    return run_dir, OnlineRunner(policy, preset, run_dir, resume=resume).run()
+
+
 @app.command()
 @_friendly
 def train(
-    agent: str = typer.Option(..., help="agent preset: agents/NAME.toml (dt, bc, dt_small, ...) or a path"),
-    dataset: str = typer.Option(..., help="a local Minari dataset id, e.g. seqrl/hopper/medium-v0"),
-    env: Optional[str] = typer.Option(None, help="env preset (default: the one whose dataset_prefix owns the id)"),
+    agent: str = typer.Option(..., help="agent preset: agents/NAME.toml (dt, bc, dt_small, gtrxl, lstm_ppo, ...) or a path"),
+    dataset: Optional[str] = typer.Option(None, help="offline agents: a local Minari dataset id, e.g. seqrl/hopper/medium-v0"),
+    env: Optional[str] = typer.Option(None, help="env preset or Gymnasium id (online agents: required; offline: "
+                                                 "default the preset whose dataset_prefix owns the dataset)"),
     set_: list[str] = typer.Option([], "--set", help="override, e.g. runner.steps=1000 or env.target_returns=[3600]"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (same as --set runner.device=...)"),
-    run_dir: Optional[Path] = typer.Option(None, help="default: runs/AGENT/DATASET/seedN"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "--out", help="default: runs/AGENT/DATASET_OR_ENV/seedN"),
     resume: bool = typer.Option(False, help="continue from RUN_DIR/checkpoint.pt"),
 ) -> None:
-    """Train an agent offline on a Minari dataset, then evaluate it."""
+    """Train an agent offline on a Minari dataset (dt, bc) or online on an env (gtrxl, lstm_ppo), then evaluate it."""
     import torch.distributed as dist
 
     run_dir, results = train_run(agent, dataset, env, set_, run_dir, resume, device)
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun, rank 0 evaluates and reports
         return
-    console.print(_results_table(f"{agent} on {dataset}", [(f"{agent} {k}".strip(), v) for k, v in results.items()]))
+    console.print(_results_table(f"{agent} on {dataset or env}", [(f"{agent} {k}".strip(), v) for k, v in results.items()]))
+    for k, v in results.items():
+        if "success_rate" in v:
+            console.print(f"{agent} {k}".strip() + f" success rate: {v['success_rate']:.2f}")
     console.print(f"checkpoint: {run_dir / 'checkpoint.pt'}\nTensorBoard: tensorboard --logdir {run_dir / 'tb'}")
 
 
@@ -143,9 +210,13 @@ def eval_(
     env = policy.spec.env
     rows = []
     for label, cond in policy.eval_conditions():
-        s = evaluate(policy, env.env_id, episodes, seed, device, cond, policy.spec.ref_scores, env.max_episode_steps).summary()
+        s = evaluate(policy, env.env_id, episodes, seed, device, cond, policy.spec.ref_scores, env.max_episode_steps,
+                     env.env_kwargs).summary()
         rows.append((f"{preset.agent} {label}".strip(), s | {"episodes": episodes}))
     console.print(_results_table(f"{checkpoint} on {env.env_id}", rows))
+    for name, s in rows:
+        if "success_rate" in s:
+            console.print(f"{name} success rate: {s['success_rate']:.2f}")
 
 
 # ------------------------------------------------------------------------------------------ quickstart

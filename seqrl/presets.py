@@ -81,6 +81,87 @@ class RunnerConfig:
             raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
 
 
+@dataclass(frozen=True)
+class OnlineRunnerConfig:
+    """Rollouts, PPO and logging settings of the online agents (gtrxl, lstm_ppo): `seqrl.runners.online`.
+
+    Defaults follow CleanRL's PPO (Huang et al. 2022, "The 37 implementation details of PPO")."""
+
+    # rollouts
+    total_steps: int = 500_000
+    """environment steps in total, over all envs"""
+    n_envs: int = 16
+    """parallel environments (a Gymnasium sync vector env)"""
+    n_steps: int = 128
+    """steps per env per rollout; one rollout feeds one PPO update"""
+    seq_len: int = 32
+    """truncated BPTT: rollouts are cut into sequences of this many steps, each replayed from the memory
+    recorded when it was collected; must divide n_steps"""
+    # PPO
+    epochs: int = 4
+    """passes over each rollout"""
+    minibatches: int = 4
+    """minibatches per pass; each holds whole sequences, so n_envs * n_steps / seq_len must divide evenly"""
+    lr: float = 2.5e-4
+    """Adam learning rate"""
+    anneal_lr: bool = False
+    """decay the learning rate linearly to 0 over total_steps"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.95
+    """GAE(lambda) (Schulman et al. 2016)"""
+    clip_coef: float = 0.2
+    """PPO ratio clipping epsilon"""
+    vf_clip: float = 0.2
+    """value clipping around the collection-time value; 0 disables"""
+    ent_coef: float = 0.01
+    """entropy bonus"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip; 0 disables"""
+    target_kl: float = 0.0
+    """stop an update's epochs early when the approximate KL exceeds this; 0 disables"""
+    # evaluation, logging, checkpoints
+    eval_every: int = 0
+    """PPO updates between evaluations (0: only at the end)"""
+    eval_episodes: int = 20
+    """episodes per evaluation (deterministic actions), run together in a vector env"""
+    log_every: int = 1
+    """PPO updates between TensorBoard scalars"""
+    checkpoint_every: int = 50
+    """PPO updates between checkpoints (a final one is always written)"""
+    seed: int = 0
+    """seeds torch and the envs"""
+    device: str = "cpu"
+    """torch device of the policy (envs step on the CPU): cpu, cuda, cuda:1, ..."""
+
+    def __post_init__(self):
+        for name in ("total_steps", "n_envs", "n_steps", "seq_len", "epochs", "minibatches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_steps % self.seq_len:
+            raise ValueError(f"seq_len {self.seq_len} does not divide n_steps {self.n_steps}")
+        if (self.n_envs * self.n_steps // self.seq_len) % self.minibatches:
+            raise ValueError(f"minibatches {self.minibatches} does not divide the {self.n_envs * self.n_steps // self.seq_len} "
+                             f"sequences of a rollout (n_envs * n_steps / seq_len)")
+        if not self.lr > 0 or not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip_coef > 0:
+            raise ValueError("lr and clip_coef must be > 0, gamma and gae_lambda in [0, 1]")
+        if min(self.vf_clip, self.ent_coef, self.vf_coef, self.max_grad_norm, self.target_kl) < 0:
+            raise ValueError("vf_clip, ent_coef, vf_coef, max_grad_norm and target_kl must be >= 0")
+        try:
+            import torch
+
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
+
+
 # --------------------------------------------------------------------------------------- environments
 @dataclass(frozen=True)
 class CollectConfig:
@@ -136,6 +217,8 @@ class EnvPreset:
     qualities: tuple[str, ...] = ("random", "medium", "expert", "medium-replay", "medium-expert")
     """the datasets `seqrl collect` can build for this task"""
     collect: CollectConfig = field(default_factory=CollectConfig)
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """keyword arguments of the env's constructor (`gym.make(env_id, **env_kwargs)`), e.g. a memory length"""
 
     def __post_init__(self):
         if self.ref_max_score == self.ref_min_score:
@@ -176,6 +259,11 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             except PresetError:
                 pass
         raise PresetError(f"{key}: {value!r} does not fit {tp}")
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise PresetError(f"{key}: expected a table, got {value!r}")
+        return {_check(k, key_tp, key): _check(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -270,7 +358,7 @@ class AgentPreset:
 
     agent: str
     policy: Any
-    runner: RunnerConfig
+    runner: RunnerConfig | OnlineRunnerConfig
 
     def to_dict(self) -> dict[str, Any]:
         return {"agent": self.agent, "policy": dataclasses.asdict(self.policy), "runner": dataclasses.asdict(self.runner)}
@@ -290,7 +378,8 @@ def agent_from_dict(values: dict[str, Any]) -> AgentPreset:
     return AgentPreset(
         agent=agent,
         policy=build(cls.Config, values.get("policy", {}), prefix="policy."),
-        runner=build(RunnerConfig, values.get("runner", {}), prefix="runner."),
+        # online agents declare their own runner config (OnlineRunnerConfig); offline ones use RunnerConfig
+        runner=build(getattr(cls, "RunnerConfig", RunnerConfig), values.get("runner", {}), prefix="runner."),
     )
 
 
@@ -309,5 +398,14 @@ def find_env_for_dataset(dataset_id: str) -> EnvPreset | None:
     for path in sorted(ENVS_DIR.glob("*.toml")):
         env = load_env(path)
         if dataset_id.startswith(env.dataset_prefix + "/"):
+            return env
+    return None
+
+
+def find_env_for_id(env_id: str) -> EnvPreset | None:
+    """The env preset of Gymnasium id `env_id` (e.g. seqrl/TMaze-v0 -> tmaze), if one exists."""
+    for path in sorted(ENVS_DIR.glob("*.toml")):
+        env = load_env(path)
+        if env.env_id == env_id:
             return env
     return None

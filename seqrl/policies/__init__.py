@@ -26,6 +26,10 @@ def policy_class(agent: str) -> type:
     from seqrl.policies.dm import DecisionMamba
 
     classes["dm"] = DecisionMamba
+    from seqrl.policies.gtrxl import GTrXLPolicy, LSTMPolicy  # online agents (seqrl.runners.online)
+
+    classes["gtrxl"] = GTrXLPolicy
+    classes["lstm_ppo"] = LSTMPolicy
     if agent not in classes:
         raise PresetError(f"unknown agent {agent!r}; known agents: {sorted(classes)}")
     return classes[agent]
