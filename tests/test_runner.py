@@ -156,3 +156,13 @@ def test_ddp_two_processes_equal_one_on_the_global_batch(pendulum_store, tmp_pat
     torch.testing.assert_close(ddp["params"], params(single), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ddp["loss"], half0.detach())
     torch.testing.assert_close(scalars["loss"], ((half0 + half1) / 2).detach())
+
+
+def test_param_groups_skip_marked_parameters():
+    from seqrl.nn.mamba import MambaBackbone
+    from seqrl.runners.offline import param_groups
+
+    mixer = MambaBackbone(16, 1, d_state=4).layers[0].mixer
+    decayed = {id(p) for p in param_groups(mixer, 0.1)[0]["params"]}
+    assert mixer.A_log.dim() == 2 and id(mixer.A_log) not in decayed  # marked _no_weight_decay
+    assert id(mixer.in_proj.weight) in decayed

@@ -1,13 +1,40 @@
 """Every path of the linear-recurrence kernels against the plain loop, in float64.
 
-On CPU these check the chunked PyTorch path; on CUDA (tests/test_gpu.py) the same checks run on Triton."""
+Each check runs on the CPU (the chunked PyTorch path, computing in the inputs' float64) and, where a
+GPU is present, on CUDA (the Triton kernels, computing in float32: looser tolerances). The loop
+itself always runs in float64 on the CPU. `gradcheck` needs float64 arithmetic, so it runs on the CPU
+path; the Triton gradients are held to the loop's autograd gradients instead."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from seqrl.kernels import scan as scan_mod
 from seqrl.kernels.scan import (linear_scan, linear_scan_ref, selective_scan, selective_scan_ref,
                                 selective_step)
+
+
+DEVICES = ["cpu", "cpu-sequential"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {"cpu": 1e-9, "cpu-sequential": 1e-9, "cuda": 2e-5}  # relative error allowed against the float64 loop
+
+
+@pytest.fixture(autouse=True)
+def inner_scan(request, monkeypatch):
+    """"cpu" runs a chunk's steps as a parallel scan, "cpu-sequential" one after another."""
+    device = request.node.callspec.params.get("device") if hasattr(request.node, "callspec") else None
+    monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0 if device == "cpu-sequential" else 10**9)
+
+
+def dev(device):
+    return "cpu" if device.startswith("cpu") else device
+
+
+def close(actual, expected, device, what="", tol=None):
+    """Relative L2 error of `actual` against the float64 reference, within the path's tolerance."""
+    actual, expected = actual.detach().cpu().to(expected.dtype), expected.detach()
+    err = ((actual - expected).norm() / expected.norm().clamp_min(1e-2)).item()  # near-zero references: absolute
+    tol = tol or TOL[device]
+    assert err < tol, f"{what}: relative error {err:.2e} over {tol:.0e}"
 
 
 def selective_inputs(b, d, n, l, dtype=torch.float64, device="cpu", seed=0, h0=True, z=True):
@@ -18,23 +45,37 @@ def selective_inputs(b, d, n, l, dtype=torch.float64, device="cpu", seed=0, h0=T
     return {k: None if v is None else v.to(device, dtype) for k, v in x.items()}
 
 
-@pytest.mark.parametrize("l,chunk", [(1, 4), (7, 4), (16, 4), (37, 8), (64, 64)])
-def test_selective_scan_matches_loop(l, chunk):
-    x = selective_inputs(2, 3, 4, l, seed=l)
-    out, h = selective_scan(**x, delta_softplus=True, return_state=True, chunk=chunk)
+def on(x, device):
+    return {k: None if v is None else v.to(dev(device)) for k, v in x.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b,d,n,l,chunk", [(2, 3, 4, 1, 4), (2, 3, 4, 7, 4), (2, 3, 4, 16, 4), (2, 3, 4, 37, 8),
+                                           (1, 5, 16, 300, 64), (3, 9, 8, 129, 64)])
+def test_selective_scan_matches_loop(device, b, d, n, l, chunk):
+    x = selective_inputs(b, d, n, l, seed=l)
+    out, h = selective_scan(**on(x, device), delta_softplus=True, return_state=True, chunk=chunk)
     ref, h_ref = selective_scan_ref(**x, delta_softplus=True)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(h, h_ref.float(), rtol=1e-6, atol=1e-6)
+    close(out, ref, device, "out")
+    close(h, h_ref, device, "final state")
 
 
-def test_selective_scan_gradients_match_loop():
-    x = selective_inputs(2, 3, 4, 11, seed=1)
-    x = {k: v.requires_grad_() for k, v in x.items()}
-    g = torch.randn(2, 3, 11, dtype=torch.float64)
-    grads = torch.autograd.grad((selective_scan(**x, delta_softplus=True, chunk=4) * g).sum(), list(x.values()))
-    grads_ref = torch.autograd.grad((selective_scan_ref(**x, delta_softplus=True)[0] * g).sum(), list(x.values()))
-    for name, a, b in zip(x, grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad of {name}: {m}")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gate,h0,l", [(True, True, 11), (False, False, 11), (True, True, 200), (True, False, 1)])
+def test_selective_scan_gradients_match_loop(device, gate, h0, l):
+    x = selective_inputs(2, 5, 4, l, seed=1, z=gate, h0=h0)
+    names = [k for k, v in x.items() if v is not None]
+    g = torch.randn(2, 5, l, dtype=torch.float64)
+    g_h = torch.randn(2, 5, 4, dtype=torch.float64)
+    leaves = {k: x[k].clone().to(dev(device)).requires_grad_() for k in names}
+    out, h = selective_scan(**{**on(x, device), **leaves}, delta_softplus=True, return_state=True, chunk=4)
+    grads = torch.autograd.grad((out.double() * g.to(dev(device))).sum() + (h.double() * g_h.to(dev(device))).sum(),
+                                list(leaves.values()))
+    ref_leaves = {k: x[k].clone().requires_grad_() for k in names}
+    ref, h_ref = selective_scan_ref(**{**x, **ref_leaves}, delta_softplus=True)
+    grads_ref = torch.autograd.grad((ref * g).sum() + (h_ref * g_h).sum(), list(ref_leaves.values()))
+    for name, a, b in zip(names, grads, grads_ref):
+        close(a, b, device, f"grad of {name}")
 
 
 def test_selective_scan_gradcheck():
@@ -65,33 +106,41 @@ def _state_f64(**x):
     return _SelectiveScanChunked.apply(x["u"], dt, x["A"], x["B"], x["C"], x["h0"], 2)
 
 
-def test_selective_scan_in_segments_equals_one_pass():
-    x = selective_inputs(2, 3, 4, 30, seed=4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_selective_scan_in_segments_equals_one_pass(device):
+    x = on(selective_inputs(2, 3, 4, 300, seed=4), device)
     full = selective_scan(**x, delta_softplus=True)
     seq = {k: x[k] for k in ("u", "delta", "B", "C", "z")}
     fixed = {k: x[k] for k in ("A", "D", "delta_bias")}
     h, outs = x["h0"], []
-    for sl in (slice(0, 13), slice(13, 14), slice(14, 30)):
+    for sl in (slice(0, 130), slice(130, 131), slice(131, 300)):
         out, h = selective_scan(**{k: v[..., sl] for k, v in seq.items()}, **fixed, h0=h.double(),
                                 delta_softplus=True, return_state=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, -1), full, rtol=1e-6, atol=1e-6)
 
 
-def test_selective_step_is_one_scan_step():
-    x = selective_inputs(3, 4, 5, 6, seed=5)
-    ref, _ = selective_scan_ref(**x, delta_softplus=True)
-    h = x["h0"]
+@pytest.mark.parametrize("device", DEVICES)
+def test_selective_step_is_one_scan_step(device):
+    x = selective_inputs(3, 40, 16, 6, seed=5)
+    ref, h_ref = selective_scan_ref(**x, delta_softplus=True)
+    xd = on({k: v.float() for k, v in x.items()}, device)
+    h = xd["h0"]
     for t in range(6):
-        y, h = selective_step(h, x["u"][..., t], x["delta"][..., t], x["A"], x["B"][..., t], x["C"][..., t],
-                              x["D"], x["z"][..., t], x["delta_bias"], delta_softplus=True)
-        torch.testing.assert_close(y, ref[..., t].to(y.dtype), rtol=1e-5, atol=1e-5)
+        y, h = selective_step(h, xd["u"][..., t], xd["delta"][..., t], xd["A"], xd["B"][..., t], xd["C"][..., t],
+                              xd["D"], xd["z"][..., t], xd["delta_bias"], delta_softplus=True)
+        assert y.shape == (3, 40) and h.shape == (3, 40, 16)
+        err = ((y.double().cpu() - ref[..., t]).norm() / ref[..., t].norm()).item()
+        assert err < 1e-5, err
+    assert ((h.double().cpu() - h_ref).norm() / h_ref.norm()).item() < 1e-5
 
 
-def test_selective_scan_bf16_inputs_accumulate_in_fp32():
-    x = selective_inputs(2, 8, 4, 200, dtype=torch.float32, seed=6)
-    ref, _ = selective_scan_ref(**{k: None if v is None else v.double() for k, v in x.items()}, delta_softplus=True)
-    out = selective_scan(**{k: None if v is None else v.bfloat16() for k, v in x.items()}, delta_softplus=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_selective_scan_bf16_inputs_accumulate_in_fp32(device):
+    x = selective_inputs(2, 8, 4, 200, seed=6)
+    ref, _ = selective_scan_ref(**x, delta_softplus=True)
+    out = selective_scan(**{k: None if v is None else v.to(dev(device), torch.bfloat16) for k, v in x.items()},
+                         delta_softplus=True).cpu()
     assert out.dtype == torch.bfloat16
     err = (out.double() - ref).norm() / ref.norm()
     assert err < 2e-2, err
@@ -104,9 +153,10 @@ def test_selective_scan_rejects_bad_shapes():
         selective_scan(**x)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("complex_", [False, True])
-@pytest.mark.parametrize("l,chunk", [(1, 4), (9, 4), (33, 8)])
-def test_linear_scan_matches_loop(complex_, l, chunk):
+@pytest.mark.parametrize("l,chunk", [(1, 4), (9, 4), (33, 8), (700, 64)])
+def test_linear_scan_matches_loop(device, complex_, l, chunk):
     g = torch.Generator().manual_seed(l)
     dtype = torch.complex128 if complex_ else torch.float64
     a = torch.rand(2, 3, l, generator=g, dtype=torch.float64) * 0.99
@@ -114,7 +164,15 @@ def test_linear_scan_matches_loop(complex_, l, chunk):
         a = a * torch.exp(1j * torch.randn(2, 3, l, generator=g, dtype=torch.float64))
     x = torch.randn(2, 3, l, generator=g, dtype=dtype)
     h0 = torch.randn(2, 3, generator=g, dtype=dtype)
-    torch.testing.assert_close(linear_scan(a, x, h0, chunk=chunk), linear_scan_ref(a, x, h0))
+    leaves = [t.to(dev(device)).requires_grad_() for t in (a, x, h0)]
+    ref_leaves = [t.clone().requires_grad_() for t in (a, x, h0)]
+    out, ref = linear_scan(*leaves, chunk=chunk), linear_scan_ref(*ref_leaves)
+    close(out, ref, device, "h")
+    w = torch.randn(ref.shape, generator=g, dtype=dtype)  # a real loss of complex outputs: Re(sum(conj(w) h))
+    grads = torch.autograd.grad((out * w.to(dev(device)).conj()).real.sum(), leaves)
+    grads_ref = torch.autograd.grad((ref * w.conj()).real.sum(), ref_leaves)
+    for name, gr, gr_ref in zip(("a", "x", "h0"), grads, grads_ref):
+        close(gr, gr_ref, device, f"grad of {name}")
 
 
 @pytest.mark.parametrize("complex_", [False, True])

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqrl.kernels.scan import CHUNK, selective_scan, selective_step
+from seqrl.kernels.scan import selective_scan, selective_step
 
 
 @dataclass
@@ -70,12 +70,9 @@ class MambaMixer(nn.Module):
     """The selective SSM block of Mamba: (B, T, d) -> (B, T, d), with a recurrent MixerState."""
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4,
-                 scan_chunk: int = CHUNK):
-        """`scan_chunk`: steps per chunk of the CPU scan path (ignored on CUDA)."""
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4):
         super().__init__()
         E = expand * d_model
-        self.scan_chunk = scan_chunk
         self.d_inner, self.d_state, self.d_conv = E, d_state, d_conv
         self.dt_rank = dt_rank or math.ceil(d_model / 16)  # Mamba's "auto" rank
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
@@ -121,7 +118,7 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())  # (E, N)
         y, h = selective_scan(u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(),
                               z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                              h0=state.ssm, return_state=True, chunk=self.scan_chunk)  # y (B, E, T), h (B, E, N)
+                              h0=state.ssm, return_state=True)  # y (B, E, T), h (B, E, N)
         return self.out_proj(y.transpose(1, 2)), MixerState(conv_state, h)
 
     def step(self, x: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
@@ -138,13 +135,13 @@ class MambaMixer(nn.Module):
 class MambaLayer(nn.Module):
     """Pre-norm residual block: x + mixer(RMSNorm(x)) [+ LayerNorm(fine mixer(RMSNorm(x)))]."""
 
-    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, fine_group: int, scan_chunk: int):
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, fine_group: int):
         super().__init__()
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
-        self.mixer = MambaMixer(d_model, d_state, d_conv, expand, scan_chunk=scan_chunk)
+        self.mixer = MambaMixer(d_model, d_state, d_conv, expand)
         self.fine_group = fine_group
         if fine_group:
-            self.fine = MambaMixer(d_model, d_state, d_conv, expand, scan_chunk=scan_chunk)
+            self.fine = MambaMixer(d_model, d_state, d_conv, expand)
             self.fine_norm = nn.LayerNorm(d_model)
 
     def fine_forward(self, x: torch.Tensor, state: MixerState, phase: torch.Tensor,
@@ -182,14 +179,13 @@ class MambaLayer(nn.Module):
 
 class MambaBackbone(nn.Module):
     def __init__(self, d_model: int, n_layers: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 fine_group: int = 0, scan_chunk: int = CHUNK):
-        """`fine_group` g > 0 adds the fine-grained branch of Decision Mamba over groups of g tokens.
-        `scan_chunk`: steps per chunk of the CPU scan (seqrl.kernels.scan); ignored on CUDA."""
+                 fine_group: int = 0):
+        """`fine_group` g > 0 adds the fine-grained branch of Decision Mamba over groups of g tokens."""
         super().__init__()
-        if d_conv < 1 or d_state < 1 or expand < 1 or fine_group < 0 or scan_chunk < 1:
-            raise ValueError("d_conv, d_state, expand and scan_chunk must be >= 1 and fine_group >= 0")
+        if d_conv < 1 or d_state < 1 or expand < 1 or fine_group < 0:
+            raise ValueError("d_conv, d_state and expand must be >= 1 and fine_group >= 0")
         self.d_model, self.n_layers, self.fine_group = d_model, n_layers, fine_group
-        self.layers = nn.ModuleList(MambaLayer(d_model, d_state, d_conv, expand, fine_group, scan_chunk) for _ in range(n_layers))
+        self.layers = nn.ModuleList(MambaLayer(d_model, d_state, d_conv, expand, fine_group) for _ in range(n_layers))
         self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
         self._init_weights()
 

@@ -71,9 +71,6 @@ class DMConfig:
     """K: steps per training window (the authors' K)"""
     dropout: float = 0.1
     """dropout on the token embeddings"""
-    scan_chunk: int = 64
-    """steps per chunk of the CPU selective scan (ignored on CUDA): at short windows and large batches
-    a small chunk (1: a plain loop) is several times faster on CPU"""
     multi_grained: bool = True
     """add the fine-grained (intra-triplet) SSM branch; False: plain Mamba (the paper's 'w/o MG')"""
     # inverse learning objectives
@@ -97,7 +94,7 @@ class DMConfig:
 
     def __post_init__(self):
         for name in ("embed_dim", "n_layers", "d_state", "d_conv", "expand", "context_len", "pser_steps",
-                     "pser_interval", "scan_chunk"):
+                     "pser_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("dropout", "pser_alpha_max"):
@@ -129,7 +126,7 @@ class DMNet(nn.Module):
             obs_mean=spec.obs_mean, obs_std=spec.obs_std, reward_scale=spec.env.reward_scale,
             max_timestep=spec.env.max_episode_steps, dropout=config.dropout)
         self.backbone = MambaBackbone(d, config.n_layers, config.d_state, config.d_conv, config.expand,
-                                      fine_group=3 if config.multi_grained else 0, scan_chunk=config.scan_chunk)
+                                      fine_group=3 if config.multi_grained else 0)
         self.head = ActionHead(d, spec.action_space)
         obs_dim = 0 if self.tokenizer.discrete_obs else int(self.tokenizer.obs_mean.numel())
         self.state_head = nn.Linear(d, obs_dim) if obs_dim and config.state_weight > 0 else None

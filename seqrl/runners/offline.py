@@ -38,10 +38,12 @@ from seqrl.runners.evaluate import evaluate
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and embeddings (dim >= 2); never biases, LayerNorm gains or other vectors (nanoGPT)."""
+    """Decay matrices and embeddings (dim >= 2); never biases, LayerNorm gains or other vectors (nanoGPT),
+    nor parameters a module marks `_no_weight_decay` (Mamba's A_log and D, as mamba-ssm marks them)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    decay = [p.dim() >= 2 and not getattr(p, "_no_weight_decay", False) for p in params]
+    return [{"params": [p for p, d in zip(params, decay) if d], "weight_decay": weight_decay},
+            {"params": [p for p, d in zip(params, decay) if not d], "weight_decay": 0.0}]
 
 
 def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:

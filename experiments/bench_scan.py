@@ -1,0 +1,287 @@
+"""Selective-scan speed and memory on one GPU, against mambapy's pscan and accelerated-scan in the same run.
+
+    python experiments/bench_scan.py --device cuda [--sweep] [--out docs/results/bench_scan.json]
+    python experiments/bench_scan.py --device cpu            # the chunked PyTorch path against the loop
+    python experiments/bench_scan.py --device cpu --shape 1,16,16 --lengths 4096   # steps too small for a loop
+
+On the CPU, "peak MB" is what autograd keeps for the backward pass (saved tensors), measured with
+saved-tensor hooks: the loop keeps every step's state, the chunked path only chunk-start states.
+
+Problem: Mamba's S6 scan with softplus(delta + bias), skip D and gate z, B=8, D=256, N=16,
+L in {1024, 4096, 16384}, float32 and bfloat16 inputs; "fwd" is the forward, "fwd+bwd" the forward
+then the backward of a random cotangent.
+
+Paths:
+- seqrl: `seqrl.kernels.scan.selective_scan` (Triton on CUDA);
+- torch-chunked: seqrl's chunked PyTorch path, run on the same device (what the CPU uses);
+- mambapy: mambapy 1.2.0's `pscan` (Blelloch in PyTorch) over the materialised (B, L, D, N) decays
+  and inputs, then the contraction with C, as mambapy's own selective_scan does;
+- accelerated-scan: accelerated-scan 0.3.1's Triton `scalar.scan` over the materialised
+  (B, D*N, L) recurrence, then the contraction with C;
+- loop: the reference loop (L=1024 only).
+
+Bandwidth floor: the bytes a fused scan must move (each input read once, each output written once;
+fwd: u, delta, z, B, C in and out; bwd: those and the cotangent in, du, ddelta, dz, dB, dC out) over the
+device-to-device copy bandwidth measured at the start of the run. "floor %" is floor time / measured time.
+Peak memory is the most the path allocates beyond its inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seqrl.kernels import scan as S
+
+B_, D_, N_ = 8, 256, 16
+
+
+def inputs(L, dtype, device, grad, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=device, generator=g)  # noqa: E731
+    x = dict(u=r(B_, D_, L), delta=r(B_, D_, L) * 0.5 - 2.0, A=-torch.exp(r(D_, N_) * 0.5), B=r(B_, N_, L),
+             C=r(B_, N_, L), D=r(D_), z=r(B_, D_, L), delta_bias=r(D_) * 0.1)
+    for k in ("u", "delta", "B", "C", "z"):
+        x[k] = x[k].to(dtype)
+    if grad:
+        for v in x.values():
+            v.requires_grad_()
+    return x
+
+
+def seqrl_scan(x):
+    return S.selective_scan(**x, delta_softplus=True)
+
+
+def chunked_scan(x):
+    dt = F.softplus(x["delta"].float() + x["delta_bias"][:, None])
+    h0 = torch.zeros(B_, D_, N_, device=dt.device)
+    y, _ = S._SelectiveScanChunked.apply(x["u"].float(), dt, x["A"], x["B"].float(), x["C"].float(), h0, S.CHUNK)
+    return ((y + x["D"][:, None] * x["u"]) * F.silu(x["z"].float())).to(x["u"].dtype)
+
+
+def materialised(x):
+    """Decays and inputs as (B, L, D, N) tensors, the way scan libraries without a fused S6 kernel need them."""
+    dt = F.softplus(x["delta"] + x["delta_bias"][:, None]).transpose(1, 2)  # (B, L, D)
+    dA = torch.exp(dt[..., None] * x["A"])  # (B, L, D, N)
+    bx = (dt * x["u"].transpose(1, 2))[..., None] * x["B"].transpose(1, 2)[:, :, None]  # (B, L, D, N)
+    return dA, bx
+
+
+def finish(hs, x):
+    """hs (B, L, D, N) -> gated output (B, D, L)."""
+    y = (hs * x["C"].transpose(1, 2)[:, :, None]).sum(-1).transpose(1, 2)
+    return (y + x["D"][:, None] * x["u"]) * F.silu(x["z"])
+
+
+def mambapy_scan(x):
+    from mambapy.pscan import pscan
+
+    dA, bx = materialised(x)
+    return finish(pscan(dA, bx), x)
+
+
+def accel_scan(x):
+    from accelerated_scan.scalar import scan
+
+    dA, bx = materialised(x)
+    L = dA.shape[1]
+    to_bcl = lambda t: t.permute(0, 2, 3, 1).reshape(B_, D_ * N_, L).contiguous()  # noqa: E731
+    hs = scan(to_bcl(dA), to_bcl(bx))  # (B, D*N, L)
+    return finish(hs.view(B_, D_, N_, L).permute(0, 3, 1, 2), x)
+
+
+def loop_scan(x):
+    return S.selective_scan_ref(**x, delta_softplus=True)[0]
+
+
+PATHS = {"seqrl": seqrl_scan, "torch-chunked": chunked_scan, "mambapy": mambapy_scan,
+         "accelerated-scan": accel_scan, "loop": loop_scan}
+
+
+def bench(fn, device, warmup=3, reps=10):
+    if device == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return sorted(ts)[len(ts) // 2]
+
+
+def saved_mb(fn):
+    """CPU: megabytes autograd keeps for the backward pass (each storage counted once)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
+def peak_mb(fn, device):
+    if device != "cuda":
+        return float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def copy_bandwidth():
+    x = torch.empty(2**28, device="cuda")  # 1 GiB
+    y = torch.empty_like(x)
+    import triton.testing
+
+    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=25, rep=100, return_mode="median")
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def floor_bytes(L, esize, mode):
+    bdl, bnl = B_ * D_ * L, B_ * N_ * L
+    fwd = (4 * bdl + 2 * bnl) * esize
+    bwd = (4 * bdl + 2 * bnl) * esize + (3 * bdl + 2 * bnl) * esize
+    return fwd if mode == "fwd" else fwd + bwd
+
+
+def run_case(name, L, dtype, mode, device, ref=None):
+    fn = PATHS[name]
+    x = inputs(L, dtype, device, grad=mode != "fwd")
+    g = torch.randn(B_, D_, L, device=device, dtype=dtype)
+    if mode == "fwd":
+        call = lambda: fn(x)  # noqa: E731
+        ctx = torch.no_grad
+    else:
+        def call():
+            for v in x.values():
+                v.grad = None
+            fn(x).backward(g)
+
+        ctx = torch.enable_grad
+    with ctx():
+        out = fn(x).detach()
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item() if ref is not None else float("nan")
+        ms = bench(call, device)
+        mem = peak_mb(call, device) if device == "cuda" else (saved_mb(lambda: fn(x)) if mode != "fwd" else float("nan"))
+    return dict(path=name, L=L, dtype=str(dtype).replace("torch.", ""), mode=mode, ms=ms, peak_mb=mem,
+                rel_err_vs_seqrl=err), out
+
+
+def one(rows, mode, bd, bl, nw, device):
+    try:
+        r, _ = run_case("seqrl", 16384, torch.float32, mode, device)
+        rows.append(dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, mode=mode, ms=r["ms"]))
+    except Exception as e:  # noqa: BLE001 - a tile that does not compile is a result too
+        rows.append(dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, mode=mode, error=repr(e)[:200]))
+    print(rows[-1], flush=True)
+
+
+def sweep(device):
+    """Tile sizes of the Triton kernels at L=16384, float32: the fastest forward, then the fastest
+    backward whose chunk is a multiple of the forward's (it reads the forward's chunk-start states).
+    Leaves the winners in CONFIG for the rest of the run."""
+    from seqrl.kernels import triton_scan as T
+
+    rows = []
+    for bd, bl, nw in [(2, 128, 1), (1, 128, 1), (4, 128, 1), (2, 256, 1), (1, 256, 1), (2, 128, 2), (2, 64, 1)]:
+        T.CONFIG["fwd"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+        T.CONFIG["bwd"] = dict(BLOCK_D=8, BLOCK_L=bl, num_warps=4)
+        one(rows, "fwd", bd, bl, nw, device)
+    best_f = min((r for r in rows if "ms" in r), key=lambda r: r["ms"])
+    T.CONFIG["fwd"] = dict(BLOCK_D=best_f["BLOCK_D"], BLOCK_L=best_f["BLOCK_L"], num_warps=best_f["num_warps"])
+    for bd, bl, nw in [(8, 128, 4), (4, 128, 2), (4, 128, 4), (8, 256, 4), (4, 256, 2), (4, 64, 2), (8, 64, 4)]:
+        if bl % best_f["BLOCK_L"]:
+            continue
+        T.CONFIG["bwd"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+        one(rows, "fwd+bwd", bd, bl, nw, device)
+    best_b = min((r for r in rows if "ms" in r and r["mode"] == "fwd+bwd"), key=lambda r: r["ms"])
+    T.CONFIG["bwd"] = dict(BLOCK_D=best_b["BLOCK_D"], BLOCK_L=best_b["BLOCK_L"], num_warps=best_b["num_warps"])
+    print("chosen:", T.CONFIG, flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--sweep", action="store_true", help="also time tile sizes of the Triton kernels")
+    ap.add_argument("--lengths", default=None, help="comma-separated L (default 1024,4096,16384; CPU 256,1024)")
+    ap.add_argument("--shape", default=None, help="B,D,N (default 8,256,16)")
+    ap.add_argument("--paths", default=None, help="comma-separated subset of " + ",".join(PATHS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev = args.device
+    if args.shape:
+        global B_, D_, N_
+        B_, D_, N_ = (int(v) for v in args.shape.split(","))
+    result = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "B": B_, "D": D_, "N": N_}
+    if dev == "cuda":
+        result["copy_GBps"] = copy_bandwidth() / 1e9
+        print(f"device-to-device copy: {result['copy_GBps']:.0f} GB/s", flush=True)
+        if args.sweep:
+            result["sweep"] = sweep(dev)
+        from seqrl.kernels.triton_scan import CONFIG
+
+        result["config"] = CONFIG
+        lengths = [1024, 4096, 16384]
+        dtypes = [torch.float32, torch.bfloat16]
+        names = ["seqrl", "torch-chunked", "mambapy", "accelerated-scan", "loop"]
+    else:
+        torch.set_num_threads(1)
+        lengths = [256, 1024]
+        dtypes = [torch.float32]
+        names = ["seqrl", "loop"]
+    if args.paths:
+        names = args.paths.split(",")
+    if args.lengths:
+        lengths = [int(v) for v in args.lengths.split(",")]
+    rows = []
+    for dtype in dtypes:
+        for L in lengths:
+            for mode in ("fwd", "fwd+bwd"):
+                ref = None
+                for name in names:
+                    if name == "loop" and L > 1024:
+                        continue
+                    try:
+                        r, out = run_case(name, L, dtype, mode, dev, ref)
+                    except Exception as e:  # noqa: BLE001 - out of memory or unsupported dtype is a result
+                        r, out = dict(path=name, L=L, dtype=str(dtype).replace("torch.", ""), mode=mode,
+                                      error=repr(e)[:200]), None
+                        torch.cuda.empty_cache() if dev == "cuda" else None
+                    if name == "seqrl":
+                        ref = out
+                    if dev == "cuda" and "ms" in r:
+                        esize = 4 if dtype == torch.float32 else 2
+                        r["floor_pct"] = 100 * floor_bytes(L, esize, mode) / result["copy_GBps"] / 1e9 / (r["ms"] * 1e-3)
+                    rows.append(r)
+                    print(r, flush=True)
+    result["rows"] = rows
+    print(f"\n{'dtype':8} {'L':>6} {'mode':8} {'path':17} {'ms':>9} {'peak MB':>9} {'floor %':>8} {'err':>8}")
+    for r in rows:
+        if "ms" in r:
+            print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['ms']:9.3f} {r['peak_mb']:9.0f} "
+                  f"{r.get('floor_pct', float('nan')):8.1f} {r['rel_err_vs_seqrl']:8.1e}")
+        else:
+            print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['error'][:60]}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

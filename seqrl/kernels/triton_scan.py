@@ -1,0 +1,477 @@
+"""Triton kernels for the recurrences of `seqrl/kernels/scan.py` (CUDA only; call them through it).
+
+Dimension letters: b batch, d channels, n state size, l length; a program owns one batch row and
+BLOCK_D channels and walks l in chunks of BLOCK_L steps.
+
+Selective scan, forward. Per chunk the program loads u, delta (and z) as (BLOCK_D, BLOCK_L) tiles and,
+for each state index n in turn, B_n and C_n as (BLOCK_L,) rows; it forms the decays
+dA = exp(dt A_n) and inputs x = dt u B_n, runs `tl.associative_scan` along the chunk over the pairs
+(dA, x) (composition (a1, x1) then (a2, x2) = (a1 a2, a2 x1 + x2)), adds the carried state, and
+accumulates y += C_n h. The state (BLOCK_D, n) lives in registers from chunk to chunk. Memory traffic
+is the inputs and outputs once; the (b, l, d, n) states never exist in memory. When gradients are
+wanted, the state at the start of each chunk is stored, (b, d, l / BLOCK_L, n), and with a gate z the
+pre-gate output y, (b, d, l).
+
+Backward. Chunks are walked from last to first. For each n the chunk's states are recomputed from
+the stored chunk-start state, and the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1} runs as a reverse
+associative scan, continued across chunks by a carried (BLOCK_D, n) adjoint. dA_{t+1} is read
+straight from memory (delta shifted by one), so no register shuffles are needed, and
+dA_t h_{t-1} = h_t - x_t gives the decay gradient without the previous state. Gradients of B and C
+sum over channels, which several programs share: each program writes its share, (b, d-block, n, l) in
+float32, and they are summed afterwards (deterministic, and faster than atomic adds here: 12.9 against
+17.4 ms forward+backward at L=16384). The gradient of A is written per batch row and summed afterwards.
+
+Linear scan (S4D/S5): the same chunked associative scan over h_t = a_t h_{t-1} + x_t, real or
+complex (complex tensors as interleaved real/imaginary float pairs), with its backward as a reverse
+scan over conj(a_{t+1}).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+# Tile sizes, chosen by experiments/bench_scan.py on an H100 (docs/benchmarks.md).
+CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
+          "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
+
+
+@triton.jit
+def _compose(a1, x1, a2, x2):
+    """(a1, x1) then (a2, x2): h -> a2 (a1 h + x1) + x2. A reverse scan (reverse=True) passes the
+    accumulated later elements first, so the same function composes the adjoint recurrences."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _compose_complex(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
+    return (ar1 * ar2 - ai1 * ai2, ar1 * ai2 + ai1 * ar2,
+            ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
+
+
+@triton.jit
+def _column(t, idx, j):
+    """Column j of a 2-D register tile t (rows x cols), idx = arange over cols."""
+    return tl.sum(tl.where(idx[None, :] == j, t, 0.0), axis=1)
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+# ------------------------------------------------------------------------------ selective: fwd
+@triton.jit
+def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                   out_ptr, ypre_ptr, hlast_ptr, states_ptr, L, DM, n_chunks,
+                   N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   HAS_H0: tl.constexpr, SAVE: tl.constexpr):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DM
+    offs_n = tl.arange(0, N)
+    cols = tl.arange(0, BLOCK_L)
+    dn = offs_d[:, None] * N + offs_n[None, :]  # (BLOCK_D, N) offsets into (d, n)
+    A2 = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row = pid_b * DM * L + offs_d[:, None] * L  # (BLOCK_D, 1)
+    for c in tl.range(0, n_chunks):
+        offs_l = c * BLOCK_L + cols
+        mask_l = offs_l < L
+        m2 = mask_d[:, None] & mask_l[None, :]
+        u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)  # padding: decay 1, input 0, so the state passes through unchanged
+        if SAVE:
+            tl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_chunks + c) * N + offs_n[None, :], h,
+                     mask=mask_d[:, None])
+        dtu = dt * u
+        ys = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        for n in tl.static_range(N):
+            Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            a_n = _column(A2, offs_n, n)
+            h_n = _column(h, offs_n, n)
+            dA = tl.exp2(dt * a_n[:, None])
+            acc_a, acc_x = tl.associative_scan((dA, dtu * Bn[None, :]), 1, _compose)
+            hs = acc_x + acc_a * h_n[:, None]
+            ys += hs * Cn[None, :]
+            h = tl.where(offs_n[None, :] == n, _column(hs, cols, BLOCK_L - 1)[:, None], h)
+        if HAS_D:
+            ys += Dv[:, None] * u
+        if HAS_Z:
+            tl.store(ypre_ptr + row + offs_l[None, :], ys, mask=m2)
+            z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+            ys = ys * z * tl.sigmoid(z)
+        tl.store(out_ptr + row + offs_l[None, :], ys.to(out_ptr.dtype.element_ty), mask=m2)
+    tl.store(hlast_ptr + pid_b * DM * N + dn, h, mask=mask_d[:, None])
+
+
+# ------------------------------------------------------------------------------ selective: bwd
+@triton.jit
+def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr,
+                   dout_ptr, dhlast_ptr,
+                   du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
+                   L, DM, n_chunks, n_states,
+                   N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   HAS_DHLAST: tl.constexpr):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DM
+    offs_n = tl.arange(0, N)
+    cols = tl.arange(0, BLOCK_L)
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    A = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_DHLAST:  # adjoint of the state after the last step, carried backwards chunk by chunk
+        carry = tl.load(dhlast_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    row = pid_b * DM * L + offs_d[:, None] * L
+    for ci in tl.range(0, n_chunks):
+        c = n_chunks - 1 - ci
+        offs_l = c * BLOCK_L + cols
+        mask_l = offs_l < L
+        m2 = mask_d[:, None] & mask_l[None, :]
+        m2n = mask_d[:, None] & (offs_l[None, :] + 1 < L)
+        u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        draw = tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        draw_n = tl.load(delta_ptr + row + offs_l[None, :] + 1, mask=m2n, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            draw += bias[:, None]
+            draw_n += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(draw)
+            dt_n = _softplus(draw_n)
+        else:
+            dt = draw
+            dt_n = draw_n
+        dt = tl.where(m2, dt, 0.0)
+        g = tl.load(dout_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+            y = tl.load(ypre_ptr + row + offs_l[None, :], mask=m2, other=0.0)
+            sz = tl.sigmoid(z)
+            dy = g * z * sz
+            tl.store(dz_ptr + row + offs_l[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                     mask=m2)
+        else:
+            dy = g
+        du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+            du += Dv[:, None] * dy
+        ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        dtu = dt * u
+        # the forward stored a state every BLOCK_L / R steps
+        h_start = tl.load(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + c * R) * N + offs_n[None, :],
+                          mask=mask_d[:, None], other=0.0)
+        for n in tl.static_range(N):
+            Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            a2_n = _column(A2, offs_n, n)
+            dA = tl.exp2(dt * a2_n[:, None])
+            x = dtu * Bn[None, :]
+            acc_a, acc_x = tl.associative_scan((dA, x), 1, _compose)
+            hs = acc_x + acc_a * _column(h_start, offs_n, n)[:, None]
+            # decay into the next step; 1 past the end, so the carried adjoint enters at step L-1 unchanged
+            dA_n = tl.where(m2n, tl.exp2(dt_n * a2_n[:, None]), 1.0)
+            rev_a, rev_x = tl.associative_scan((dA_n, Cn[None, :] * dy), 1, _compose, reverse=True)
+            dh = rev_x + rev_a * _column(carry, offs_n, n)[:, None]
+            dh = tl.where(m2, dh, 0.0)
+            carry = tl.where(offs_n[None, :] == n, _column(dh, cols, 0)[:, None], carry)
+            dAh = dh * (hs - x)  # dL/d(dA_t) dA_t, since dA_t h_{t-1} = h_t - x_t
+            dhB = dh * Bn[None, :]
+            ddt += dhB * u + dAh * _column(A, offs_n, n)[:, None]
+            du += dhB * dt
+            dA_acc = tl.where(offs_n[None, :] == n, dA_acc + tl.sum(dAh * dt, axis=1)[:, None], dA_acc)
+            # this program's share of dB, dC: (b, d-block, n, l), summed over d-blocks afterwards
+            part = ((pid_b * tl.num_programs(1) + tl.program_id(1)) * N + n) * L + offs_l
+            tl.store(dB_ptr + part, tl.sum(dh * dtu, axis=0), mask=mask_l)
+            tl.store(dC_ptr + part, tl.sum(hs * dy, axis=0), mask=mask_l)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(draw)
+        tl.store(du_ptr + row + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+    tl.store(dA_ptr + pid_b * DM * N + dn, dA_acc, mask=mask_d[:, None])
+    # the initial state's adjoint: dA_0 dh_0, with dh_0 the carry left after the first chunk
+    dt0 = tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt0 += bias
+    if SOFTPLUS:
+        dt0 = _softplus(dt0)
+    tl.store(dh0_ptr + pid_b * DM * N + dn, tl.exp2(dt0[:, None] * A2) * carry, mask=mask_d[:, None])
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
+
+
+# ------------------------------------------------------------------------------ selective: step
+@triton.jit
+def _selective_step(h_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, hnew_ptr, DM,
+                    N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DM
+    offs_n = tl.arange(0, N)
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    md = mask_d[:, None]
+    h = tl.load(h_ptr + pid_b * DM * N + dn, mask=md, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + dn, mask=md, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    Bv = tl.load(B_ptr + pid_b * N + offs_n).to(tl.float32)
+    Cv = tl.load(C_ptr + pid_b * N + offs_n).to(tl.float32)
+    h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bv[None, :]
+    y = tl.sum(h * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * u
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(hnew_ptr + pid_b * DM * N + dn, h, mask=md)
+    tl.store(y_ptr + pid_b * DM + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+
+# ----------------------------------------------------------------------------------- linear scan
+@triton.jit
+def _linear_fwd(a_ptr, x_ptr, h0_ptr, h_ptr, L, DM, n_chunks,
+                COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """h_t = a_t h_{t-1} + x_t; complex tensors are (..., 2) float pairs, element stride 2."""
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DM
+    cols = tl.arange(0, BLOCK_L)
+    S: tl.constexpr = 2 if COMPLEX else 1
+    hr = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
+    if COMPLEX:
+        hi = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
+    row = (pid_b * DM * L + offs_d[:, None] * L) * S
+    for c in tl.range(0, n_chunks):
+        offs_l = c * BLOCK_L + cols
+        m2 = mask_d[:, None] & (offs_l[None, :] < L)
+        p = row + offs_l[None, :] * S
+        ar = tl.load(a_ptr + p, mask=m2, other=1.0).to(tl.float32)
+        xr = tl.load(x_ptr + p, mask=m2, other=0.0).to(tl.float32)
+        if COMPLEX:
+            ai = tl.load(a_ptr + p + 1, mask=m2, other=0.0).to(tl.float32)
+            xi = tl.load(x_ptr + p + 1, mask=m2, other=0.0).to(tl.float32)
+            sar, sai, sxr, sxi = tl.associative_scan((ar, ai, xr, xi), 1, _compose_complex)
+            outr = sxr + sar * hr[:, None] - sai * hi[:, None]
+            outi = sxi + sar * hi[:, None] + sai * hr[:, None]
+            tl.store(h_ptr + p, outr.to(h_ptr.dtype.element_ty), mask=m2)
+            tl.store(h_ptr + p + 1, outi.to(h_ptr.dtype.element_ty), mask=m2)
+            hr = _column(outr, cols, BLOCK_L - 1)
+            hi = _column(outi, cols, BLOCK_L - 1)
+        else:
+            sar, sxr = tl.associative_scan((ar, xr), 1, _compose)
+            outr = sxr + sar * hr[:, None]
+            tl.store(h_ptr + p, outr.to(h_ptr.dtype.element_ty), mask=m2)
+            hr = _column(outr, cols, BLOCK_L - 1)
+
+
+@triton.jit
+def _linear_bwd(a_ptr, h0_ptr, h_ptr, g_ptr, da_ptr, dx_ptr, dh0_ptr, L, DM, n_chunks,
+                COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """dh_t = g_t + conj(a_{t+1}) dh_{t+1}; dx_t = dh_t; da_t = dh_t conj(h_{t-1}); dh0 = conj(a_0) dh_0."""
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DM
+    cols = tl.arange(0, BLOCK_L)
+    S: tl.constexpr = 2 if COMPLEX else 1
+    cr = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    ci = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    row = (pid_b * DM * L + offs_d[:, None] * L) * S
+    for k in tl.range(0, n_chunks):
+        c = n_chunks - 1 - k
+        offs_l = c * BLOCK_L + cols
+        m2 = mask_d[:, None] & (offs_l[None, :] < L)
+        mn = mask_d[:, None] & (offs_l[None, :] + 1 < L)
+        mp = mask_d[:, None] & (offs_l[None, :] >= 1) & (offs_l[None, :] < L)
+        first = (offs_l[None, :] == 0) & mask_d[:, None]
+        p = row + offs_l[None, :] * S
+        anr = tl.load(a_ptr + p + S, mask=mn, other=0.0).to(tl.float32)
+        gr = tl.load(g_ptr + p, mask=m2, other=0.0).to(tl.float32)
+        hpr = tl.load(h_ptr + p - S, mask=mp, other=0.0).to(tl.float32)
+        h0r = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
+        hpr = tl.where(first, h0r[:, None], hpr)
+        if COMPLEX:
+            ani = -tl.load(a_ptr + p + S + 1, mask=mn, other=0.0).to(tl.float32)  # conj
+            gi = tl.load(g_ptr + p + 1, mask=m2, other=0.0).to(tl.float32)
+            hpi = tl.load(h_ptr + p - S + 1, mask=mp, other=0.0).to(tl.float32)
+            h0i = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
+            hpi = tl.where(first, h0i[:, None], hpi)
+            sar, sai, sxr, sxi = tl.associative_scan((anr, ani, gr, gi), 1, _compose_complex, reverse=True)
+            dhr = sxr + sar * cr[:, None] - sai * ci[:, None]
+            dhi = sxi + sar * ci[:, None] + sai * cr[:, None]
+            cr = _column(dhr, cols, 0)  # dh at the chunk's first step, for the chunk before
+            ci = _column(dhi, cols, 0)
+            tl.store(dx_ptr + p, dhr.to(dx_ptr.dtype.element_ty), mask=m2)
+            tl.store(dx_ptr + p + 1, dhi.to(dx_ptr.dtype.element_ty), mask=m2)
+            tl.store(da_ptr + p, (dhr * hpr + dhi * hpi).to(da_ptr.dtype.element_ty), mask=m2)  # dh conj(h_prev)
+            tl.store(da_ptr + p + 1, (dhi * hpr - dhr * hpi).to(da_ptr.dtype.element_ty), mask=m2)
+        else:
+            sar, sxr = tl.associative_scan((anr, gr), 1, _compose, reverse=True)
+            dhr = sxr + sar * cr[:, None]
+            cr = _column(dhr, cols, 0)
+            tl.store(dx_ptr + p, dhr.to(dx_ptr.dtype.element_ty), mask=m2)
+            tl.store(da_ptr + p, (dhr * hpr).to(da_ptr.dtype.element_ty), mask=m2)
+    # dh0 = conj(a_0) dh_0
+    a0r = tl.load(a_ptr + (pid_b * DM * L + offs_d * L) * S, mask=mask_d, other=0.0).to(tl.float32)
+    if COMPLEX:
+        a0i = tl.load(a_ptr + (pid_b * DM * L + offs_d * L) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
+        tl.store(dh0_ptr + (pid_b * DM + offs_d) * S, a0r * cr + a0i * ci, mask=mask_d)
+        tl.store(dh0_ptr + (pid_b * DM + offs_d) * S + 1, a0r * ci - a0i * cr, mask=mask_d)
+    else:
+        tl.store(dh0_ptr + (pid_b * DM + offs_d) * S, a0r * cr, mask=mask_d)
+
+
+# ------------------------------------------------------------------------------------ wrappers
+def _opt(t):
+    return None if t is None else t.contiguous()
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+        u, delta, B, C, z = (_opt(t) for t in (u, delta, B, C, z))
+        A = A.contiguous().float()
+        D, delta_bias = _opt(D), _opt(delta_bias)
+        h0 = None if h0 is None else h0.contiguous().float()
+        b, d, l = u.shape
+        n = A.shape[1]
+        cfg = CONFIG["fwd"]
+        n_chunks = triton.cdiv(l, cfg["BLOCK_L"])
+        save = any(ctx.needs_input_grad[:9])
+        out = torch.empty_like(u)
+        hlast = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
+        states = torch.empty(b, d, n_chunks, n, device=u.device, dtype=torch.float32) if save else hlast
+        ypre = torch.empty(b, d, l, device=u.device, dtype=torch.float32) if (save and z is not None) else out
+        dummy = u
+        grid = (b, triton.cdiv(d, cfg["BLOCK_D"]))
+        _selective_fwd[grid](u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
+                             dummy if delta_bias is None else delta_bias, hlast if h0 is None else h0,
+                             out, ypre, hlast, states, l, d, n_chunks,
+                             N=n, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], HAS_D=D is not None,
+                             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+                             HAS_H0=h0 is not None, SAVE=bool(save), num_warps=cfg["num_warps"])
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre if z is not None else None)
+            ctx.softplus, ctx.has_h0 = softplus, h0 is not None
+        return out, hlast
+
+    @staticmethod
+    def backward(ctx, dout, dhlast):
+        u, delta, A, B, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
+        b, d, l = u.shape
+        n = A.shape[1]
+        cfg = CONFIG["bwd"]
+        n_states = states.shape[2]
+        R = cfg["BLOCK_L"] // CONFIG["fwd"]["BLOCK_L"]
+        dout = dout.contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dA = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
+        n_dblk = triton.cdiv(d, cfg["BLOCK_D"])
+        dB = torch.empty(b, n_dblk, n, l, device=u.device, dtype=torch.float32)
+        dC = torch.empty_like(dB)
+        dD = torch.empty(b, d, device=u.device, dtype=torch.float32) if D is not None else None
+        dh0 = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
+        grid = (b, n_dblk)
+        _selective_bwd[grid](u, delta, A, B, C, u if D is None else D, u if z is None else z,
+                             u if delta_bias is None else delta_bias, states, u if ypre is None else ypre,
+                             dout, dh0 if dhlast is None else dhlast.contiguous().float(),
+                             du, ddelta, dA, dB, dC, dA if dD is None else dD, du if dz is None else dz, dh0,
+                             l, d, triton.cdiv(l, cfg["BLOCK_L"]), n_states, N=n, BLOCK_D=cfg["BLOCK_D"],
+                             BLOCK_L=cfg["BLOCK_L"], R=R,
+                             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                             SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None, num_warps=cfg["num_warps"])
+        dB, dC = dB.sum(1), dC.sum(1)
+        dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+        return (du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
+                dD.sum(0).to(D.dtype) if D is not None else None, dz, dbias,
+                dh0 if ctx.has_h0 else None, None)
+
+
+def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+    if CONFIG["bwd"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"]:
+        raise RuntimeError("CONFIG: the backward BLOCK_L must be a multiple of the forward's (chunk-start states)")
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus))
+
+
+def selective_step_triton(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    b, d = u.shape
+    n = A.shape[1]
+    h = h.contiguous().float()
+    y = torch.empty_like(u)
+    hnew = torch.empty_like(h)
+    BLOCK_D = 32
+    c = lambda t: u if t is None else t.contiguous()  # noqa: E731
+    _selective_step[(b, triton.cdiv(d, BLOCK_D))](h, u.contiguous(), delta.contiguous(), A.contiguous(),
+                                                  B.contiguous(), C.contiguous(), c(D), c(z), c(delta_bias), y,
+                                                  hnew, d, N=n, BLOCK_D=BLOCK_D, HAS_D=D is not None,
+                                                  HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                                                  SOFTPLUS=bool(delta_softplus), num_warps=1)
+    return y, hnew
+
+
+def _as_real(t):
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+class _LinearScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, x, h0):
+        a, x, h0 = a.contiguous(), x.contiguous(), h0.contiguous()
+        b, d, l = x.shape
+        h = torch.empty_like(x)
+        cfg = CONFIG["lin"]
+        grid = (b, triton.cdiv(d, cfg["BLOCK_D"]))
+        _linear_fwd[grid](_as_real(a), _as_real(x), _as_real(h0), _as_real(h), l, d, triton.cdiv(l, cfg["BLOCK_L"]),
+                          COMPLEX=x.is_complex(), BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
+                          num_warps=cfg["num_warps"])
+        ctx.save_for_backward(a, h0, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        a, h0, h = ctx.saved_tensors
+        g = g.contiguous()
+        b, d, l = h.shape
+        da, dx, dh0 = torch.empty_like(a), torch.empty_like(h), torch.empty_like(h0)
+        cfg = CONFIG["lin"]
+        grid = (b, triton.cdiv(d, cfg["BLOCK_D"]))
+        _linear_bwd[grid](_as_real(a), _as_real(h0), _as_real(h), _as_real(g), _as_real(da), _as_real(dx),
+                          _as_real(dh0), l, d, triton.cdiv(l, cfg["BLOCK_L"]), COMPLEX=h.is_complex(),
+                          BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+        return da, dx, dh0
+
+
+def linear_scan_triton(a, x, h0):
+    return _LinearScanFn.apply(a, x, h0)
