@@ -224,7 +224,8 @@ class DecisionMamba(nn.Module):
         """Every `pser_interval` updates, the earlier policy becomes the current one (a lerp with weight
         0 or 1: no host sync, so CUDA graphs replay it)."""
         w = (self.updates % self.config.pser_interval == 0).float()
-        torch._foreach_lerp_(list(self.earlier.parameters()), [p.detach() for p in self.net.parameters()], w)
+        for e, p in zip(self.earlier.parameters(), self.net.parameters()):  # (_foreach_lerp_ reads w on the host)
+            e.lerp_(p.detach(), w)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, head = self.config, self.net.head
