@@ -32,9 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-
-# Tile sizes, chosen by experiments/bench_scan.py on an H100 (docs/benchmarks.md).
+# Tile sizes, chosen by experiments/bench_scan.py --sweep on an H100 (docs/benchmarks.md). Decays use
+# exp2 with A scaled by log2(e) = 1.4426950408889634 inside the kernels.
 CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
 
