@@ -1,0 +1,268 @@
+"""Online benchmarks: GTrXL + PPO, our LSTM + PPO and sb3-contrib's RecurrentPPO on the same envs and
+env-step budgets. Needs the `bench` extra (sb3-contrib, matplotlib).
+
+    python experiments/bench_online.py memory --lengths 10 30 100 --seeds 0 1 2    # success vs memory length
+    python experiments/bench_online.py cartpole --seeds 0 1 2                       # reactive control
+    python experiments/bench_online.py throughput [--device cuda]                   # training env-steps/s
+    python experiments/bench_online.py report                                       # table + PNG from the runs
+
+Every run writes one JSON file under docs/results/online/per_run/ and is skipped when that file exists, so
+an interrupted sweep resumes where it stopped. Evaluation: 100 episodes with deterministic actions
+through `seqrl.runners.evaluate.evaluate` for all three methods (RecurrentPPO through a small adapter).
+Same PPO settings for all: 16 envs x 128 steps per update, 4 epochs of 4 minibatches, lr 3e-4,
+gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01, value 0.5, grad clip 0.5; LSTMs of 128 units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from seqrl.cli import resolve_env  # noqa: E402
+from seqrl.io import atomic_write  # noqa: E402
+from seqrl.runners.evaluate import evaluate  # noqa: E402
+
+OUT = ROOT / "docs" / "results" / "online"
+METHODS = ("gtrxl", "lstm_ppo", "recurrent_ppo")
+PPO = dict(n_envs=16, n_steps=128, epochs=4, minibatches=4, lr=3e-4, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
+           ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5)
+EVAL_EPISODES = 100
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def env_preset(task: str, length: int | None):
+    if task == "tmaze":
+        return resolve_env("tmaze", {"env_kwargs": {"length": length}})
+    return resolve_env("cartpole", {})
+
+
+# ------------------------------------------------------------------------------------------- ours
+def build_runner(method: str, env, steps: int, seed: int, device: str, run_dir: Path, policy_over: dict | None = None):
+    import gymnasium as gym
+
+    from seqrl.policies import TaskSpec, policy_class
+    from seqrl.presets import load_agent
+    from seqrl.runners.online import OnlineRunner
+
+    runner_over = {"total_steps": steps, "seed": seed, "device": device, "eval_episodes": EVAL_EPISODES,
+                   "checkpoint_every": 0, "log_every": 1, "n_envs": PPO["n_envs"]}
+    preset = load_agent(method, {"runner": runner_over, "policy": policy_over or {}})
+    probe = gym.make(env.env_id, **env.env_kwargs)
+    shape = probe.observation_space.shape
+    spec = TaskSpec(probe.observation_space, probe.action_space, np.zeros(shape, np.float32),
+                    np.ones(shape, np.float32), env, {})
+    probe.close()
+    torch.manual_seed(seed)
+    policy = policy_class(preset.agent)(preset.policy, spec)
+    return OnlineRunner(policy, preset, run_dir)
+
+
+def run_ours(method: str, env, steps: int, seed: int, device: str, policy_over: dict | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = build_runner(method, env, steps, seed, device, Path(tmp), policy_over)
+        t0 = time.perf_counter()
+        res = runner.run()[""]
+        wall = time.perf_counter() - t0
+    return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "wall_s": wall,
+            "train_env_steps_per_s": runner.train_rate, "env_steps": runner.env_steps}
+
+
+# ------------------------------------------------------------------------------------- sb3-contrib
+class SB3Recurrent:
+    """seqrl's acting contract over a RecurrentPPO model, so `evaluate()` runs it like our policies."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def eval_conditions(self):
+        return [("", {})]
+
+    def initial_state(self, n_envs, device):
+        return None, np.ones(n_envs, bool)
+
+    def act(self, obs, state):
+        lstm, start = state
+        action, lstm = self.model.predict(obs.cpu().numpy(), state=lstm, episode_start=start, deterministic=True)
+        return torch.as_tensor(action), (lstm, np.zeros_like(start))
+
+    def observe(self, state, reward, done):
+        return state[0], done.cpu().numpy()
+
+
+def recurrent_ppo(env, seed: int, device: str):
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env(env.env_id, n_envs=PPO["n_envs"], seed=seed, env_kwargs=dict(env.env_kwargs))
+    return RecurrentPPO(
+        "MlpLstmPolicy", venv, n_steps=PPO["n_steps"], batch_size=PPO["n_envs"] * PPO["n_steps"] // PPO["minibatches"],
+        n_epochs=PPO["epochs"], learning_rate=PPO["lr"], gamma=PPO["gamma"], gae_lambda=PPO["gae_lambda"],
+        clip_range=PPO["clip_coef"], ent_coef=PPO["ent_coef"], vf_coef=PPO["vf_coef"], max_grad_norm=PPO["max_grad_norm"],
+        policy_kwargs=dict(lstm_hidden_size=128, n_lstm_layers=1), seed=seed, device=device, verbose=0)
+
+
+def run_sb3(env, steps: int, seed: int, device: str) -> dict:
+    model = recurrent_ppo(env, seed, device)
+    t0 = time.perf_counter()
+    model.learn(steps)
+    wall = time.perf_counter() - t0
+    res = evaluate(SB3Recurrent(model), env.env_id, EVAL_EPISODES, seed=seed + 10_000,
+                   max_episode_steps=env.max_episode_steps, env_kwargs=env.env_kwargs).summary()
+    return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "wall_s": wall,
+            "train_env_steps_per_s": model.num_timesteps / wall, "env_steps": model.num_timesteps}
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+def sweep(task: str, methods, lengths, seeds, steps_for, device: str, gtrxl_memory: int | None = None,
+          runs_dir: str = "per_run") -> None:
+    for length in lengths:
+        env = env_preset(task, length)
+        steps = steps_for(length)
+        for seed in seeds:
+            for method in methods:
+                tag = f"{task}_{method}_L{length}_s{seed}" if task == "tmaze" else f"{task}_{method}_s{seed}"
+                path = OUT / runs_dir / f"{tag}.json"
+                if path.exists():
+                    continue
+                over = {"memory": gtrxl_memory} if method == "gtrxl" and gtrxl_memory else {}
+                out = (run_sb3(env, steps, seed, device) if method == "recurrent_ppo"
+                       else run_ours(method, env, steps, seed, device, over))
+                out |= {"task": task, "method": method, "length": length, "seed": seed, "budget": steps, "device": device,
+                        "policy_overrides": over}
+                write_json(path, out)
+                print(json.dumps(out), flush=True)
+
+
+def throughput(device: str, updates: int) -> None:
+    """Training env-steps/s (collection + PPO update) on TMaze length 50, after one warm-up update."""
+    env = env_preset("tmaze", 50)
+    batch = PPO["n_envs"] * PPO["n_steps"]
+    rows = {}
+    for method in ("gtrxl", "lstm_ppo"):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = build_runner(method, env, batch * (updates + 1), 0, device, Path(tmp))
+            r.update(r.collect())  # warm-up
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                r.update(r.collect())
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            rows[method] = batch * updates / (time.perf_counter() - t0)
+            r.envs.close()
+        print(f"{method}: {rows[method]:.0f} env-steps/s", flush=True)
+    try:
+        import sb3_contrib  # noqa: F401
+    except ImportError:  # said out loud and recorded, never skipped silently
+        rows["recurrent_ppo"] = None
+        print("recurrent_ppo: skipped, sb3-contrib is not installed (pip install -e '.[bench]')", flush=True)
+    else:
+        model = recurrent_ppo(env, 0, device)
+        model.learn(batch)  # warm-up
+        t0 = time.perf_counter()
+        model.learn(batch * updates, reset_num_timesteps=False)
+        rows["recurrent_ppo"] = batch * updates / (time.perf_counter() - t0)
+        print(f"recurrent_ppo: {rows['recurrent_ppo']:.0f} env-steps/s", flush=True)
+    name = ("cpu" if device == "cpu" else device.replace(":", "")) + f"_{PPO['n_envs']}envs"
+    info = {"device": device, "torch_threads": torch.get_num_threads(), "task": "TMaze length 50",
+            "n_envs": PPO["n_envs"], "env_steps_per_update": batch, "timed_updates": updates, "env_steps_per_s": rows,
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
+    write_json(OUT / f"throughput_{name}.json", info)
+
+
+# ------------------------------------------------------------------------------------------ report
+def report() -> None:
+    runs = [json.loads(p.read_text()) for p in sorted((OUT / "per_run").glob("*.json"))]
+    table: dict = {}
+    for r in runs:
+        key = (r["task"], r["length"] if r["task"] == "tmaze" else None, r["method"])
+        table.setdefault(key, []).append(r)
+    summary = []
+    # the sweeps ran beside other jobs: their wall-clock rates stay in the JSON, `throughput` measures speed
+    print("| task | memory length | budget (env steps) | method | success rate (mean ± std over seeds) | return | seeds |")
+    print("|---|---|---|---|---|---|---|")
+    for (task, length, method), rs in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, METHODS.index(kv[0][2]))):
+        succ = [r["success_rate"] for r in rs if r["success_rate"] is not None]
+        ret = [r["return_mean"] for r in rs]
+        row = {"task": task, "length": length, "method": method, "budget": rs[0]["budget"], "seeds": [r["seed"] for r in rs],
+               "success_rate": succ, "return_mean": ret, "train_env_steps_per_s": float(np.mean([r["train_env_steps_per_s"] for r in rs]))}
+        summary.append(row)
+        s = f"{np.mean(succ):.2f} ± {np.std(succ):.2f}" if succ else "n/a"
+        print(f"| {task} | {length or '-'} | {rs[0]['budget']:,} | {method} | {s} | {np.mean(ret):.2f} ± {np.std(ret):.2f} | "
+              f"{len(rs)} |")
+    write_json(OUT / "summary.json", summary)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for method in METHODS:
+        rows = sorted((r for r in summary if r["task"] == "tmaze" and r["method"] == method), key=lambda r: r["length"])
+        if not rows:
+            continue
+        x = [r["length"] for r in rows]
+        m = [np.mean(r["success_rate"]) for r in rows]
+        sd = [np.std(r["success_rate"]) for r in rows]
+        ax.errorbar(x, m, yerr=sd, marker="o", capsize=3, label=method)
+    ax.axhline(0.5, color="grey", ls=":", lw=1, label="memoryless (0.5)")
+    ax.set_xscale("log")
+    ax.set_xlabel("T-maze corridor length (steps between cue and choice)")
+    ax.set_ylabel("success rate (100 eval episodes)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("seqrl/TMaze-v0: mean ± std over 3 seeds")
+    fig.tight_layout()
+    fig.savefig(OUT / "tmaze_success.png", dpi=120)
+    print(f"wrote {OUT / 'summary.json'} and {OUT / 'tmaze_success.png'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["memory", "cartpole", "throughput", "report"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--lengths", nargs="+", type=int, default=[10, 30, 100])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--budget", nargs="+", default=["10:50000", "30:60000", "100:150000"],
+                    help="memory: LENGTH:ENV_STEPS per length; cartpole: one number")
+    ap.add_argument("--updates", type=int, default=8, help="throughput: timed PPO updates (n_envs x 128 env steps each)")
+    ap.add_argument("--n-envs", type=int, default=16, help="throughput: parallel envs (a multiple of 4)")
+    ap.add_argument("--gtrxl-memory", type=int, default=None,
+                    help="memory: override the gtrxl preset's policy.memory (it must reach back the corridor length)")
+    ap.add_argument("--runs-dir", default="per_run", help="memory/cartpole: folder under docs/results/online for the "
+                    "run files (`report` reads per_run/; use another for side experiments such as larger budgets)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.what == "memory":
+        budget = dict(b.split(":") for b in args.budget)
+        sweep("tmaze", args.methods, args.lengths, args.seeds, lambda L: int(budget[str(L)]), args.device, args.gtrxl_memory,
+              args.runs_dir)
+    elif args.what == "cartpole":
+        steps = int(args.budget[0]) if ":" not in args.budget[0] else 100_000
+        sweep("cartpole", args.methods, [0], args.seeds, lambda _: steps, args.device)
+    elif args.what == "throughput":
+        PPO["n_envs"] = args.n_envs
+        throughput(args.device, args.updates)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
