@@ -216,3 +216,26 @@ def test_bad_input(tmp_path):
         load_agent("lstm_ppo", parse_overrides(["policy.window=10"]))
     with pytest.raises(PresetError, match=r"env_kwargs.length: \[1\] does not fit"):
         load_env("tmaze", {"env_kwargs": {"length": [1]}})
+
+
+def test_any_backbone_with_the_contract_plugs_in(tmp_path):
+    """The runner and ActorCritic know only the backbone contract: the Mamba backbone (seqrl/nn/mamba.py)
+    works as the memory unchanged, replay included."""
+    from seqrl.nn.mamba import MambaBackbone
+    from seqrl.policies.gtrxl import ActorCritic
+
+    gtrxl_policy, preset = make("gtrxl", tmaze(3))
+    torch.manual_seed(0)
+    policy = ActorCritic(gtrxl_policy.spec, MambaBackbone(16, n_layers=1, d_state=4), 16, 0.0)
+    runner = OnlineRunner(policy, preset, tmp_path)
+    runner.collect()
+    ro = runner.collect()
+    L = preset.runner.seq_len
+    with torch.no_grad():
+        logp, _, value = policy.evaluate_actions(_sequences(ro.obs, L), _sequences(ro.act, L), _sequences(ro.first, L),
+                                                 stack_states(ro.starts))
+    torch.testing.assert_close(logp, _sequences(ro.logp, L), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value, _sequences(ro.value, L), atol=1e-5, rtol=1e-5)
+    stats = runner.update(ro)
+    assert np.isfinite(stats["loss"]) and runner.updates == 1
+    runner.envs.close()
