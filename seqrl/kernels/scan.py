@@ -41,7 +41,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-CHUNK = 64  # steps per chunk of the CPU path: the state is carried across chunks
+CHUNK = 16  # steps per chunk of the CPU path: the state is carried across chunks
 PARALLEL_BELOW = 4096  # elements per step under which a chunk's steps run as a parallel scan
 
 
@@ -101,24 +101,40 @@ def _scan_chunk(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Ten
     return x + a * h0.unsqueeze(2)
 
 
+def _chunk_terms(u, dt, A, B, t0, t1):
+    """Decays exp(dt A) and inputs dt u B of steps t0..t1-1, each (b, d, T, n)."""
+    dtc = dt[:, :, t0:t1, None]
+    return torch.exp(dtc * A[:, None]), (dtc * u[:, :, t0:t1, None]) * B[:, None, :, t0:t1].transpose(2, 3)
+
+
+def _chunk_states(decay, x, h):
+    """States after each step of a chunk, (b, d, T, n), from the state h before it: one update a step."""
+    hs = torch.empty_like(x)
+    for k in range(x.shape[2]):
+        h = torch.addcmul(x[:, :, k], decay[:, :, k], h)
+        hs[:, :, k] = h
+    return hs
+
+
 class _SelectiveScanChunked(torch.autograd.Function):
     """Core S6 recurrence: (u, dt, A, B, C, h0) -> (ys = C.h (b, d, l), h_last (b, d, n)).
 
-    One vectorised update per step, which keeps a step's (b, d, n) data in cache (a chunk-wide parallel
-    form streams (b, d, chunk, n) tensors through memory instead: 3x slower here). The forward keeps
-    the state at every chunk start; the backward recomputes one chunk's states at a time and walks its
-    steps backwards."""
+    Per chunk, the decays, inputs, outputs and gradients are whole-chunk tensor operations; only the
+    recurrence itself steps, one vectorised update (`addcmul`) per step. The forward keeps the state at
+    every chunk start; the backward recomputes one chunk's states at a time and runs the adjoint
+    recurrence dh_t = C_t g_t + decay_{t+1} dh_{t+1} backwards through it."""
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C, h0, chunk):
         l = u.shape[2]
         ys = torch.empty_like(u)
         h, starts = h0, []
-        for t in range(l):
-            if t % chunk == 0:
-                starts.append(h)
-            h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
-            ys[:, :, t] = torch.einsum("bdn,bn->bd", h, C[:, :, t])
+        for t0 in range(0, l, chunk):
+            t1 = min(l, t0 + chunk)
+            starts.append(h)
+            hs = _chunk_states(*_chunk_terms(u, dt, A, B, t0, t1), h)
+            ys[:, :, t0:t1] = (hs * C[:, None, :, t0:t1].transpose(2, 3)).sum(-1)
+            h = hs[:, :, -1].clone()  # saved for backward: a view would keep the whole chunk alive
         ctx.save_for_backward(u, dt, A, B, C, h0, *starts)
         ctx.chunk = chunk
         return ys, h
@@ -130,25 +146,26 @@ class _SelectiveScanChunked(torch.autograd.Function):
         du, ddt = torch.empty_like(u), torch.empty_like(dt)
         dB, dC, dA_par = torch.empty_like(B), torch.empty_like(C), torch.zeros_like(A)
         g_ys = torch.zeros_like(u) if g_ys is None else g_ys
-        dh_next = torch.zeros_like(h0) if g_h is None else g_h  # dL/dh_t from steps after t
+        dh_next = torch.zeros_like(h0) if g_h is None else g_h  # dL/dh from the steps after the chunk
         for i in reversed(range(len(starts))):
             t0, t1 = i * chunk, min(l, (i + 1) * chunk)
-            hs, decays, h = [starts[i]], [], starts[i]  # hs[k] = state before step t0 + k
-            for t in range(t0, t1):
-                decays.append(torch.exp(dt[:, :, t, None] * A))
-                h = decays[-1] * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
-                hs.append(h)
-            for t in reversed(range(t0, t1)):
-                k = t - t0
-                dh = dh_next + g_ys[:, :, t, None] * C[:, None, :, t]  # (b, d, n)
-                dhB = dh * B[:, None, :, t]
-                dAh = dh * decays[k] * hs[k]  # dL/d(decay) * decay
-                ddt[:, :, t] = (dhB * u[:, :, t, None] + dAh * A).sum(-1)
-                du[:, :, t] = dhB.sum(-1) * dt[:, :, t]
-                dA_par += (dAh * dt[:, :, t, None]).sum(0)
-                dB[:, :, t] = torch.einsum("bdn,bd->bn", dh, dt[:, :, t] * u[:, :, t])
-                dC[:, :, t] = torch.einsum("bdn,bd->bn", hs[k + 1], g_ys[:, :, t])
-                dh_next = dh * decays[k]
+            decay, x = _chunk_terms(u, dt, A, B, t0, t1)
+            hs = _chunk_states(decay, x, starts[i])
+            g = g_ys[:, :, t0:t1]
+            src = g[..., None] * C[:, None, :, t0:t1].transpose(2, 3)  # C_t g_t, (b, d, T, n)
+            dh = torch.empty_like(src)
+            for k in reversed(range(t1 - t0)):
+                dh_next = src[:, :, k] + dh_next
+                dh[:, :, k] = dh_next
+                dh_next = dh_next * decay[:, :, k]
+            dAh = dh * (hs - x)  # dL/d(decay) * decay, since decay_t h_{t-1} = h_t - x_t
+            dtc, uc = dt[:, :, t0:t1], u[:, :, t0:t1]
+            dhB = (dh * B[:, None, :, t0:t1].transpose(2, 3)).sum(-1)  # (b, d, T)
+            ddt[:, :, t0:t1] = dhB * uc + (dAh * A[:, None]).sum(-1)
+            du[:, :, t0:t1] = dhB * dtc
+            dA_par += (dAh * dtc[..., None]).sum((0, 2))
+            dB[:, :, t0:t1] = torch.einsum("bdtn,bdt->bnt", dh, dtc * uc)
+            dC[:, :, t0:t1] = torch.einsum("bdtn,bdt->bnt", hs, g)
         return du, ddt, dA_par, dB, dC, dh_next, None
 
 
