@@ -17,13 +17,15 @@ answers (tests/test_scan.py holds them to the reference loop in float64, values 
 Paths, picked by the inputs' device:
 
 - CUDA: the Triton kernels of ``seqrl/kernels/triton_scan.py``. The state stays in registers; only
-  chunk-start states (one in ``chunk`` steps) are kept for the backward pass, never (b, l, d, n).
+  chunk-start states (one every 128 steps) are kept for the backward pass, never (b, l, d, n).
 - CPU (and any device without Triton): a chunked PyTorch scan. The state is carried from chunk to
   chunk of ``chunk`` steps; forward and backward are one ``torch.autograd.Function`` that keeps only
   chunk-start states and recomputes a chunk's states when the backward pass reaches it, so memory is
-  O(b d l + b d n chunk) rather than the O(b d l n) an autograd loop keeps. Inside a chunk the
-  selective scan takes one vectorised step at a time: a parallel scan does log2(chunk) times the
-  arithmetic, which a CPU with few cores pays in full (6x slower than the loop at b=8, d=256, n=16).
+  O(b d l + b d n (l / chunk + chunk)) rather than the O(b d l n) an autograd loop keeps. Inside a
+  chunk the selective scan's decays, inputs, outputs and gradients are whole-chunk tensor operations
+  and only the recurrence steps, one vectorised update per step: a parallel scan would do log2(chunk)
+  times the arithmetic, which a CPU with few cores pays in full (6x slower than the loop at b=8,
+  d=256, n=16).
   The linear scan, whose steps are small (b d elements), runs each chunk as a parallel Hillis-Steele
   scan over the pairs (decay, input), which multiplies decays only, so nothing overflows; it too
   goes one step at a time once a step holds PARALLEL_BELOW elements or more.
