@@ -82,10 +82,8 @@ def train_run(agent: str, dataset: Optional[str], env_name: Optional[str], overr
     from seqrl.data.minari_io import check_env_matches, load_store
     from seqrl.errors import PresetError
     from seqrl.policies import TaskSpec, policy_class
-    from seqrl.presets import find_env_for_dataset, load_agent, load_env
+    from seqrl.presets import OnlineRunnerConfig, find_env_for_dataset, load_agent, load_env
     from seqrl.runners.offline import OfflineRunner
-
-    from seqrl.presets import OnlineRunnerConfig
 
     agent_over, env_over = _split_overrides(overrides)
     if device is not None:

@@ -5,6 +5,7 @@ A process killed at any point leaves either the previous file or the new one, ne
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -35,3 +36,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))

@@ -23,6 +23,23 @@ AGENTS_DIR = ROOT / "agents"
 ENVS_DIR = ROOT / "envs"
 
 
+# ----------------------------------------------------------------------------------------- validation
+def require_at_least(config: Any, minimum: float, names: tuple[str, ...]) -> None:
+    """ValueError naming the first field of `names` below `minimum` (a config's __post_init__)."""
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
+
+
+def require_device(device: str) -> None:
+    try:
+        import torch
+
+        torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
+
+
 # --------------------------------------------------------------------------------------------- runner
 @dataclass(frozen=True)
 class RunnerConfig:
@@ -65,20 +82,11 @@ class RunnerConfig:
     """copy the replay store to the training device so sampling never crosses PCIe"""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 1, ("steps", "batch_size", "log_every"))
+        require_at_least(self, 0, ("warmup_steps", "eval_every", "eval_episodes", "checkpoint_every"))
         if not self.lr > 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0, grad_clip and weight_decay >= 0")
-        try:
-            import torch
-
-            torch.device(self.device)
-        except RuntimeError as e:
-            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
+        require_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -139,12 +147,8 @@ class OnlineRunnerConfig:
     """torch device of the policy (envs step on the CPU): cpu, cuda, cuda:1, ..."""
 
     def __post_init__(self):
-        for name in ("total_steps", "n_envs", "n_steps", "seq_len", "epochs", "minibatches", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 1, ("total_steps", "n_envs", "n_steps", "seq_len", "epochs", "minibatches", "log_every"))
+        require_at_least(self, 0, ("eval_every", "eval_episodes", "checkpoint_every"))
         if self.n_steps % self.seq_len:
             raise ValueError(f"seq_len {self.seq_len} does not divide n_steps {self.n_steps}")
         if (self.n_envs * self.n_steps // self.seq_len) % self.minibatches:
@@ -154,12 +158,7 @@ class OnlineRunnerConfig:
             raise ValueError("lr and clip_coef must be > 0, gamma and gae_lambda in [0, 1]")
         if min(self.vf_clip, self.ent_coef, self.vf_coef, self.max_grad_norm, self.target_kl) < 0:
             raise ValueError("vf_clip, ent_coef, vf_coef, max_grad_norm and target_kl must be >= 0")
-        try:
-            import torch
-
-            torch.device(self.device)
-        except RuntimeError as e:
-            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
+        require_device(self.device)
 
 
 # --------------------------------------------------------------------------------------- environments
@@ -187,9 +186,7 @@ class CollectConfig:
     """scripted source only: probability of a uniformly random action in 'medium' data"""
 
     def __post_init__(self):
-        for name in ("train_steps", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, ("train_steps", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"))
         if not 0.0 <= self.medium_epsilon <= 1.0 or not 0.0 < self.medium_fraction < 1.0:
             raise ValueError("medium_epsilon must be in [0, 1] and medium_fraction in (0, 1)")
 

@@ -49,6 +49,7 @@ from seqrl.data.store import Batch
 from seqrl.nn.mamba import MambaBackbone, MambaState
 from seqrl.nn.transformer import gpt2_init
 from seqrl.policies.base import ActionHead, TaskSpec
+from seqrl.presets import require_at_least
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -93,16 +94,12 @@ class DMConfig:
     """updates between refreshes of the earlier policy (the authors' steps per iteration)"""
 
     def __post_init__(self):
-        for name in ("embed_dim", "n_layers", "d_state", "d_conv", "expand", "context_len", "pser_steps",
-                     "pser_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, ("embed_dim", "n_layers", "d_state", "d_conv", "expand", "context_len",
+                                   "pser_steps", "pser_interval"))
         for name in ("dropout", "pser_alpha_max"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("action_weight", "state_weight", "rtg_weight", "pser_alpha_T"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, ("action_weight", "state_weight", "rtg_weight", "pser_alpha_T"))
         if self.action_weight == 0:
             raise ValueError("action_weight must be > 0: the action loss is what trains the policy")
 

@@ -33,7 +33,7 @@ from seqrl.data.store import space_to_dict
 from seqrl.nn.gtrxl import GTrXL
 from seqrl.nn.lstm import LSTM
 from seqrl.policies.base import TaskSpec
-from seqrl.presets import OnlineRunnerConfig
+from seqrl.presets import OnlineRunnerConfig, require_at_least
 
 
 def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
@@ -157,9 +157,7 @@ class GTrXLConfig:
     def __post_init__(self):
         if self.d_model % self.n_heads or self.d_model % 2:
             raise ValueError(f"d_model {self.d_model} must be even and divisible by n_heads {self.n_heads}")
-        for name in ("n_layers", "d_ff", "memory"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, ("n_layers", "d_ff", "memory"))
 
 
 class GTrXLPolicy(ActorCritic):

@@ -18,7 +18,6 @@ CUDA generator (graph-safe) instead of the runner's own.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from seqrl.checkpoint import load_checkpoint, save_checkpoint
 from seqrl.errors import CheckpointError, PresetError
-from seqrl.io import atomic_write
+from seqrl.io import atomic_write_json
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.presets import AgentPreset, RunnerConfig
 from seqrl.runners.evaluate import evaluate
@@ -120,7 +119,7 @@ class OfflineRunner:
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             run = {"device": str(device), "world_size": self.world, "cuda_graph": self.use_graph, "amp": self.amp}
-            _write_json(self.run_dir / "config.json", preset.to_dict() | {"run": run})
+            atomic_write_json(self.run_dir / "config.json", preset.to_dict() | {"run": run})
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
 
     # ------------------------------------------------------------------------------- one update
@@ -226,7 +225,7 @@ class OfflineRunner:
             tag = f"eval/{label}/" if label else "eval/"
             for k, v in s.items():
                 self.writer.add_scalar(tag + k, v, self.step)
-        _write_json(self.run_dir / "eval.json", {"step": self.step, **out})
+        atomic_write_json(self.run_dir / "eval.json", {"step": self.step, **out})
         return out
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -266,8 +265,4 @@ class OfflineRunner:
             self.gen.set_state(gen_state)
         else:  # DDP ranks, or a generator of another device: a fresh stream per (seed, step, rank)
             self.gen.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 

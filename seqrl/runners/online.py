@@ -37,7 +37,6 @@ memory, so it matches an uninterrupted run in everything but the episodes in fli
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ from tqdm.auto import tqdm
 from seqrl.checkpoint import load_checkpoint, save_checkpoint
 from seqrl.data.store import ReplayStore, check_spaces
 from seqrl.errors import CheckpointError, DataError, PresetError
-from seqrl.io import atomic_write
+from seqrl.io import atomic_write_json
 from seqrl.presets import AgentPreset, OnlineRunnerConfig
 from seqrl.runners.evaluate import evaluate
 
@@ -194,7 +193,7 @@ class OnlineRunner:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.run_dir / "config.json", preset.to_dict() | {"env": dataclasses.asdict(env),
+        atomic_write_json(self.run_dir / "config.json", preset.to_dict() | {"env": dataclasses.asdict(env),
                                                                       "run": {"device": str(device)}})
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.env_steps or None)
 
@@ -355,7 +354,7 @@ class OnlineRunner:
         s = res.summary()
         for k, v in s.items():
             self.writer.add_scalar(f"eval/{k}", v, self.env_steps)
-        _write_json(self.run_dir / "eval.json", {"env_steps": self.env_steps, "updates": self.updates, "": s})
+        atomic_write_json(self.run_dir / "eval.json", {"env_steps": self.env_steps, "updates": self.updates, "": s})
         return {"": s}
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -381,7 +380,3 @@ class OnlineRunner:
         torch.set_rng_state(ckpt["torch_rng"])
         if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
