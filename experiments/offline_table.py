@@ -1,75 +1,151 @@
-"""Offline agents side by side over seeds: normalised score, mean ± std over seeds of each run's mean.
+"""Offline agents side by side over datasets and seeds: normalised score, mean ± std over seeds.
 
-    python experiments/offline_table.py --device cuda                    # Pendulum quickstart data
-    python experiments/offline_table.py --dataset seqrl/hopper/medium-v0 --env hopper \
-        --agents dt,dm,bc --device cuda                                  # a `seqrl collect` dataset
+    python experiments/offline_table.py --device cuda          # Pendulum quickstart data, small presets
+    python experiments/offline_table.py --device cuda --workers 8 --out runs/d4rl \
+        --group seqrl/hopper/medium-v0,seqrl/hopper/medium-replay-v0 dt,bc \
+        --group seqrl/hopper/medium-replay-v0 "dm-noSE=dm:policy.pser=false"
 
-Each row is one agent preset (with optional `--set`-style overrides after a colon, e.g.
-"dm_small:policy.pser=false" for Decision Mamba without self-evolution), trained with
-`seqrl train` for every seed and evaluated on 50 episodes per target return.
+A group is (comma-separated Minari ids, comma-separated agent specs); every dataset of a group is run
+with every agent of it, for every seed. An agent spec is `[LABEL=]PRESET[:KEY=VALUE;KEY=VALUE...]`
+(`--set`-style overrides, e.g. `dm_small:policy.pser=false`). Each run is `seqrl train` (training then
+evaluation over `--episodes` episodes per target return) in its own process; `--workers` run at once.
+
+Every run writes OUT/<dataset>/<label>/seed<k>/result.json when it ends. A rerun skips runs that have
+one and resumes runs that left a checkpoint, so the table can be built in pieces (a cut-off GPU lease,
+say). `--report` prints and saves the table of everything under OUT without training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from seqrl.cli import train_run
+# Decision Transformer, Chen et al. 2021, Table 2 (D4RL v2 Gym data: theirs, not ours)
+PUBLISHED_DT = {
+    ("hopper", "medium"): 67.6, ("halfcheetah", "medium"): 42.6, ("walker2d", "medium"): 74.0,
+    ("hopper", "medium-replay"): 82.7, ("halfcheetah", "medium-replay"): 36.6, ("walker2d", "medium-replay"): 66.6,
+    ("hopper", "medium-expert"): 107.6, ("halfcheetah", "medium-expert"): 86.8, ("walker2d", "medium-expert"): 108.1,
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str, list[str]]:
+    """'[LABEL=]PRESET[:K=V;K=V]' -> (label, preset, overrides); the label defaults to the spec itself."""
+    label, sep, rest = spec.partition("=")
+    if not sep or ":" in label:  # no label given: the '=' belonged to an override
+        label, rest = spec, spec
+    agent, _, extra = rest.partition(":")
+    return label, agent, [o for o in extra.split(";") if o]
+
+
+def run_dir(out: Path, dataset: str, label: str, seed: int) -> Path:
+    safe = label.replace(":", "_").replace("=", "-").replace(";", "_")
+    return out / dataset.replace("/", "_") / safe / f"seed{seed}"
+
+
+def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out: str, threads: int) -> dict:
+    """Train and evaluate one (dataset, agent, seed); runs in a worker process of its own."""
+    import torch
+
+    from seqrl.cli import train_run
+
+    torch.set_num_threads(threads)
+    label, agent, overrides = parse_spec(spec)
+    folder = run_dir(Path(out), dataset, label, seed)
+    t = time.perf_counter()
+    _, results = train_run(agent, dataset, None, overrides + [
+        f"runner.seed={seed}", f"runner.eval_episodes={episodes}", "runner.eval_every=0"],
+        folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
+    record = dict(dataset=dataset, label=label, spec=spec, seed=seed, device=device,
+                  seconds=time.perf_counter() - t, results=results)
+    from seqrl.io import atomic_write_json
+
+    atomic_write_json(folder / "result.json", record)
+    return record
+
+
+def collect_results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/*/seed*/result.json"))]
+
+
+def report(records: list[dict]) -> str:
+    """Markdown: one row per (dataset, agent), the first condition (the highest target return) as the
+    headline, every condition in the detail lines; the published DT score where one exists."""
+    from seqrl.presets import find_env_for_dataset
+
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        by_key.setdefault((r["dataset"], r["label"]), []).append(r)
+    lines = ["| dataset | agent | score (first target) | seeds | every condition | s/run | DT, published |",
+             "|---|---|---:|---|---|---:|---:|"]
+    for (dataset, label), runs in by_key.items():
+        runs.sort(key=lambda r: r["seed"])
+        conds = list(runs[0]["results"])
+        per = {c: np.array([r["results"][c]["score_mean"] for r in runs]) for c in conds}
+        head = per[conds[0]]
+        env = find_env_for_dataset(dataset)
+        quality = dataset.rsplit("/", 1)[-1].rsplit("-v", 1)[0]
+        pub = PUBLISHED_DT.get((env.name, quality)) if env else None
+        every = "; ".join(f"{c or 'policy'}: {v.mean():.1f} ± {v.std():.1f}" for c, v in per.items())
+        lines.append(f"| {dataset} | {label} | {head.mean():.1f} ± {head.std():.1f} | "
+                     f"{', '.join(f'{v:.1f}' for v in head)} ({len(runs)}) | {every} | "
+                     f"{np.mean([r['seconds'] for r in runs]):.0f} | {'' if pub is None else pub} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default=None, help="Minari id (default: the Pendulum quickstart dataset, built here)")
-    ap.add_argument("--env", default="pendulum")
-    ap.add_argument("--agents", default="dt_small,dm_small,dm_small:policy.pser=false")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group", nargs=2, action="append", metavar=("DATASETS", "AGENTS"),
+                    help="comma-separated Minari ids and agent specs (repeatable)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--out", default="runs/offline_table")
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json", default=None, help="also write every result and the table here")
+    ap.add_argument("--report", action="store_true", help="only print the table of what OUT holds")
     args = ap.parse_args()
+    out = Path(args.out)
 
-    dataset = args.dataset
-    if dataset is None:
-        from seqrl.data.collect import collect
-        from seqrl.presets import load_env
+    if not args.report:
+        groups = args.group
+        if groups is None:  # the quickstart's Pendulum data, built here if missing
+            from seqrl.data.collect import collect
+            from seqrl.presets import load_env
 
-        env = load_env(args.env)
-        dataset = env.dataset_id("mixed")
-        collect(env, "mixed")
-    rows, raw = [], []
-    for spec in args.agents.split(","):
-        agent, _, extra = spec.partition(":")
-        overrides = [o for o in extra.split(";") if o]
-        per_seed, secs = [], []
-        for seed in (int(s) for s in args.seeds.split(",")):
-            t = time.perf_counter()
-            run_dir = Path(args.out) / dataset.replace("/", "_") / spec.replace(":", "_").replace("=", "-") / f"seed{seed}"
-            _, results = train_run(agent, dataset, args.env, overrides + [
-                f"runner.seed={seed}", f"runner.eval_episodes={args.episodes}", "runner.eval_every=0"],
-                run_dir, resume=False, device=args.device)
-            secs.append(time.perf_counter() - t)
-            per_seed.append({k: v["score_mean"] for k, v in results.items()})
-            print(spec, seed, per_seed[-1], f"{secs[-1]:.0f}s", flush=True)
-            raw.append(dict(agent=spec, seed=seed, seconds=secs[-1], results=results))
-            if args.json:  # after every run, so a cut-off job keeps what it finished
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(dict(dataset=dataset, device=args.device, raw=raw), indent=1))
-        for label in per_seed[0]:
-            scores = np.array([s[label] for s in per_seed])
-            rows.append(dict(agent=spec, condition=label, mean=float(scores.mean()), std=float(scores.std()),
-                             seeds=scores.tolist(), seconds_per_run=float(np.mean(secs))))
-    print(f"\n{dataset}, normalised score, mean ± std over seeds ({args.seeds}), {args.episodes} episodes each")
-    for r in rows:
-        print(f"{r['agent']:32} {r['condition']:16} {r['mean']:6.1f} ± {r['std']:5.1f}   "
-              f"seeds {', '.join(f'{v:.1f}' for v in r['seeds'])}   {r['seconds_per_run']:.0f} s/run")
+            env = load_env("pendulum")
+            collect(env, "mixed")
+            groups = [(env.dataset_id("mixed"), "dt_small,dm_small,dm_small:policy.pser=false")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        # seed-major order: a cut-off table still has every row, with fewer seeds
+        jobs = [(d, a, s) for s in seeds for ds, ag in groups for d in ds.split(",") for a in ag.split(",")]
+        jobs = [j for j in jobs if not (run_dir(out, j[0], parse_spec(j[1])[0], j[2]) / "result.json").is_file()]
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        print(f"{len(jobs)} runs to do, {args.workers} at a time", flush=True)
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+            futures = {pool.submit(one_run, d, a, s, args.episodes, args.device, str(out), threads): (d, a, s)
+                       for d, a, s in jobs}
+            for f in as_completed(futures):
+                d, a, s = futures[f]
+                try:
+                    r = f.result()
+                    scores = {k: round(v["score_mean"], 1) for k, v in r["results"].items()}
+                    print(f"done {d} {a} seed {s}: {scores} in {r['seconds']:.0f} s", flush=True)
+                except Exception as e:  # one failed run must not stop the others
+                    print(f"FAILED {d} {a} seed {s}: {type(e).__name__}: {e}", flush=True)
+    records = collect_results(out)
+    table = report(records)
+    print(f"\nnormalised score, mean ± std over seeds, {args.episodes} episodes per run\n{table}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(dataset=dataset, device=args.device, rows=rows, raw=raw), indent=1))
+        from seqrl.io import atomic_write_json
+
+        atomic_write_json(Path(args.json), {"table": table, "runs": records})
 
 
 if __name__ == "__main__":

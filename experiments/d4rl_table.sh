@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The D4RL-style table: DT, BC and DM on the medium and medium-replay datasets of hopper, halfcheetah and
+# walker2d (built by experiments/d4rl_collect.sh), and DM without self-evolution on medium-replay; 3 seeds,
+# 50 episodes per target return, runs in parallel on one GPU:
+#
+#   bash experiments/d4rl_table.sh STEPS BATCH BC_STEPS OUT [WORKERS]
+#
+# DT is agents/dt.toml (Chen et al. 2021's Gym settings) and DM is agents/dm.toml at DT's size (width 128,
+# 3 layers; the paper's own model is 768 x 24), both trained for STEPS updates of BATCH windows with a
+# warm-up of STEPS/10; DM's self-evolution schedule spans the same STEPS and refreshes its earlier policy
+# 40 times, as the authors' 40 iterations. BC is agents/bc.toml for BC_STEPS updates.
+# QUALITIES="medium-replay" limits the datasets. Rerunning skips finished runs (offline_table.py).
+set -eu
+S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
+W=$((S / 10)); I=$((S / 40))
+DT="dt:runner.steps=$S;runner.warmup_steps=$W;runner.batch_size=$B"
+DM="dm:policy.embed_dim=128;policy.n_layers=3;policy.pser_steps=$S;policy.pser_interval=$I;runner.steps=$S;runner.warmup_steps=$W;runner.batch_size=$B"
+BC="bc:runner.steps=$SBC"
+all=(); mr=()
+for q in ${QUALITIES:-medium medium-replay}; do
+  for e in hopper halfcheetah walker2d; do
+    all+=("seqrl/$e/$q-v0")
+    if [ "$q" = medium-replay ]; then mr+=("seqrl/$e/$q-v0"); fi
+  done
+done
+join() { local IFS=,; echo "$*"; }
+groups=(--group "$(join "${all[@]}")" "DT=$DT,BC=$BC,DM=$DM")
+if [ ${#mr[@]} -gt 0 ]; then groups+=(--group "$(join "${mr[@]}")" "DM-noSE=$DM;policy.pser=false"); fi
+python3 experiments/offline_table.py --device cuda --workers "$WORKERS" --episodes 50 --seeds 0,1,2 \
+  --out "$OUT" "${groups[@]}"
