@@ -28,7 +28,7 @@ for e in $envs; do  # stage 2: medium (1M steps from the checkpoint nearest 1/3 
   last=$(ls "$work/$e"/sb3/*/model_*.zip 2>/dev/null | sed 's/.*model_\([0-9]*\)\.zip/\1/' | sort -n | tail -1)
   if [ -z "$last" ]; then echo "$e: no SAC checkpoint; raise SAC_SECONDS" >&2; continue; fi
   echo "$e: collect.train_steps=$last"
-  ( for q in medium medium-replay; do
+  ( for q in medium-replay medium; do
       OMP_NUM_THREADS=2 seqrl collect --env "$e" --quality "$q" "${common[@]}" --set "collect.train_steps=$last" || exit 1
     done ) >"$work/datasets_$e.log" 2>&1 &
 done
