@@ -75,6 +75,31 @@ def _softplus(x):
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
 
+@triton.jit
+def _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """Per-channel parameters of a block of channels, as float32: A (BLOCK_D, N), the delta bias and the
+    skip D (BLOCK_D,), zeros when absent."""
+    A = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    Dv = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return A, bias, Dv
+
+
+@triton.jit
+def _step_size(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta from its raw input: the bias added, then softplus if asked. Returns (pre-softplus value, delta)."""
+    if HAS_BIAS:
+        raw = raw + bias
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    return raw, dt
+
+
 # ------------------------------------------------------------------------------ selective: fwd
 @triton.jit
 def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
@@ -88,15 +113,12 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     offs_n = tl.arange(0, N)
     cols = tl.arange(0, BLOCK_L)
     dn = offs_d[:, None] * N + offs_n[None, :]  # (BLOCK_D, N) offsets into (d, n)
-    A2 = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
+    A2 = A * 1.4426950408889634
     if HAS_H0:
         h = tl.load(h0_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     row = pid_b * DM * L + offs_d[:, None] * L  # (BLOCK_D, 1)
     for c in tl.range(0, n_chunks):
         offs_l = c * BLOCK_L + cols
@@ -104,10 +126,7 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         m2 = mask_d[:, None] & mask_l[None, :]
         u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
         dt = tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
+        _, dt = _step_size(dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         dt = tl.where(m2, dt, 0.0)  # padding: decay 1, input 0, so the state passes through unchanged
         if SAVE:
             tl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_chunks + c) * N + offs_n[None, :], h,
@@ -149,16 +168,12 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     offs_n = tl.arange(0, N)
     cols = tl.arange(0, BLOCK_L)
     dn = offs_d[:, None] * N + offs_n[None, :]
-    A = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
+    A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
     A2 = A * 1.4426950408889634
     if HAS_DHLAST:  # adjoint of the state after the last step, carried backwards chunk by chunk
         carry = tl.load(dhlast_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     row = pid_b * DM * L + offs_d[:, None] * L
@@ -169,17 +184,10 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         m2 = mask_d[:, None] & mask_l[None, :]
         m2n = mask_d[:, None] & (offs_l[None, :] + 1 < L)
         u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        draw = tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        draw_n = tl.load(delta_ptr + row + offs_l[None, :] + 1, mask=m2n, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            draw += bias[:, None]
-            draw_n += bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(draw)
-            dt_n = _softplus(draw_n)
-        else:
-            dt = draw
-            dt_n = draw_n
+        draw, dt = _step_size(tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
+                              bias[:, None], HAS_BIAS, SOFTPLUS)
+        _, dt_n = _step_size(tl.load(delta_ptr + row + offs_l[None, :] + 1, mask=m2n, other=0.0).to(tl.float32),
+                             bias[:, None], HAS_BIAS, SOFTPLUS)
         dt = tl.where(m2, dt, 0.0)
         g = tl.load(dout_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
@@ -229,11 +237,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
     tl.store(dA_ptr + pid_b * DM * N + dn, dA_acc, mask=mask_d[:, None])
     # the initial state's adjoint: dA_0 dh_0, with dh_0 the carry left after the first chunk
-    dt0 = tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt0 += bias
-    if SOFTPLUS:
-        dt0 = _softplus(dt0)
+    _, dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
+                        bias, HAS_BIAS, SOFTPLUS)
     tl.store(dh0_ptr + pid_b * DM * N + dn, tl.exp2(dt0[:, None] * A2) * carry, mask=mask_d[:, None])
     if HAS_D:
         tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
@@ -251,19 +256,16 @@ def _selective_step(h_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, 
     dn = offs_d[:, None] * N + offs_n[None, :]
     md = mask_d[:, None]
     h = tl.load(h_ptr + pid_b * DM * N + dn, mask=md, other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + dn, mask=md, other=0.0).to(tl.float32)
+    A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
     u = tl.load(u_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if SOFTPLUS:
-        dt = _softplus(dt)
+    _, dt = _step_size(tl.load(delta_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32),
+                       bias, HAS_BIAS, SOFTPLUS)
     Bv = tl.load(B_ptr + pid_b * N + offs_n).to(tl.float32)
     Cv = tl.load(C_ptr + pid_b * N + offs_n).to(tl.float32)
     h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bv[None, :]
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
-        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * u
+        y += Dv * u
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y = y * z * tl.sigmoid(z)
