@@ -6,6 +6,18 @@ import torch
 torch.set_num_threads(1)  # CI has 2 cores; keep one free for the env and data work
 
 
+def step_through(backbone, x, state, reset=None):
+    """`backbone.step` over x (B, T, ...) one step at a time from `state`, applying reset[:, t] (B, T) before
+    step t: the recurrent twin of `backbone(x, state, reset=reset)`. Returns (outputs (B, T, ...), state)."""
+    ys = []
+    for t in range(x.shape[1]):
+        if reset is not None:
+            state = backbone.reset(state, reset[:, t])
+        yt, state = backbone.step(x[:, t], state)
+        ys.append(yt)
+    return torch.stack(ys, 1), state
+
+
 def make_episodes(lengths, obs_dim=3, act_dim=1, seed=0, final_obs=True):
     rng = np.random.default_rng(seed)
     eps = []

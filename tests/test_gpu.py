@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_episodes
+from conftest import make_episodes, step_through
 from seqrl.data.store import ReplayStore
 from seqrl.nn.transformer import CausalTransformer
 from seqrl.policies import TaskSpec
@@ -114,12 +114,8 @@ def test_mamba_step_equals_forward_on_cuda(fine_group):
     reset[1, 50] = reset[2, 7] = reset[2, 151] = True
     with torch.no_grad():
         y, final = m(x, m.initial_state(B, "cuda"), reset=reset)
-        state, ys = m.initial_state(B, "cuda"), []
-        for t in range(T):
-            state = m.reset(state, reset[:, t])
-            yt, state = m.step(x[:, t], state)
-            ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-4, rtol=1e-4)
+        ys, state = step_through(m, x, m.initial_state(B, "cuda"), reset)
+    torch.testing.assert_close(ys, y, atol=1e-4, rtol=1e-4)
     for a, b in zip(state.layers, final.layers):
         torch.testing.assert_close(a.ssm, b.ssm, atol=1e-4, rtol=1e-4)
 

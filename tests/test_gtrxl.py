@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import step_through
 from seqrl.nn.gtrxl import GRUGate, GTrXL, sinusoid
 from seqrl.nn.lstm import LSTM
 
@@ -32,12 +33,8 @@ def test_step_equals_forward_across_resets(make, T):
     reset[2, 1] = True
     reset[2, T - 2] = True
     y, final = m(x, state, reset)
-    s, ys = state, []
-    for t in range(T):
-        s = m.reset(s, reset[:, t])
-        yt, s = m.step(x[:, t], s)
-        ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
+    ys, s = step_through(m, x, state, reset)
+    torch.testing.assert_close(ys, y, atol=1e-5, rtol=1e-5)
     # the final states agree too, so a rollout can continue from either
     x2 = torch.randn(B, 3, 32)
     torch.testing.assert_close(m(x2, s)[0], m(x2, final)[0], atol=1e-5, rtol=1e-5)

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import step_through
 from seqrl.kernels.scan import selective_scan_ref
 from seqrl.nn.mamba import MambaBackbone, MambaMixer, MambaState, MixerState
 
@@ -65,12 +66,8 @@ def test_step_equals_forward_across_resets(fine_group, given_state):
     reset[1, 5] = reset[2, 1] = reset[2, 9] = True
     start = random_state(m, B, torch.tensor([0, 1, 2]) if fine_group else None) if given_state else m.initial_state(B, "cpu")
     y, final = m(x, start, reset=reset)
-    state, ys = start, []
-    for t in range(T):
-        state = m.reset(state, reset[:, t])
-        yt, state = m.step(x[:, t], state)
-        ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
+    ys, state = step_through(m, x, start, reset)
+    torch.testing.assert_close(ys, y, atol=1e-5, rtol=1e-5)
     assert_states_close(state, final)
 
 
@@ -79,11 +76,8 @@ def test_step_equals_forward_from_zero_state(fine_group):
     m = backbone(fine_group)
     x = torch.randn(2, 12, 16)
     y, final = m(x)  # no state: the batched fine-grained path
-    state, ys = m.initial_state(2, "cpu"), []
-    for t in range(12):
-        yt, state = m.step(x[:, t], state)
-        ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
+    ys, state = step_through(m, x, m.initial_state(2, "cpu"))
+    torch.testing.assert_close(ys, y, atol=1e-5, rtol=1e-5)
     for a, b in zip(state.layers, final.layers):
         torch.testing.assert_close(a.ssm, b.ssm, atol=1e-5, rtol=1e-5)
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import step_through
 from seqrl.nn.transformer import CausalTransformer
 
 
@@ -18,12 +19,8 @@ def test_step_equals_forward_across_resets(T, window):
     reset[1, T // 2] = True
     reset[2, 1] = True
     y, final = m(x, m.initial_state(B, "cpu"), reset=reset)
-    state, ys = m.initial_state(B, "cpu"), []
-    for t in range(T):
-        state = m.reset(state, reset[:, t])
-        yt, state = m.step(x[:, t], state)
-        ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
+    ys, state = step_through(m, x, m.initial_state(B, "cpu"), reset)
+    torch.testing.assert_close(ys, y, atol=1e-5, rtol=1e-5)
     assert torch.equal(state.valid, final.valid)
     for a, b in zip(state.k, final.k):
         torch.testing.assert_close(a[state.valid[:, None, :, None].expand_as(a)],
