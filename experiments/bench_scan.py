@@ -61,7 +61,7 @@ def seqrl_scan(x):
 def chunked_scan(x):
     dt = F.softplus(x["delta"].float() + x["delta_bias"][:, None])
     h0 = torch.zeros(B_, D_, N_, device=dt.device)
-    y, _ = S._SelectiveScanChunked.apply(x["u"].float(), dt, x["A"], x["B"].float(), x["C"].float(), h0, S.CHUNK)
+    y, _ = S._SelectiveScanChunked.apply(x["u"].float(), dt, x["A"], x["B"].float(), x["C"].float(), h0, S.CHUNK, 0)
     return ((y + x["D"][:, None] * x["u"]) * F.silu(x["z"].float())).to(x["u"].dtype)
 
 

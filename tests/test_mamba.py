@@ -114,6 +114,8 @@ def test_fine_grained_branch_scans_inside_groups_only():
         alone, _ = layer.fine(h[:, 3 * g: 3 * g + 3])
         torch.testing.assert_close(y[:, 3 * g: 3 * g + 3], alone, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(mixer_reference(layer.fine, h[:, 3 * g: 3 * g + 3]), alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="whole groups"):
+        layer.fine(h[:, :8], group=3)
 
 
 def test_gradients_reach_every_parameter():

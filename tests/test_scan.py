@@ -103,7 +103,7 @@ def _state_f64(**x):
     from seqrl.kernels.scan import _SelectiveScanChunked
 
     dt = F.softplus(x["delta"] + x["delta_bias"][:, None])
-    return _SelectiveScanChunked.apply(x["u"], dt, x["A"], x["B"], x["C"], x["h0"], 2)
+    return _SelectiveScanChunked.apply(x["u"], dt, x["A"], x["B"], x["C"], x["h0"], 2, 0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -144,6 +144,48 @@ def test_selective_scan_bf16_inputs_accumulate_in_fp32(device):
     assert out.dtype == torch.bfloat16
     err = (out.double() - ref).norm() / ref.norm()
     assert err < 2e-2, err
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("l,g,chunk", [(12, 3, 4), (19, 3, 4), (150, 3, 8), (7, 1, 4), (300, 5, 16)])
+def test_selective_scan_reset_every_restarts_each_group(device, l, g, chunk):
+    """reset_every=g: values and gradients equal the loop, and the loop equals each group of g steps run
+    as its own sequence from zero. Lengths not a multiple of g; groups straddling chunk boundaries."""
+    x = selective_inputs(2, 5, 4, l, seed=l + g, h0=False)
+    names = [k for k, v in x.items() if v is not None]
+    seq = ("u", "delta", "B", "C", "z")
+    apart = torch.cat([selective_scan_ref(**{k: v[..., s:s + g] if k in seq else v for k, v in x.items()},
+                                          delta_softplus=True)[0] for s in range(0, l, g)], -1)
+    gy, gh = torch.randn(2, 5, l, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
+    leaves = {k: x[k].clone().to(dev(device)).requires_grad_() for k in names}
+    out, h = selective_scan(**leaves, delta_softplus=True, return_state=True, chunk=chunk, reset_every=g)
+    grads = torch.autograd.grad((out.double() * gy.to(dev(device))).sum() + (h.double() * gh.to(dev(device))).sum(),
+                                list(leaves.values()))
+    ref_leaves = {k: x[k].clone().requires_grad_() for k in names}
+    ref, h_ref = selective_scan_ref(**ref_leaves, delta_softplus=True, reset_every=g)
+    torch.testing.assert_close(ref.detach(), apart, rtol=1e-12, atol=1e-12)
+    close(out, ref, device, "out")
+    close(h, h_ref, device, "final state")
+    for name, a, b in zip(names, grads, torch.autograd.grad((ref * gy).sum() + (h_ref * gh).sum(),
+                                                            list(ref_leaves.values()))):
+        close(a, b, device, f"grad of {name}")
+
+
+def test_selective_scan_reset_every_gradcheck():
+    x = selective_inputs(1, 2, 3, 7, seed=9, h0=False)
+    names = [k for k, v in x.items() if v is not None]
+
+    def f(*args):
+        return selective_scan(**dict(zip(names, args)), delta_softplus=True, chunk=2, reset_every=3)
+    assert torch.autograd.gradcheck(f, [x[k].clone().requires_grad_() for k in names])
+
+
+def test_selective_scan_reset_every_rejects_bad_input():
+    x = selective_inputs(2, 3, 4, 6)
+    with pytest.raises(ValueError, match="h0 is unused"):
+        selective_scan(**x, reset_every=3)
+    with pytest.raises(ValueError, match="reset_every must be"):
+        selective_scan(**{**x, "h0": None}, reset_every=-1)
 
 
 def test_selective_scan_rejects_bad_shapes():

@@ -33,6 +33,11 @@ Paths, picked by the inputs' device:
 
 Both sequence forms take an initial state ``h0`` and can return the final state, so a long sequence
 can be run segment by segment (truncated BPTT, long rollouts) with the same result as in one go.
+``selective_scan(..., reset_every=g)`` instead restarts the state from zero at every step t with
+t % g == 0 (its decay is taken as 0): each group of g steps is scanned on its own, in one pass over
+the whole sequence. Decision Mamba's fine-grained branch scans (return, state, action) triplets this
+way; run as (b l / 3) sequences of 3 steps, the same work cost 5x more on the GPU (each padded to a
+16-step tile).
 ``selective_step`` is the one-step update for a batch of environments (rollouts).
 """
 
@@ -52,7 +57,8 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------------- reference
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, h0=None):
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, h0=None,
+                       reset_every=0):
     """The plain loop over l, in the inputs' dtype. Returns (out (b, d, l), h_last (b, d, n))."""
     dt = delta if delta_bias is None else delta + delta_bias[:, None]
     if delta_softplus:
@@ -61,6 +67,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     h = u.new_zeros(b, d, A.shape[1]) if h0 is None else h0.to(u.dtype)
     ys = []
     for t in range(l):
+        if reset_every and t % reset_every == 0:
+            h = torch.zeros_like(h)
         h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
         ys.append((h * C[:, None, :, t]).sum(-1))
     y = torch.stack(ys, -1) if ys else u.new_zeros(b, d, 0)
@@ -103,10 +111,13 @@ def _scan_chunk(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Ten
     return x + a * h0.unsqueeze(2)
 
 
-def _chunk_terms(u, dt, A, B, t0, t1):
-    """Decays exp(dt A) and inputs dt u B of steps t0..t1-1, each (b, d, T, n)."""
+def _chunk_terms(u, dt, A, B, t0, t1, reset_every):
+    """Decays exp(dt A) (0 where a group starts) and inputs dt u B of steps t0..t1-1, each (b, d, T, n)."""
     dtc = dt[:, :, t0:t1, None]
-    return torch.exp(dtc * A[:, None]), (dtc * u[:, :, t0:t1, None]) * B[:, None, :, t0:t1].transpose(2, 3)
+    decay = torch.exp(dtc * A[:, None])
+    if reset_every:
+        decay = decay * (torch.arange(t0, t1, device=u.device) % reset_every != 0).to(decay.dtype)[:, None]
+    return decay, (dtc * u[:, :, t0:t1, None]) * B[:, None, :, t0:t1].transpose(2, 3)
 
 
 def _chunk_states(decay, x, h):
@@ -127,18 +138,18 @@ class _SelectiveScanChunked(torch.autograd.Function):
     recurrence dh_t = C_t g_t + decay_{t+1} dh_{t+1} backwards through it."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, h0, chunk):
+    def forward(ctx, u, dt, A, B, C, h0, chunk, reset_every):
         l = u.shape[2]
         ys = torch.empty_like(u)
         h, starts = h0, []
         for t0 in range(0, l, chunk):
             t1 = min(l, t0 + chunk)
             starts.append(h)
-            hs = _chunk_states(*_chunk_terms(u, dt, A, B, t0, t1), h)
+            hs = _chunk_states(*_chunk_terms(u, dt, A, B, t0, t1, reset_every), h)
             ys[:, :, t0:t1] = (hs * C[:, None, :, t0:t1].transpose(2, 3)).sum(-1)
             h = hs[:, :, -1].clone()  # saved for backward: a view would keep the whole chunk alive
         ctx.save_for_backward(u, dt, A, B, C, h0, *starts)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.reset_every = chunk, reset_every
         return ys, h
 
     @staticmethod
@@ -151,7 +162,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
         dh_next = torch.zeros_like(h0) if g_h is None else g_h  # dL/dh from the steps after the chunk
         for i in reversed(range(len(starts))):
             t0, t1 = i * chunk, min(l, (i + 1) * chunk)
-            decay, x = _chunk_terms(u, dt, A, B, t0, t1)
+            decay, x = _chunk_terms(u, dt, A, B, t0, t1, ctx.reset_every)
             hs = _chunk_states(decay, x, starts[i])
             g = g_ys[:, :, t0:t1]
             src = g[..., None] * C[:, None, :, t0:t1].transpose(2, 3)  # C_t g_t, (b, d, T, n)
@@ -168,7 +179,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
             dA_par += (dAh * dtc[..., None]).sum((0, 2))
             dB[:, :, t0:t1] = torch.einsum("bdtn,bdt->bnt", dh, dtc * uc)
             dC[:, :, t0:t1] = torch.einsum("bdtn,bdt->bnt", hs, g)
-        return du, ddt, dA_par, dB, dC, dh_next, None
+        return du, ddt, dA_par, dB, dC, dh_next, None, None
 
 
 class _LinearScanChunked(torch.autograd.Function):
@@ -197,16 +208,21 @@ class _LinearScanChunked(torch.autograd.Function):
 
 # ------------------------------------------------------------------------------- entry points
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, h0=None,
-                   return_state=False, chunk: int = CHUNK):
+                   return_state=False, chunk: int = CHUNK, reset_every: int = 0):
     """The S6 selective scan (module docstring). Returns out (b, d, l) in u's dtype, and with
-    ``return_state`` also the final state (b, d, n) in float32 (float64 for float64 inputs on the CPU)."""
+    ``return_state`` also the final state (b, d, n) in float32 (float64 for float64 inputs on the CPU).
+    ``reset_every`` g > 0: the state restarts from zero at every g-th step, from step 0 (h0 must be None)."""
     b, d, l = u.shape
     n = A.shape[1]
     _check_selective(u, delta, A, B, C, D, z, delta_bias, h0)
+    if not isinstance(reset_every, int) or reset_every < 0:
+        raise ValueError(f"selective_scan: reset_every must be an int >= 0, got {reset_every!r}")
+    if reset_every and h0 is not None:
+        raise ValueError("selective_scan: h0 is unused with reset_every (step 0 starts a group from zero); pass None")
     if _use_triton(u):
         from seqrl.kernels.triton_scan import selective_scan_triton
 
-        out, h = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+        out, h = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every)
         return (out, h) if return_state else out
     dtype = u.dtype
     f = (lambda t: None if t is None else t.float()) if dtype in (torch.float16, torch.bfloat16) else (lambda t: t)
@@ -215,7 +231,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if delta_softplus:
         dt = F.softplus(dt)
     h0 = u.new_zeros(b, d, n) if h0 is None else h0.to(u.dtype)
-    y, h = _SelectiveScanChunked.apply(u, dt, A, B, C, h0, chunk)
+    y, h = _SelectiveScanChunked.apply(u, dt, A, B, C, h0, chunk, reset_every)
     if D is not None:
         y = y + D[:, None] * u
     if z is not None:

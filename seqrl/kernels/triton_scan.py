@@ -21,6 +21,10 @@ sum over channels, which several programs share: each program writes its share, 
 float32, and they are summed afterwards (deterministic, and faster than atomic adds here: 12.9 against
 17.4 ms forward+backward at L=16384). The gradient of A is written per batch row and summed afterwards.
 
+Groups (RESET = g > 0, `reset_every`): the decay is 0 at every step t with t % g == 0, so the state
+restarts there; in the backward the adjoint then stops at those steps too (the decay into them is 0), and
+the decay gradient vanishes by itself (h_t = x_t there).
+
 Linear scan (S4D/S5): the same chunked associative scan over h_t = a_t h_{t-1} + x_t, real or
 complex (complex tensors as interleaved real/imaginary float pairs), with its backward as a reverse
 scan over conj(a_{t+1}).
@@ -41,10 +45,9 @@ CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=
 def _tiles(kind: str, l: int, d: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_L) of a selective-scan kernel for sequences of length l: CONFIG's for long ones;
     for l shorter than the chunk, the chunk shrinks to the next power of two (at least 16) and BLOCK_D
-    grows by the same factor (up to d), so a tile holds as many elements and no lanes idle on padding.
-    Decision Mamba's fine-grained branch scans (B*K) sequences of 3 tokens: with 128-step chunks, 97% of
-    the work was padding. Both kernels shrink alike, so the backward's chunk stays a multiple of the
-    forward's."""
+    grows by the same factor (up to d), so a tile holds as many elements and fewer lanes idle on padding
+    (a 3-token scan in 128-step chunks was 97% padding). Both kernels shrink alike, so the backward's
+    chunk stays a multiple of the forward's."""
     cfg = CONFIG[kind]
     bl = min(cfg["BLOCK_L"], max(16, triton.next_power_of_2(l)))
     bd = min(cfg["BLOCK_D"] * (cfg["BLOCK_L"] // bl), max(cfg["BLOCK_D"], triton.next_power_of_2(d)))
@@ -106,7 +109,7 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                    out_ptr, ypre_ptr, hlast_ptr, states_ptr, L, DM, n_chunks,
                    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_H0: tl.constexpr, SAVE: tl.constexpr):
+                   HAS_H0: tl.constexpr, SAVE: tl.constexpr, RESET: tl.constexpr):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DM
@@ -132,6 +135,8 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             tl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_chunks + c) * N + offs_n[None, :], h,
                      mask=mask_d[:, None])
         dtu = dt * u
+        if RESET > 0:  # where a group starts, the decay is 0
+            restart = (offs_l % RESET == 0) & mask_l
         ys = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         for n in tl.static_range(N):
             Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
@@ -139,6 +144,8 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             a_n = _column(A2, offs_n, n)
             h_n = _column(h, offs_n, n)
             dA = tl.exp2(dt * a_n[:, None])
+            if RESET > 0:
+                dA = tl.where(restart[None, :], 0.0, dA)
             acc_a, acc_x = tl.associative_scan((dA, dtu * Bn[None, :]), 1, _compose)
             hs = acc_x + acc_a * h_n[:, None]
             ys += hs * Cn[None, :]
@@ -161,7 +168,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                    L, DM, n_chunks, n_states,
                    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_DHLAST: tl.constexpr):
+                   HAS_DHLAST: tl.constexpr, RESET: tl.constexpr):
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DM
@@ -205,6 +212,9 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             du += Dv[:, None] * dy
         ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         dtu = dt * u
+        if RESET > 0:  # where a group starts (restart) or the next step does (cut): the decay is 0
+            restart = (offs_l % RESET == 0) & mask_l
+            cut = ((offs_l + 1) % RESET == 0) & (offs_l + 1 < L)
         # the forward stored a state every BLOCK_L / R steps
         h_start = tl.load(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + c * R) * N + offs_n[None, :],
                           mask=mask_d[:, None], other=0.0)
@@ -213,11 +223,15 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
             a2_n = _column(A2, offs_n, n)
             dA = tl.exp2(dt * a2_n[:, None])
+            if RESET > 0:
+                dA = tl.where(restart[None, :], 0.0, dA)
             x = dtu * Bn[None, :]
             acc_a, acc_x = tl.associative_scan((dA, x), 1, _compose)
             hs = acc_x + acc_a * _column(h_start, offs_n, n)[:, None]
             # decay into the next step; 1 past the end, so the carried adjoint enters at step L-1 unchanged
             dA_n = tl.where(m2n, tl.exp2(dt_n * a2_n[:, None]), 1.0)
+            if RESET > 0:
+                dA_n = tl.where(cut[None, :], 0.0, dA_n)
             rev_a, rev_x = tl.associative_scan((dA_n, Cn[None, :] * dy), 1, _compose, reverse=True)
             dh = rev_x + rev_a * _column(carry, offs_n, n)[:, None]
             dh = tl.where(m2, dh, 0.0)
@@ -239,7 +253,10 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     # the initial state's adjoint: dA_0 dh_0, with dh_0 the carry left after the first chunk
     _, dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
                         bias, HAS_BIAS, SOFTPLUS)
-    tl.store(dh0_ptr + pid_b * DM * N + dn, tl.exp2(dt0[:, None] * A2) * carry, mask=mask_d[:, None])
+    dh0 = tl.exp2(dt0[:, None] * A2) * carry
+    if RESET > 0:  # step 0 starts a group: the initial state is not used
+        dh0 = dh0 * 0.0
+    tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
     if HAS_D:
         tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
 
@@ -373,7 +390,7 @@ def _opt(t):
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset_every):
         u, delta, B, C, z = (_opt(t) for t in (u, delta, B, C, z))
         A = A.contiguous().float()
         D, delta_bias = _opt(D), _opt(delta_bias)
@@ -395,10 +412,10 @@ class _SelectiveScanFn(torch.autograd.Function):
                              out, ypre, hlast, states, l, d, n_chunks,
                              N=n, BLOCK_D=bd, BLOCK_L=bl, HAS_D=D is not None,
                              HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                             HAS_H0=h0 is not None, SAVE=bool(save), num_warps=cfg["num_warps"])
+                             HAS_H0=h0 is not None, SAVE=bool(save), RESET=reset_every, num_warps=cfg["num_warps"])
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre if z is not None else None)
-            ctx.softplus, ctx.has_h0 = softplus, h0 is not None
+            ctx.softplus, ctx.has_h0, ctx.reset_every = softplus, h0 is not None, reset_every
         return out, hlast
 
     @staticmethod
@@ -426,18 +443,19 @@ class _SelectiveScanFn(torch.autograd.Function):
                              du, ddelta, dA, dB, dC, dA if dD is None else dD, du if dz is None else dz, dh0,
                              l, d, triton.cdiv(l, bl), n_states, N=n, BLOCK_D=bd, BLOCK_L=bl, R=R,
                              HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                             SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None, num_warps=cfg["num_warps"])
+                             SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None, RESET=ctx.reset_every,
+                             num_warps=cfg["num_warps"])
         dB, dC = dB.sum(1), dC.sum(1)
         dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         return (du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
                 dD.sum(0).to(D.dtype) if D is not None else None, dz, dbias,
-                dh0 if ctx.has_h0 else None, None)
+                dh0 if ctx.has_h0 else None, None, None)
 
 
-def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
     if CONFIG["bwd"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"]:
         raise RuntimeError("CONFIG: the backward BLOCK_L must be a multiple of the forward's (chunk-start states)")
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus))
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), int(reset_every))
 
 
 def selective_step_triton(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus):

@@ -105,21 +105,36 @@ class MambaMixer(nn.Module):
         delta, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return delta @ self.dt_proj.weight.t(), B, C  # dt_proj's bias enters the scan as delta_bias
 
-    def forward(self, x: torch.Tensor, state: MixerState | None = None) -> tuple[torch.Tensor, MixerState]:
-        """x (B, T, d) -> y (B, T, d), the state after the segment."""
+    def forward(self, x: torch.Tensor, state: MixerState | None = None,
+                group: int = 0) -> tuple[torch.Tensor, MixerState]:
+        """x (B, T, d) -> y (B, T, d), the state after the segment.
+
+        group g > 0 (Decision Mamba's fine-grained branch): x is whole groups of g tokens, each mixed on
+        its own from a zero state (conv window and SSM); `state` must be None and the state returned is
+        the zero state a next group starts from. One scan over T with a restart every g steps."""
         Bsz, T, _ = x.shape
-        if state is None:
-            state = self.initial_state(Bsz, x.device, x.dtype)
+        E, W = self.d_inner, self.d_conv
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, T, E)
-        xs = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (B, E, W-1+T): causal left context
-        conv_state = xs[:, :, xs.shape[2] - (self.d_conv - 1):]
-        u = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))  # (B, E, T)
+        if group:
+            if state is not None or T % group:
+                raise ValueError(f"MambaMixer: group={group} takes whole groups (T={T}) and no state")
+            xg = F.pad(xs.reshape(Bsz * T // group, group, E).transpose(1, 2), (W - 1, 0))  # each group's own window
+            u = F.silu(F.conv1d(xg, self.conv1d.weight, self.conv1d.bias, groups=E))  # (B T/g, E, g)
+            u = u.transpose(1, 2).reshape(Bsz, T, E).transpose(1, 2)  # (B, E, T)
+            h0 = None
+        else:
+            if state is None:
+                state = self.initial_state(Bsz, x.device, x.dtype)
+            xs = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (B, E, W-1+T): causal left context
+            u = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=E))  # (B, E, T)
+            h0, conv_state = state.ssm, xs[:, :, xs.shape[2] - (W - 1):]
         delta, Bm, Cm = self._ssm_params(u.transpose(1, 2))  # (B, T, E), (B, T, N), (B, T, N)
         A = -torch.exp(self.A_log.float())  # (E, N)
         y, h = selective_scan(u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(),
                               z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                              h0=state.ssm, return_state=True)  # y (B, E, T), h (B, E, N)
-        return self.out_proj(y.transpose(1, 2)), MixerState(conv_state, h)
+                              h0=h0, return_state=True, reset_every=group)  # y (B, E, T), h (B, E, N)
+        out = self.out_proj(y.transpose(1, 2))
+        return (out, self.initial_state(Bsz, x.device, x.dtype)) if group else (out, MixerState(conv_state, h))
 
     def step(self, x: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """One token: x (B, d) -> y (B, d). O(1): a rolling conv window and one SSM update."""
@@ -149,10 +164,9 @@ class MambaLayer(nn.Module):
         """Fine-grained branch over a segment x (B, T, d): a scan inside each group of g tokens.
         `aligned`: every env is at a group start (phase 0)."""
         g = self.fine_group
-        Bsz, T, d = x.shape
-        if T % g == 0 and aligned:  # whole groups from a group start: one batched scan
-            y, _ = self.fine(x.reshape(Bsz * T // g, g, d))  # (B*T/g, g, d), each group from zeros
-            return y.reshape(Bsz, T, d), self.fine.initial_state(Bsz, x.device, x.dtype)
+        T = x.shape[1]
+        if T % g == 0 and aligned:  # whole groups from a group start: one scan, restarting every g tokens
+            return self.fine(x, group=g)
         ys = []  # partial groups (acting, segments cut at resets): token by token
         for t in range(T):
             state = _select((phase + t) % g == 0, state)  # a group starts: forget the last one
