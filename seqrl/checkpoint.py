@@ -57,3 +57,19 @@ def policy_from_checkpoint(path: str | Path, agent: str | None = None, device: s
     except (SeqrlError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not rebuild its policy ({type(e).__name__}: {e})") from e
     return policy.to(device), preset, ckpt
+
+
+def training_state(preset, policy: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device,
+                   **extra: Any) -> dict[str, Any]:
+    """What every runner's checkpoint holds (agent, preset, TaskSpec, weights, optimiser, RNG states),
+    plus the runner's own entries (`extra`: its step counters, sampler state...)."""
+    return {"agent": preset.agent, "preset": preset.to_dict(), "spec": policy.spec.to_dict(),
+            "policy": policy.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **extra}
+
+
+def restore_rng(ckpt: dict[str, Any], device: torch.device) -> None:
+    """The RNG states `training_state` saved (the CUDA one only on CUDA)."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)

@@ -40,6 +40,17 @@ def require_device(device: str) -> None:
         raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
 
 
+def training_device(device: str):
+    """runner.device as a torch.device, for a runner about to train on it: CUDA on a machine without
+    it is a PresetError (the config check above only knows the name is a device)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PresetError(f"runner.device={device!r}, but this machine has no CUDA device")
+    return dev
+
+
 # --------------------------------------------------------------------------------------------- runner
 @dataclass(frozen=True)
 class RunnerConfig:

@@ -28,11 +28,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from seqrl.checkpoint import load_checkpoint, save_checkpoint
+from seqrl.checkpoint import load_checkpoint, restore_rng, save_checkpoint, training_state
 from seqrl.errors import CheckpointError, PresetError
 from seqrl.io import atomic_write_json
 from seqrl.data.store import Batch, ReplayStore
-from seqrl.presets import AgentPreset, RunnerConfig
+from seqrl.presets import AgentPreset, RunnerConfig, training_device
 from seqrl.runners.evaluate import evaluate
 
 
@@ -76,9 +76,7 @@ class OfflineRunner:
         cfg: RunnerConfig = preset.runner
         self.cfg, self.preset, self.store = cfg, preset, store
         self.run_dir = Path(run_dir)
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise PresetError(f"runner.device={cfg.device!r}, but this machine has no CUDA device")
+        device = training_device(cfg.device)
         self.rank, self.world = distributed(device)
         if cfg.batch_size % self.world:
             raise PresetError(f"runner.batch_size {cfg.batch_size} is not divisible by {self.world} DDP ranks")
@@ -232,17 +230,8 @@ class OfflineRunner:
     def save(self) -> None:
         if self.rank != 0:
             return
-        save_checkpoint(self.ckpt_path, {
-            "agent": self.preset.agent,
-            "preset": self.preset.to_dict(),
-            "spec": self.policy.spec.to_dict(),
-            "policy": self.policy.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "step": self.step,
-            "generator": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        })
+        save_checkpoint(self.ckpt_path, training_state(self.preset, self.policy, self.opt, self.device,
+                                                       step=self.step, generator=self.gen.get_state()))
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.policy.load_state_dict(ckpt["policy"])
@@ -257,9 +246,7 @@ class OfflineRunner:
             if "step" in state:
                 state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
         self.step = int(ckpt["step"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        restore_rng(ckpt, self.device)
         gen_state = ckpt.get("generator")
         if self.world == 1 and gen_state is not None and gen_state.numel() == self.gen.get_state().numel():
             self.gen.set_state(gen_state)

@@ -48,11 +48,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from seqrl.checkpoint import load_checkpoint, save_checkpoint
+from seqrl.checkpoint import load_checkpoint, restore_rng, save_checkpoint, training_state
 from seqrl.data.store import ReplayStore, check_spaces
 from seqrl.errors import CheckpointError, DataError, PresetError
 from seqrl.io import atomic_write_json
-from seqrl.presets import AgentPreset, OnlineRunnerConfig
+from seqrl.presets import AgentPreset, OnlineRunnerConfig, training_device
 from seqrl.runners.evaluate import evaluate
 
 
@@ -153,9 +153,7 @@ class OnlineRunner:
         if not isinstance(cfg, OnlineRunnerConfig):
             raise PresetError(f"agent {preset.agent!r} trains offline: use --dataset, not the online runner")
         self.cfg, self.preset, self.run_dir = cfg, preset, Path(run_dir)
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise PresetError(f"runner.device={cfg.device!r}, but this machine has no CUDA device")
+        device = training_device(cfg.device)
         self.device = device
         self.policy = policy.to(device)
         env = policy.spec.env
@@ -359,24 +357,13 @@ class OnlineRunner:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        save_checkpoint(self.ckpt_path, {
-            "agent": self.preset.agent,
-            "preset": self.preset.to_dict(),
-            "spec": self.policy.spec.to_dict(),
-            "policy": self.policy.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "step": self.env_steps,
-            "updates": self.updates,
-            "store": {"episodes": self.store.num_episodes, "steps": len(self.store)},
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        })
+        save_checkpoint(self.ckpt_path, training_state(
+            self.preset, self.policy, self.opt, self.device, step=self.env_steps, updates=self.updates,
+            store={"episodes": self.store.num_episodes, "steps": len(self.store)}))
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.policy.load_state_dict(ckpt["policy"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.env_steps = int(ckpt["step"])
         self.updates = int(ckpt.get("updates", self.env_steps // self.batch))
-        torch.set_rng_state(ckpt["torch_rng"])
-        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        restore_rng(ckpt, self.device)
