@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from seqrl.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
 from seqrl.data.collect import pendulum_controller, rollout
 from seqrl.data.store import ReplayStore
-from seqrl.errors import CheckpointError
+from seqrl.errors import CheckpointError, PresetError
 from seqrl.policies import TaskSpec, policy_class
 from seqrl.presets import load_agent, load_env, parse_overrides
 from seqrl.runners.offline import OfflineRunner
@@ -76,6 +76,13 @@ def test_resume_without_a_checkpoint_is_an_error(pendulum_store, tmp_path):
     policy, preset = make(pendulum_store, extra=["runner.eval_episodes=0"])
     with pytest.raises(CheckpointError, match="nothing to resume"):
         OfflineRunner(policy, pendulum_store, preset, tmp_path / "empty", resume=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_an_error(pendulum_store, tmp_path):
+    policy, preset = make(pendulum_store, extra=["runner.device=cuda"])
+    with pytest.raises(PresetError, match="runner.device='cuda', but this machine has no CUDA device"):
+        OfflineRunner(policy, pendulum_store, preset, tmp_path / "cuda")
 
 
 def test_bc_on_the_same_runner(pendulum_store, tmp_path):
