@@ -36,8 +36,8 @@ can be run segment by segment (truncated BPTT, long rollouts) with the same resu
 ``selective_scan(..., reset_every=g)`` instead restarts the state from zero at every step t with
 t % g == 0 (its decay is taken as 0): each group of g steps is scanned on its own, in one pass over
 the whole sequence. Decision Mamba's fine-grained branch scans (return, state, action) triplets this
-way; run as (b l / 3) sequences of 3 steps, the same work cost 5x more on the GPU (each padded to a
-16-step tile).
+way. Run as (b l / 3) separate sequences of 3 steps, each would be padded to a 16-step tile on the GPU:
+over 5x the work.
 ``selective_step`` is the one-step update for a batch of environments (rollouts).
 """
 
