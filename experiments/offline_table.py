@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqrl.io import atomic_write_json
+
 # Decision Transformer, Chen et al. 2021, Table 2 (D4RL v2 Gym data: theirs, not ours)
 PUBLISHED_DT = {
     ("hopper", "medium"): 67.6, ("halfcheetah", "medium"): 42.6, ("walker2d", "medium"): 74.0,
@@ -64,8 +66,6 @@ def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out:
         folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
     record = dict(dataset=dataset, label=label, spec=spec, seed=seed, device=device,
                   seconds=time.perf_counter() - t, results=results)
-    from seqrl.io import atomic_write_json
-
     atomic_write_json(folder / "result.json", record)
     return record
 
@@ -143,8 +143,6 @@ def main() -> None:
     table = report(records)
     print(f"\nnormalised score, mean ± std over seeds, {args.episodes} episodes per run\n{table}")
     if args.json:
-        from seqrl.io import atomic_write_json
-
         atomic_write_json(Path(args.json), {"table": table, "runs": records})
 
 

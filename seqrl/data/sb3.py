@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from seqrl.data.collect import rollout
 from seqrl.errors import DataError, PresetError
-from seqrl.io import atomic_write
+from seqrl.io import atomic_write, atomic_write_json
 from seqrl.presets import EnvPreset
 
 QUALITIES = ("random", "medium", "expert", "medium-replay")
@@ -244,8 +244,7 @@ def _evals(run: Path) -> dict[int, float]:
 
 
 def _write_evals(run: Path, evals: dict[int, float]) -> None:
-    text = json.dumps({str(s): r for s, r in sorted(evals.items())}, indent=1).encode()
-    atomic_write(run / "evals.json", lambda f: f.write(text))
+    atomic_write_json(run / "evals.json", {str(s): r for s, r in sorted(evals.items())})
 
 
 def _transitions(run: Path, upto: int) -> dict[str, np.ndarray]:
