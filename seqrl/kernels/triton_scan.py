@@ -215,30 +215,35 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if RESET > 0:  # where a group starts (restart) or the next step does (cut): the decay is 0
             restart = (offs_l % RESET == 0) & mask_l
             cut = ((offs_l + 1) % RESET == 0) & (offs_l + 1 < L)
-        # the forward stored a state every BLOCK_L / R steps
-        h_start = tl.load(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + c * R) * N + offs_n[None, :],
-                          mask=mask_d[:, None], other=0.0)
+        # per n, the rows of B and C are loaded straight into the tiles' layout, and A's column and the chunk's
+        # start state (stored by the forward every BLOCK_L / R steps) as vectors: picking a column out of a
+        # register tile (_column) made the compiler move the scans into a slower layout
+        bc_off = offs_l[None, :] + 0 * offs_d[:, None]
         for n in tl.static_range(N):
-            Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-            a2_n = _column(A2, offs_n, n)
+            Bn = tl.load(B_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
+            a_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
+            a2_n = a_n * 1.4426950408889634
             dA = tl.exp2(dt * a2_n[:, None])
             if RESET > 0:
                 dA = tl.where(restart[None, :], 0.0, dA)
-            x = dtu * Bn[None, :]
-            acc_a, acc_x = tl.associative_scan((dA, x), 1, _compose)
-            hs = acc_x + acc_a * _column(h_start, offs_n, n)[:, None]
+            x = dtu * Bn
+            # the start state enters through the first step's input, so only the scan's x part is used
+            h_n = tl.load(states_ptr + ((pid_b * DM + offs_d) * n_states + c * R) * N + n, mask=mask_d, other=0.0)
+            _, hs = tl.associative_scan((dA, tl.where(cols[None, :] == 0, x + dA * h_n[:, None], x)), 1, _compose)
             # decay into the next step; 1 past the end, so the carried adjoint enters at step L-1 unchanged
             dA_n = tl.where(m2n, tl.exp2(dt_n * a2_n[:, None]), 1.0)
             if RESET > 0:
                 dA_n = tl.where(cut[None, :], 0.0, dA_n)
-            rev_a, rev_x = tl.associative_scan((dA_n, Cn[None, :] * dy), 1, _compose, reverse=True)
-            dh = rev_x + rev_a * _column(carry, offs_n, n)[:, None]
+            # likewise the carried adjoint enters through the chunk's last step
+            cdy = Cn * dy
+            cdy = tl.where(cols[None, :] == BLOCK_L - 1, cdy + dA_n * _column(carry, offs_n, n)[:, None], cdy)
+            _, dh = tl.associative_scan((dA_n, cdy), 1, _compose, reverse=True)
             dh = tl.where(m2, dh, 0.0)
             carry = tl.where(offs_n[None, :] == n, _column(dh, cols, 0)[:, None], carry)
             dAh = dh * (hs - x)  # dL/d(dA_t) dA_t, since dA_t h_{t-1} = h_t - x_t
-            dhB = dh * Bn[None, :]
-            ddt += dhB * u + dAh * _column(A, offs_n, n)[:, None]
+            dhB = dh * Bn
+            ddt += dhB * u + dAh * a_n[:, None]
             du += dhB * dt
             dA_acc = tl.where(offs_n[None, :] == n, dA_acc + tl.sum(dAh * dt, axis=1)[:, None], dA_acc)
             # this program's share of dB, dC: (b, d-block, n, l), summed over d-blocks afterwards
