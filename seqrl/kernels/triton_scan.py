@@ -12,22 +12,27 @@ is the inputs and outputs once; the (b, l, d, n) states never exist in memory. W
 wanted, the state at the start of each chunk is stored, (b, d, l / BLOCK_L, n), and with a gate z the
 pre-gate output y, (b, d, l).
 
-Backward. Chunks are walked from last to first. For each n the chunk's states are recomputed from
-the stored chunk-start state, and the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1} runs as a reverse
-associative scan, continued across chunks by a carried (BLOCK_D, n) adjoint. dA_{t+1} is read
-straight from memory (delta shifted by one), so no register shuffles are needed, and
-dA_t h_{t-1} = h_t - x_t gives the decay gradient without the previous state. Gradients of B and C
-sum over channels, which several programs share: each program writes its share, (b, d-block, n, l) in
-float32, and they are summed afterwards (deterministic, and faster than atomic adds here: 12.9 against
-17.4 ms forward+backward at L=16384). The gradient of A is written per batch row and summed afterwards.
+Backward. Chunks are walked from last to first, and for each n in turn: the adjoint
+dh_t = C_t dy_t + dA_{t+1} dh_{t+1} runs as a forward associative scan over the chunk read in reverse
+(continued across chunks by a carried (BLOCK_D, n) adjoint, which enters through the scan's first input),
+and goes back into step order through a (BLOCK_D, BLOCK_L) scratch tile per program; then the chunk's
+states are recomputed, in step order, from the stored chunk-start state. Triton's reverse scan
+(`reverse=True`) costs several times the warp shuffles of a forward one. Reversed tiles are loaded as
+runs of 4 steps in step order with the runs in reverse, and each run is turned in registers (`_flip4`):
+a fully reversed address pattern made the compiler pick a layout whose scan goes through shared memory.
+dA_{t+1} is read straight from memory (delta shifted by one), and dA_t h_{t-1} = h_t - x_t gives the decay
+gradient without the previous state. Gradients of B and C sum over channels, which several programs
+share: each program writes its share, (b, d-block, n, l) in float32, and they are summed afterwards
+(deterministic, and faster than atomic adds here: 12.9 against 17.4 ms forward+backward at L=16384). The
+gradient of A is written per batch row and summed afterwards.
 
 Groups (RESET = g > 0, `reset_every`): the decay is 0 at every step t with t % g == 0, so the state
 restarts there; in the backward the adjoint then stops at those steps too (the decay into them is 0), and
 the decay gradient vanishes by itself (h_t = x_t there).
 
 Linear scan (S4D/S5): the same chunked associative scan over h_t = a_t h_{t-1} + x_t, real or
-complex (complex tensors as interleaved real/imaginary float pairs), with its backward as a reverse
-scan over conj(a_{t+1}).
+complex (complex tensors as interleaved real/imaginary float pairs); its backward scans conj(a_{t+1})
+over each chunk read in reverse, as the selective one does, and needs no scratch (the states are stored).
 """
 
 from __future__ import annotations
@@ -56,8 +61,8 @@ def _tiles(kind: str, l: int, d: int) -> tuple[int, int]:
 
 @triton.jit
 def _compose(a1, x1, a2, x2):
-    """(a1, x1) then (a2, x2): h -> a2 (a1 h + x1) + x2. A reverse scan (reverse=True) passes the
-    accumulated later elements first, so the same function composes the adjoint recurrences."""
+    """(a1, x1) then (a2, x2): h -> a2 (a1 h + x1) + x2; also the adjoint recurrences, over chunks read in
+    reverse."""
     return a1 * a2, a2 * x1 + x2
 
 
@@ -71,6 +76,13 @@ def _compose_complex(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
 def _column(t, idx, j):
     """Column j of a 2-D register tile t (rows x cols), idx = arange over cols."""
     return tl.sum(tl.where(idx[None, :] == j, t, 0.0), axis=1)
+
+
+@triton.jit
+def _flip4(t):
+    """t (rows, cols) with each run of 4 columns reversed in place; with 4 steps per thread along the columns
+    this stays in registers, where a full reversal would move the tile into another layout."""
+    return tl.reshape(tl.flip(tl.reshape(t, (t.shape[0], t.shape[1] // 4, 4)), 2), (t.shape[0], t.shape[1]))
 
 
 @triton.jit
@@ -163,7 +175,7 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
 # ------------------------------------------------------------------------------ selective: bwd
 @triton.jit
 def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr,
-                   dout_ptr, dhlast_ptr,
+                   dout_ptr, dhlast_ptr, scratch_ptr,
                    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
                    L, DM, n_chunks, n_states,
                    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
@@ -184,19 +196,29 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     row = pid_b * DM * L + offs_d[:, None] * L
+    # this program's (BLOCK_D, BLOCK_L) tile of scratch: the adjoint, written in reversed time order, read in order
+    tile = (pid_b * tl.num_programs(1) + tl.program_id(1)) * BLOCK_D * BLOCK_L + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L
     for ci in tl.range(0, n_chunks):
         c = n_chunks - 1 - ci
+        # two views of the chunk: in time order (offs_l) and reversed (offs_r, the chunk's last step first);
+        # reversed tiles are loaded as runs of 4 in time order (offs_g, runs in reverse) and turned by _flip4
         offs_l = c * BLOCK_L + cols
+        offs_r = c * BLOCK_L + (BLOCK_L - 1) - cols
+        offs_g = c * BLOCK_L + (BLOCK_L - 4) - (cols // 4) * 4 + cols % 4
+        m2g = mask_d[:, None] & (offs_g[None, :] < L)
+        m2gn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
-        m2n = mask_d[:, None] & (offs_l[None, :] + 1 < L)
+        m2rn = mask_d[:, None] & (offs_r[None, :] + 1 < L)
         u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
         draw, dt = _step_size(tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
                               bias[:, None], HAS_BIAS, SOFTPLUS)
-        _, dt_n = _step_size(tl.load(delta_ptr + row + offs_l[None, :] + 1, mask=m2n, other=0.0).to(tl.float32),
-                             bias[:, None], HAS_BIAS, SOFTPLUS)
         dt = tl.where(m2, dt, 0.0)
+        # reversed: the step size of the next step, whose decay carries the adjoint back to this one
+        _, dt_n = _step_size(_flip4(tl.load(delta_ptr + row + offs_g[None, :] + 1, mask=m2gn, other=0.0).to(tl.float32)),
+                             bias[:, None], HAS_BIAS, SOFTPLUS)
         g = tl.load(dout_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        g_r = _flip4(tl.load(dout_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
         if HAS_Z:
             z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
             y = tl.load(ypre_ptr + row + offs_l[None, :], mask=m2, other=0.0)
@@ -204,8 +226,11 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             dy = g * z * sz
             tl.store(dz_ptr + row + offs_l[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
                      mask=m2)
+            z_r = _flip4(tl.load(z_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
+            dy_r = g_r * z_r * tl.sigmoid(z_r)
         else:
             dy = g
+            dy_r = g_r
         du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=1)
@@ -214,33 +239,37 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         dtu = dt * u
         if RESET > 0:  # where a group starts (restart) or the next step does (cut): the decay is 0
             restart = (offs_l % RESET == 0) & mask_l
-            cut = ((offs_l + 1) % RESET == 0) & (offs_l + 1 < L)
+            cut = ((offs_r + 1) % RESET == 0) & (offs_r + 1 < L)
         # per n, the rows of B and C are loaded straight into the tiles' layout, and A's column and the chunk's
         # start state (stored by the forward every BLOCK_L / R steps) as vectors: picking a column out of a
         # register tile (_column) made the compiler move the scans into a slower layout
         bc_off = offs_l[None, :] + 0 * offs_d[:, None]
+        bc_off_g = offs_g[None, :] + 0 * offs_d[:, None]
         for n in tl.static_range(N):
-            Bn = tl.load(B_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
             a_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
             a2_n = a_n * 1.4426950408889634
+            # the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1}, a forward scan over the reversed chunk; the
+            # carried adjoint enters through its first input, the decay past the end being 1
+            Cn_r = _flip4(tl.load(C_ptr + (pid_b * N + n) * L + bc_off_g, mask=m2g, other=0.0).to(tl.float32))
+            dA_n = tl.where(m2rn, tl.exp2(dt_n * a2_n[:, None]), 1.0)
+            if RESET > 0:
+                dA_n = tl.where(cut[None, :], 0.0, dA_n)
+            cdy = Cn_r * dy_r
+            cdy = tl.where(cols[None, :] == 0, cdy + dA_n * _column(carry, offs_n, n)[:, None], cdy)
+            _, dh_r = tl.associative_scan((dA_n, cdy), 1, _compose)
+            carry = tl.where(offs_n[None, :] == n, _column(dh_r, cols, BLOCK_L - 1)[:, None], carry)
+            tl.store(scratch_ptr + tile + (BLOCK_L - 4) - (cols[None, :] // 4) * 4 + cols[None, :] % 4, _flip4(dh_r))
+            # the states, a forward scan in time order; the start state enters through the first input
+            Bn = tl.load(B_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
             dA = tl.exp2(dt * a2_n[:, None])
             if RESET > 0:
                 dA = tl.where(restart[None, :], 0.0, dA)
             x = dtu * Bn
-            # the start state enters through the first step's input, so only the scan's x part is used
             h_n = tl.load(states_ptr + ((pid_b * DM + offs_d) * n_states + c * R) * N + n, mask=mask_d, other=0.0)
             _, hs = tl.associative_scan((dA, tl.where(cols[None, :] == 0, x + dA * h_n[:, None], x)), 1, _compose)
-            # decay into the next step; 1 past the end, so the carried adjoint enters at step L-1 unchanged
-            dA_n = tl.where(m2n, tl.exp2(dt_n * a2_n[:, None]), 1.0)
-            if RESET > 0:
-                dA_n = tl.where(cut[None, :], 0.0, dA_n)
-            # likewise the carried adjoint enters through the chunk's last step
-            cdy = Cn * dy
-            cdy = tl.where(cols[None, :] == BLOCK_L - 1, cdy + dA_n * _column(carry, offs_n, n)[:, None], cdy)
-            _, dh = tl.associative_scan((dA_n, cdy), 1, _compose, reverse=True)
-            dh = tl.where(m2, dh, 0.0)
-            carry = tl.where(offs_n[None, :] == n, _column(dh, cols, 0)[:, None], carry)
+            tl.debug_barrier()  # the adjoint tile is written by other threads than read it
+            dh = tl.where(m2, tl.load(scratch_ptr + tile + cols[None, :]), 0.0)
+            tl.debug_barrier()  # and read before the next n overwrites it
             dAh = dh * (hs - x)  # dL/d(dA_t) dA_t, since dA_t h_{t-1} = h_t - x_t
             dhB = dh * Bn
             ddt += dhB * u + dAh * a_n[:, None]
@@ -335,7 +364,9 @@ def _linear_fwd(a_ptr, x_ptr, h0_ptr, h_ptr, L, DM, n_chunks,
 @triton.jit
 def _linear_bwd(a_ptr, h0_ptr, h_ptr, g_ptr, da_ptr, dx_ptr, dh0_ptr, L, DM, n_chunks,
                 COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """dh_t = g_t + conj(a_{t+1}) dh_{t+1}; dx_t = dh_t; da_t = dh_t conj(h_{t-1}); dh0 = conj(a_0) dh_0."""
+    """dh_t = g_t + conj(a_{t+1}) dh_{t+1}; dx_t = dh_t; da_t = dh_t conj(h_{t-1}); dh0 = conj(a_0) dh_0.
+    Each chunk is read and written in reversed time order (runs of 4 turned by _flip4, as in the selective
+    backward), so the adjoint is a forward scan."""
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DM
@@ -344,38 +375,40 @@ def _linear_bwd(a_ptr, h0_ptr, h_ptr, g_ptr, da_ptr, dx_ptr, dh0_ptr, L, DM, n_c
     cr = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ci = tl.zeros((BLOCK_D,), dtype=tl.float32)
     row = (pid_b * DM * L + offs_d[:, None] * L) * S
+    h0r = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
+    if COMPLEX:
+        h0i = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
     for k in tl.range(0, n_chunks):
         c = n_chunks - 1 - k
-        offs_l = c * BLOCK_L + cols
-        m2 = mask_d[:, None] & (offs_l[None, :] < L)
-        mn = mask_d[:, None] & (offs_l[None, :] + 1 < L)
-        mp = mask_d[:, None] & (offs_l[None, :] >= 1) & (offs_l[None, :] < L)
-        first = (offs_l[None, :] == 0) & mask_d[:, None]
-        p = row + offs_l[None, :] * S
-        anr = tl.load(a_ptr + p + S, mask=mn, other=0.0).to(tl.float32)
-        gr = tl.load(g_ptr + p, mask=m2, other=0.0).to(tl.float32)
-        hpr = tl.load(h_ptr + p - S, mask=mp, other=0.0).to(tl.float32)
-        h0r = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
-        hpr = tl.where(first, h0r[:, None], hpr)
+        offs_g = c * BLOCK_L + (BLOCK_L - 4) - (cols // 4) * 4 + cols % 4  # runs of 4, the runs reversed
+        m2 = mask_d[:, None] & (offs_g[None, :] < L)
+        mn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
+        mp = mask_d[:, None] & (offs_g[None, :] >= 1) & (offs_g[None, :] < L)
+        first = (offs_g[None, :] == 0) & mask_d[:, None]
+        p = row + offs_g[None, :] * S
+        anr = _flip4(tl.load(a_ptr + p + S, mask=mn, other=0.0).to(tl.float32))
+        gr = _flip4(tl.load(g_ptr + p, mask=m2, other=0.0).to(tl.float32))
+        hpr = tl.where(first, h0r[:, None], tl.load(h_ptr + p - S, mask=mp, other=0.0).to(tl.float32))
         if COMPLEX:
-            ani = -tl.load(a_ptr + p + S + 1, mask=mn, other=0.0).to(tl.float32)  # conj
-            gi = tl.load(g_ptr + p + 1, mask=m2, other=0.0).to(tl.float32)
-            hpi = tl.load(h_ptr + p - S + 1, mask=mp, other=0.0).to(tl.float32)
-            h0i = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
-            hpi = tl.where(first, h0i[:, None], hpi)
-            sar, sai, sxr, sxi = tl.associative_scan((anr, ani, gr, gi), 1, _compose_complex, reverse=True)
+            ani = -_flip4(tl.load(a_ptr + p + S + 1, mask=mn, other=0.0).to(tl.float32))  # conj
+            gi = _flip4(tl.load(g_ptr + p + 1, mask=m2, other=0.0).to(tl.float32))
+            hpi = tl.where(first, h0i[:, None], tl.load(h_ptr + p - S + 1, mask=mp, other=0.0).to(tl.float32))
+            sar, sai, sxr, sxi = tl.associative_scan((anr, ani, gr, gi), 1, _compose_complex)
             dhr = sxr + sar * cr[:, None] - sai * ci[:, None]
             dhi = sxi + sar * ci[:, None] + sai * cr[:, None]
-            cr = _column(dhr, cols, 0)  # dh at the chunk's first step, for the chunk before
-            ci = _column(dhi, cols, 0)
+            cr = _column(dhr, cols, BLOCK_L - 1)  # dh at the chunk's first step, for the chunk before
+            ci = _column(dhi, cols, BLOCK_L - 1)
+            dhr = _flip4(dhr)  # back to the layout of the addresses
+            dhi = _flip4(dhi)
             tl.store(dx_ptr + p, dhr.to(dx_ptr.dtype.element_ty), mask=m2)
             tl.store(dx_ptr + p + 1, dhi.to(dx_ptr.dtype.element_ty), mask=m2)
             tl.store(da_ptr + p, (dhr * hpr + dhi * hpi).to(da_ptr.dtype.element_ty), mask=m2)  # dh conj(h_prev)
             tl.store(da_ptr + p + 1, (dhi * hpr - dhr * hpi).to(da_ptr.dtype.element_ty), mask=m2)
         else:
-            sar, sxr = tl.associative_scan((anr, gr), 1, _compose, reverse=True)
+            sar, sxr = tl.associative_scan((anr, gr), 1, _compose)
             dhr = sxr + sar * cr[:, None]
-            cr = _column(dhr, cols, 0)
+            cr = _column(dhr, cols, BLOCK_L - 1)
+            dhr = _flip4(dhr)
             tl.store(dx_ptr + p, dhr.to(dx_ptr.dtype.element_ty), mask=m2)
             tl.store(da_ptr + p, (dhr * hpr).to(da_ptr.dtype.element_ty), mask=m2)
     # dh0 = conj(a_0) dh_0
@@ -445,6 +478,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         _selective_bwd[grid](u, delta, A, B, C, u if D is None else D, u if z is None else z,
                              u if delta_bias is None else delta_bias, states, u if ypre is None else ypre,
                              dout, dh0 if dhlast is None else dhlast.contiguous().float(),
+                             torch.empty(b * n_dblk * bd * bl, device=u.device, dtype=torch.float32),
                              du, ddelta, dA, dB, dC, dA if dD is None else dD, du if dz is None else dz, dh0,
                              l, d, triton.cdiv(l, bl), n_states, N=n, BLOCK_D=bd, BLOCK_L=bl, R=R,
                              HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
