@@ -86,6 +86,14 @@ def _flip4(t):
 
 
 @triton.jit
+def _reversed_runs(BLOCK_L: tl.constexpr):
+    """Offsets 0 .. BLOCK_L-1 in runs of 4 in step order, the runs from last to first: a tile loaded or
+    stored at these offsets and turned by _flip4 is the chunk in reversed step order."""
+    cols = tl.arange(0, BLOCK_L)
+    return (BLOCK_L - 4) - (cols // 4) * 4 + cols % 4
+
+
+@triton.jit
 def _softplus(x):
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
@@ -198,13 +206,14 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     row = pid_b * DM * L + offs_d[:, None] * L
     # this program's (BLOCK_D, BLOCK_L) tile of scratch: the adjoint, written in reversed time order, read in order
     tile = (pid_b * tl.num_programs(1) + tl.program_id(1)) * BLOCK_D * BLOCK_L + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L
+    rev = _reversed_runs(BLOCK_L)
     for ci in tl.range(0, n_chunks):
         c = n_chunks - 1 - ci
         # two views of the chunk: in time order (offs_l) and reversed (offs_r, the chunk's last step first);
-        # reversed tiles are loaded as runs of 4 in time order (offs_g, runs in reverse) and turned by _flip4
+        # reversed tiles are loaded at offs_g (_reversed_runs) and turned by _flip4
         offs_l = c * BLOCK_L + cols
         offs_r = c * BLOCK_L + (BLOCK_L - 1) - cols
-        offs_g = c * BLOCK_L + (BLOCK_L - 4) - (cols // 4) * 4 + cols % 4
+        offs_g = c * BLOCK_L + rev
         m2g = mask_d[:, None] & (offs_g[None, :] < L)
         m2gn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
         mask_l = offs_l < L
@@ -258,7 +267,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             cdy = tl.where(cols[None, :] == 0, cdy + dA_n * _column(carry, offs_n, n)[:, None], cdy)
             _, dh_r = tl.associative_scan((dA_n, cdy), 1, _compose)
             carry = tl.where(offs_n[None, :] == n, _column(dh_r, cols, BLOCK_L - 1)[:, None], carry)
-            tl.store(scratch_ptr + tile + (BLOCK_L - 4) - (cols[None, :] // 4) * 4 + cols[None, :] % 4, _flip4(dh_r))
+            tl.store(scratch_ptr + tile + rev[None, :], _flip4(dh_r))
             # the states, a forward scan in time order; the start state enters through the first input
             Bn = tl.load(B_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
             dA = tl.exp2(dt * a2_n[:, None])
@@ -375,12 +384,13 @@ def _linear_bwd(a_ptr, h0_ptr, h_ptr, g_ptr, da_ptr, dx_ptr, dh0_ptr, L, DM, n_c
     cr = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ci = tl.zeros((BLOCK_D,), dtype=tl.float32)
     row = (pid_b * DM * L + offs_d[:, None] * L) * S
+    rev = _reversed_runs(BLOCK_L)
     h0r = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
     if COMPLEX:
         h0i = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
     for k in tl.range(0, n_chunks):
         c = n_chunks - 1 - k
-        offs_g = c * BLOCK_L + (BLOCK_L - 4) - (cols // 4) * 4 + cols % 4  # runs of 4, the runs reversed
+        offs_g = c * BLOCK_L + rev
         m2 = mask_d[:, None] & (offs_g[None, :] < L)
         mn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
         mp = mask_d[:, None] & (offs_g[None, :] >= 1) & (offs_g[None, :] < L)
