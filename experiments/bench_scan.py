@@ -182,12 +182,12 @@ def run_case(name, L, dtype, mode, device, ref=None):
                 rel_err_vs_seqrl=err), out
 
 
-def one(rows, mode, bd, bl, nw, device):
+def one(rows, mode, tile, device):
     try:
         r, _ = run_case("seqrl", 16384, torch.float32, mode, device)
-        rows.append(dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, mode=mode, ms=r["ms"]))
+        rows.append(dict(tile, mode=mode, ms=r["ms"]))
     except Exception as e:  # noqa: BLE001 - a tile that does not compile is a result too
-        rows.append(dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, mode=mode, error=repr(e)[:200]))
+        rows.append(dict(tile, mode=mode, error=repr(e)[:200]))
     print(rows[-1], flush=True)
 
 
@@ -198,24 +198,29 @@ def sweep(device):
     from seqrl.kernels import triton_scan as T
 
     rows = []
+    kept = {k: dict(v) for k, v in T.CONFIG.items()}
     # earlier runs also tried (4, 128, 4), (8, 64, 4), (16, 64, 4), (16, 32, 4), (8, 32, 2), (4, 64, 1),
     # (8, 128, 8) forward: 2.0 to 3.7 ms (docs/results/bench_scan_sweep.txt)
     for bd, bl, nw in [(2, 128, 1), (1, 128, 1), (4, 128, 1), (2, 256, 1), (2, 128, 2), (2, 64, 1)]:
         T.CONFIG["fwd"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
-        T.CONFIG["bwd"] = dict(BLOCK_D=8, BLOCK_L=bl, num_warps=4)
-        one(rows, "fwd", bd, bl, nw, device)
+        for kind in ("bwd", "bwd_chunks"):  # a backward chunk must be a multiple of the forward's
+            T.CONFIG[kind] = dict(kept[kind], BLOCK_L=bl)
+        one(rows, "fwd", T.CONFIG["fwd"], device)
+    T.CONFIG["bwd"] = kept["bwd"]
     fwd_rows = [r for r in rows if "ms" in r]
     best = None
-    for bd, bl, nw in [(8, 128, 4), (4, 128, 2), (2, 128, 1), (4, 128, 1), (8, 128, 1), (2, 128, 2), (8, 128, 2),
-                       (16, 128, 4), (4, 256, 2)]:
+    # the backward that runs at this size (b * d = 2048, 128 chunks) is "bwd_chunks": tiles (BLOCK_D, BLOCK_L,
+    # num_warps, SUBTILES); its shares of dB and dC grow as BLOCK_D * SUBTILES shrinks (docs/benchmarks.md)
+    for bd, bl, nw, sub in [(2, 128, 1, 4), (2, 128, 1, 2), (2, 128, 1, 8), (2, 128, 1, 1), (4, 128, 2, 2),
+                            (4, 128, 1, 2), (8, 128, 4, 1)]:
         # the fastest forward whose chunk divides this backward's
         f = min((r for r in fwd_rows if bl % r["BLOCK_L"] == 0), key=lambda r: r["ms"])
         T.CONFIG["fwd"] = dict(BLOCK_D=f["BLOCK_D"], BLOCK_L=f["BLOCK_L"], num_warps=f["num_warps"])
-        T.CONFIG["bwd"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
-        one(rows, "fwd+bwd", bd, bl, nw, device)
+        T.CONFIG["bwd_chunks"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, SUBTILES=sub)
+        one(rows, "fwd+bwd", T.CONFIG["bwd_chunks"], device)
         if "ms" in rows[-1] and (best is None or rows[-1]["ms"] < best[0]):
-            best = (rows[-1]["ms"], dict(T.CONFIG["fwd"]), dict(T.CONFIG["bwd"]))
-    T.CONFIG["fwd"], T.CONFIG["bwd"] = best[1], best[2]
+            best = (rows[-1]["ms"], dict(T.CONFIG["fwd"]), dict(T.CONFIG["bwd_chunks"]))
+    T.CONFIG["fwd"], T.CONFIG["bwd_chunks"] = best[1], best[2]
     print("chosen:", T.CONFIG, flush=True)
     return rows
 

@@ -14,19 +14,26 @@ from seqrl.kernels.scan import (linear_scan, linear_scan_ref, selective_scan, se
                                 selective_step)
 
 
-DEVICES = ["cpu", "cpu-sequential"] + (["cuda"] if torch.cuda.is_available() else [])
-TOL = {"cpu": 1e-9, "cpu-sequential": 1e-9, "cuda": 2e-5}  # relative error allowed against the float64 loop
+DEVICES = ["cpu", "cpu-sequential"] + (["cuda", "cuda-chunks"] if torch.cuda.is_available() else [])
+TOL = {"cpu": 1e-9, "cpu-sequential": 1e-9, "cuda": 2e-5, "cuda-chunks": 2e-5}  # relative error against the loop
 
 
 @pytest.fixture(autouse=True)
 def inner_scan(request, monkeypatch):
-    """"cpu" runs a chunk's steps as a parallel scan, "cpu-sequential" one after another."""
+    """"cpu" runs a chunk's steps as a parallel scan, "cpu-sequential" one after another; "cuda" takes the
+    Triton backward that the sizes pick (here the one that walks the chunks in turn), "cuda-chunks" the one
+    that runs every chunk at once, for any sequence of two chunks or more."""
     device = request.node.callspec.params.get("device") if hasattr(request.node, "callspec") else None
     monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0 if device == "cpu-sequential" else 10**9)
+    if device == "cuda-chunks":
+        from seqrl.kernels import triton_scan
+
+        monkeypatch.setattr(triton_scan, "CHUNK_PARALLEL_FROM", 2)
+        monkeypatch.setattr(triton_scan, "CHUNK_PARALLEL_BD", 10**9)
 
 
 def dev(device):
-    return "cpu" if device.startswith("cpu") else device
+    return "cpu" if device.startswith("cpu") else "cuda"
 
 
 def close(actual, expected, device, what="", tol=None):

@@ -26,6 +26,14 @@ share: each program writes its share, (b, d-block, n, l) in float32, and they ar
 (deterministic, and faster than atomic adds here: 12.9 against 17.4 ms forward+backward at L=16384). The
 gradient of A is written per batch row and summed afterwards.
 
+Backward, every chunk at once (long sequences in narrow batches: CHUNK_PARALLEL_FROM, CHUNK_PARALLEL_BD).
+Walking the chunks in turn leaves b * d / BLOCK_D programs however long the sequence. The adjoint at each
+chunk's first step instead follows a linear recurrence over chunks, Q_c = local_c + M_c Q_{c+1}, whose terms
+need no scan per n (`_selective_bwd_carries`); the linear-scan kernel runs it, and then one program per chunk
+(`_selective_bwd_chunk`) does what the sequential kernel does for that chunk, entered by Q_{c+1}. Its
+programs are one warp of 2 x 128 and walk SUBTILES channel tiles each, adding their dB and dC shares, so the
+shares stay (b, d / 8, n, l). The two kernels share their per-tile code (`_bwd_inputs`, `_bwd_state`).
+
 Groups (RESET = g > 0, `reset_every`): the decay is 0 at every step t with t % g == 0, so the state
 restarts there; in the backward the adjoint then stops at those steps too (the decay into them is 0), and
 the decay gradient vanishes by itself (h_t = x_t there).
@@ -43,8 +51,15 @@ import triton.language as tl
 
 # Tile sizes, chosen by experiments/bench_scan.py --sweep on an H100 (docs/benchmarks.md). Decays use
 # exp2 with A scaled by log2(e) = 1.4426950408889634 inside the kernels.
+# "bwd" walks each sequence's chunks in turn; "bwd_chunks" runs every chunk at once (one-warp programs of
+# SUBTILES tiles each), for sequences of at least CHUNK_PARALLEL_FROM chunks in batches of at most
+# CHUNK_PARALLEL_BD channels (b * d), where it was measured faster: at b * d = 2048, 32 and 128 chunks,
+# -18% and -24%; at 8 chunks it was slower (+55%), and wider batches were not measured.
 CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
+          "bwd_chunks": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1, SUBTILES=4),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
+CHUNK_PARALLEL_FROM = 32
+CHUNK_PARALLEL_BD = 2048
 
 
 def _tiles(kind: str, l: int, d: int) -> tuple[int, int]:
@@ -182,6 +197,87 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
 
 # ------------------------------------------------------------------------------ selective: bwd
 @triton.jit
+def _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, m2, m2g, m2gn,
+                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A (BLOCK_D, BLOCK_L) tile's inputs to the backward, as float32: u, delta before and after softplus,
+    and the output gradient through the gate, dy, in time order; the next step's delta and dy reversed
+    (loaded at offs_g, turned by _flip4). Stores the gate's gradient."""
+    u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+    draw, dt = _step_size(tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
+                          bias[:, None], HAS_BIAS, SOFTPLUS)
+    dt = tl.where(m2, dt, 0.0)
+    # reversed: the step size of the next step, whose decay carries the adjoint back to this one
+    _, dt_n = _step_size(_flip4(tl.load(delta_ptr + row + offs_g[None, :] + 1, mask=m2gn, other=0.0).to(tl.float32)),
+                         bias[:, None], HAS_BIAS, SOFTPLUS)
+    g = tl.load(dout_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+    g_r = _flip4(tl.load(dout_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
+    if HAS_Z:
+        z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        y = tl.load(ypre_ptr + row + offs_l[None, :], mask=m2, other=0.0)
+        sz = tl.sigmoid(z)
+        dy = g * z * sz
+        tl.store(dz_ptr + row + offs_l[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                 mask=m2)
+        z_r = _flip4(tl.load(z_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
+        dy_r = g_r * z_r * tl.sigmoid(z_r)
+    else:
+        dy = g
+        dy_r = g_r
+    return u, draw, dt, dt_n, dy, dy_r
+
+
+@triton.jit
+def _bwd_state(n, q, A_ptr, B_ptr, C_ptr, states_ptr, scratch_ptr, tile, state, pid_b, offs_d, mask_d, c, L,
+               u, dt, dt_n, dtu, dy, dy_r, ddt, du, dA_acc,
+               N: tl.constexpr, BLOCK_L: tl.constexpr, RESET: tl.constexpr):
+    """State index n of a (BLOCK_D, BLOCK_L) tile of chunk c: the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1},
+    a forward scan over the reversed chunk entered by q (the adjoint at the next chunk's first step, the decay
+    past the end being 1), back to time order through this program's scratch tile; the states, a forward
+    scan in time order from the chunk's start state (at `state` in states_ptr); their products added to the
+    gradients of delta and u and to column n of the gradient of A. Per n, the rows of B and C are loaded
+    straight into the tiles' layout, and A's column and the start state as vectors: picking a column out of a
+    register tile (_column) made the compiler move the scans into a slower layout.
+    Returns the reversed adjoint, ddt, du, dA_acc, and the tile's shares of dB_n and dC_n over its channels."""
+    cols = tl.arange(0, BLOCK_L)
+    rev = _reversed_runs(BLOCK_L)
+    offs_l = c * BLOCK_L + cols
+    offs_r = c * BLOCK_L + (BLOCK_L - 1) - cols
+    offs_g = c * BLOCK_L + rev
+    m2 = mask_d[:, None] & (offs_l[None, :] < L)
+    m2g = mask_d[:, None] & (offs_g[None, :] < L)
+    m2rn = mask_d[:, None] & (offs_r[None, :] + 1 < L)
+    offs_n = tl.arange(0, N)
+    a_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
+    a2_n = a_n * 1.4426950408889634
+    Cn_r = _flip4(tl.load(C_ptr + (pid_b * N + n) * L + offs_g[None, :] + 0 * offs_d[:, None], mask=m2g,
+                          other=0.0).to(tl.float32))
+    dA_n = tl.where(m2rn, tl.exp2(dt_n * a2_n[:, None]), 1.0)
+    if RESET > 0:  # where the next step starts a group, its decay is 0
+        dA_n = tl.where((((offs_r + 1) % RESET == 0) & (offs_r + 1 < L))[None, :], 0.0, dA_n)
+    cdy = Cn_r * dy_r
+    cdy = tl.where(cols[None, :] == 0, cdy + dA_n * q[:, None], cdy)
+    _, dh_r = tl.associative_scan((dA_n, cdy), 1, _compose)
+    tl.store(scratch_ptr + tile + rev[None, :], _flip4(dh_r))
+    Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l[None, :] + 0 * offs_d[:, None], mask=m2,
+                 other=0.0).to(tl.float32)
+    dA = tl.exp2(dt * a2_n[:, None])
+    if RESET > 0:  # where a group starts, the decay is 0
+        dA = tl.where(((offs_l % RESET == 0) & (offs_l < L))[None, :], 0.0, dA)
+    x = dtu * Bn
+    h_n = tl.load(states_ptr + state + n, mask=mask_d, other=0.0)
+    _, hs = tl.associative_scan((dA, tl.where(cols[None, :] == 0, x + dA * h_n[:, None], x)), 1, _compose)
+    tl.debug_barrier()  # the adjoint tile is written by other threads than read it
+    dh = tl.where(m2, tl.load(scratch_ptr + tile + cols[None, :]), 0.0)
+    tl.debug_barrier()  # and read before the next n overwrites it
+    dAh = dh * (hs - x)  # dL/d(dA_t) dA_t, since dA_t h_{t-1} = h_t - x_t
+    dhB = dh * Bn
+    ddt += dhB * u + dAh * a_n[:, None]
+    du += dhB * dt
+    dA_acc = tl.where(offs_n[None, :] == n, dA_acc + tl.sum(dAh * dt, axis=1)[:, None], dA_acc)
+    return dh_r, ddt, du, dA_acc, tl.sum(dh * dtu, axis=0), tl.sum(hs * dy, axis=0)
+
+
+@triton.jit
 def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr,
                    dout_ptr, dhlast_ptr, scratch_ptr,
                    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
@@ -189,6 +285,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                    HAS_DHLAST: tl.constexpr, RESET: tl.constexpr):
+    """The chunks one after another, last first, the adjoint carried from chunk to chunk in registers."""
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DM
@@ -209,85 +306,32 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     rev = _reversed_runs(BLOCK_L)
     for ci in tl.range(0, n_chunks):
         c = n_chunks - 1 - ci
-        # two views of the chunk: in time order (offs_l) and reversed (offs_r, the chunk's last step first);
-        # reversed tiles are loaded at offs_g (_reversed_runs) and turned by _flip4
+        # two views of the chunk: in time order (offs_l) and reversed (offs_g: _reversed_runs, turned by _flip4)
         offs_l = c * BLOCK_L + cols
-        offs_r = c * BLOCK_L + (BLOCK_L - 1) - cols
         offs_g = c * BLOCK_L + rev
-        m2g = mask_d[:, None] & (offs_g[None, :] < L)
-        m2gn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
-        m2rn = mask_d[:, None] & (offs_r[None, :] + 1 < L)
-        u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        draw, dt = _step_size(tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
-                              bias[:, None], HAS_BIAS, SOFTPLUS)
-        dt = tl.where(m2, dt, 0.0)
-        # reversed: the step size of the next step, whose decay carries the adjoint back to this one
-        _, dt_n = _step_size(_flip4(tl.load(delta_ptr + row + offs_g[None, :] + 1, mask=m2gn, other=0.0).to(tl.float32)),
-                             bias[:, None], HAS_BIAS, SOFTPLUS)
-        g = tl.load(dout_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        g_r = _flip4(tl.load(dout_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
-        if HAS_Z:
-            z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-            y = tl.load(ypre_ptr + row + offs_l[None, :], mask=m2, other=0.0)
-            sz = tl.sigmoid(z)
-            dy = g * z * sz
-            tl.store(dz_ptr + row + offs_l[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
-                     mask=m2)
-            z_r = _flip4(tl.load(z_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
-            dy_r = g_r * z_r * tl.sigmoid(z_r)
-        else:
-            dy = g
-            dy_r = g_r
+        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(
+            u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, m2,
+            mask_d[:, None] & (offs_g[None, :] < L), mask_d[:, None] & (offs_g[None, :] + 1 < L), HAS_Z, HAS_BIAS,
+            SOFTPLUS)
         du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=1)
             du += Dv[:, None] * dy
         ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         dtu = dt * u
-        if RESET > 0:  # where a group starts (restart) or the next step does (cut): the decay is 0
-            restart = (offs_l % RESET == 0) & mask_l
-            cut = ((offs_r + 1) % RESET == 0) & (offs_r + 1 < L)
-        # per n, the rows of B and C are loaded straight into the tiles' layout, and A's column and the chunk's
-        # start state (stored by the forward every BLOCK_L / R steps) as vectors: picking a column out of a
-        # register tile (_column) made the compiler move the scans into a slower layout
-        bc_off = offs_l[None, :] + 0 * offs_d[:, None]
-        bc_off_g = offs_g[None, :] + 0 * offs_d[:, None]
         for n in tl.static_range(N):
-            a_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
-            a2_n = a_n * 1.4426950408889634
-            # the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1}, a forward scan over the reversed chunk; the
-            # carried adjoint enters through its first input, the decay past the end being 1
-            Cn_r = _flip4(tl.load(C_ptr + (pid_b * N + n) * L + bc_off_g, mask=m2g, other=0.0).to(tl.float32))
-            dA_n = tl.where(m2rn, tl.exp2(dt_n * a2_n[:, None]), 1.0)
-            if RESET > 0:
-                dA_n = tl.where(cut[None, :], 0.0, dA_n)
-            cdy = Cn_r * dy_r
-            cdy = tl.where(cols[None, :] == 0, cdy + dA_n * _column(carry, offs_n, n)[:, None], cdy)
-            _, dh_r = tl.associative_scan((dA_n, cdy), 1, _compose)
+            # the chunk's start state was stored by the forward every BLOCK_L / R steps
+            dh_r, ddt, du, dA_acc, share_b, share_c = _bwd_state(
+                n, _column(carry, offs_n, n), A_ptr, B_ptr, C_ptr, states_ptr, scratch_ptr, tile,
+                ((pid_b * DM + offs_d) * n_states + c * R) * N, pid_b, offs_d, mask_d, c, L, u, dt, dt_n, dtu, dy,
+                dy_r, ddt, du, dA_acc, N, BLOCK_L, RESET)
             carry = tl.where(offs_n[None, :] == n, _column(dh_r, cols, BLOCK_L - 1)[:, None], carry)
-            tl.store(scratch_ptr + tile + rev[None, :], _flip4(dh_r))
-            # the states, a forward scan in time order; the start state enters through the first input
-            Bn = tl.load(B_ptr + (pid_b * N + n) * L + bc_off, mask=m2, other=0.0).to(tl.float32)
-            dA = tl.exp2(dt * a2_n[:, None])
-            if RESET > 0:
-                dA = tl.where(restart[None, :], 0.0, dA)
-            x = dtu * Bn
-            h_n = tl.load(states_ptr + ((pid_b * DM + offs_d) * n_states + c * R) * N + n, mask=mask_d, other=0.0)
-            _, hs = tl.associative_scan((dA, tl.where(cols[None, :] == 0, x + dA * h_n[:, None], x)), 1, _compose)
-            tl.debug_barrier()  # the adjoint tile is written by other threads than read it
-            dh = tl.where(m2, tl.load(scratch_ptr + tile + cols[None, :]), 0.0)
-            tl.debug_barrier()  # and read before the next n overwrites it
-            dAh = dh * (hs - x)  # dL/d(dA_t) dA_t, since dA_t h_{t-1} = h_t - x_t
-            dhB = dh * Bn
-            ddt += dhB * u + dAh * a_n[:, None]
-            du += dhB * dt
-            dA_acc = tl.where(offs_n[None, :] == n, dA_acc + tl.sum(dAh * dt, axis=1)[:, None], dA_acc)
             # this program's share of dB, dC: (b, d-block, n, l), summed over d-blocks afterwards
             part = ((pid_b * tl.num_programs(1) + tl.program_id(1)) * N + n) * L + offs_l
-            tl.store(dB_ptr + part, tl.sum(dh * dtu, axis=0), mask=mask_l)
-            tl.store(dC_ptr + part, tl.sum(hs * dy, axis=0), mask=mask_l)
+            tl.store(dB_ptr + part, share_b, mask=mask_l)
+            tl.store(dC_ptr + part, share_c, mask=mask_l)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(draw)
         tl.store(du_ptr + row + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
@@ -302,6 +346,138 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
     if HAS_D:
         tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
+
+
+@triton.jit
+def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, x_ptr, m_ptr, L, DM, n_chunks,
+                           N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HAS_Z: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RESET: tl.constexpr):
+    """Each chunk's own share of the adjoint at its first step t0, and the decay that carries the adjoint at
+    the next chunk's first step t1 back to t0, per (d, n):
+        local = sum_s w_s C_s dy_s,  w_s = prod_{t0 < r <= s} dA_r = exp2(a_n sum_{t0 < r <= s} dt_r),
+        M = prod_{t0 < r <= t1} dA_r,
+    so the adjoints at the chunks' first steps follow Q_c = local_c + M_c Q_{c+1}, a linear recurrence over
+    chunks. No scan per n: one cumulative sum of dt per chunk, then an exp2 and a reduction per n. Written at
+    slot n_chunks - c of (b, d, n, n_chunks + 1), so that scanning the slots in order walks the chunks backwards."""
+    pid_b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    c = tl.program_id(2)
+    mask_d = offs_d < DM
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    t0 = c * BLOCK_L
+    t1 = t0 + BLOCK_L
+    offs_l = t0 + tl.arange(0, BLOCK_L)
+    mask_l = offs_l < L
+    m2 = mask_d[:, None] & mask_l[None, :]
+    row = pid_b * DM * L + offs_d * L
+    _, dt = _step_size(tl.load(delta_ptr + row[:, None] + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
+                       bias[:, None], HAS_BIAS, SOFTPLUS)
+    dt = tl.where(m2, dt, 0.0)
+    _, dt_first = _step_size(tl.load(delta_ptr + row + t0, mask=mask_d, other=0.0).to(tl.float32), bias,
+                             HAS_BIAS, SOFTPLUS)
+    _, dt_next = _step_size(tl.load(delta_ptr + row + t1, mask=mask_d & (t1 < L), other=0.0).to(tl.float32), bias,
+                            HAS_BIAS, SOFTPLUS)
+    dt_next = tl.where(t1 < L, dt_next, 0.0)  # past the end the decay is 1: dhlast enters the last step as it is
+    span = tl.cumsum(dt, axis=1) - dt_first[:, None]  # sum over t0 < r <= s
+    total = tl.sum(dt, axis=1) - dt_first + dt_next  # sum over t0 < r <= t1
+    g = tl.load(dout_ptr + row[:, None] + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row[:, None] + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        g = g * z * tl.sigmoid(z)
+    if RESET > 0:  # a group start in (t0, s] cuts the adjoint's path from s back to t0
+        open_ = (offs_l // RESET) == (t0 // RESET)
+        open_end = (tl.minimum(t1, L - 1) // RESET) == (t0 // RESET)
+    slot = (pid_b * DM + offs_d) * N * (n_chunks + 1) + (n_chunks - c)
+    for n in tl.static_range(N):
+        a2_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * 1.4426950408889634
+        Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        w = tl.exp2(a2_n[:, None] * span)
+        if RESET > 0:
+            w = tl.where(open_[None, :], w, 0.0)
+        m = tl.exp2(a2_n * total)
+        if RESET > 0:
+            m = tl.where(open_end, m, 0.0)
+        tl.store(x_ptr + slot + n * (n_chunks + 1), tl.sum(w * (Cn[None, :] * g), axis=1), mask=mask_d)
+        tl.store(m_ptr + slot + n * (n_chunks + 1), m, mask=mask_d)
+
+
+@triton.jit
+def _selective_bwd_chunk(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr,
+                         dout_ptr, carries_ptr, scratch_ptr,
+                         du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
+                         L, DM, n_chunks, n_states,
+                         N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
+                         SUBTILES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, RESET: tl.constexpr):
+    """Every chunk at once: a program owns one chunk of SUBTILES x BLOCK_D channels and walks its tiles one
+    after another. The adjoint entering the chunk from the next (Q_{c+1}) comes from `carries` (slot
+    n_chunks - 1 - c, from _selective_bwd_carries and a linear scan over chunks), its start state from
+    `states`. Per-program shares of dA and dD, (b, chunk, d, n) and (b, chunk, d), are summed afterwards."""
+    pid_b = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    c = tl.program_id(2)
+    offs_n = tl.arange(0, N)
+    cols = tl.arange(0, BLOCK_L)
+    offs_l = c * BLOCK_L + cols
+    offs_g = c * BLOCK_L + _reversed_runs(BLOCK_L)
+    mask_l = offs_l < L
+    # this program's (BLOCK_D, BLOCK_L) tile of scratch
+    tile = ((pid_b * tl.num_programs(1) + pid_g) * n_chunks + c) * BLOCK_D * BLOCK_L + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L
+    for s in tl.range(0, SUBTILES):
+        offs_d = (pid_g * SUBTILES + s) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < DM
+        dn = offs_d[:, None] * N + offs_n[None, :]
+        bias = tl.zeros(offs_d.shape, tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        m2 = mask_d[:, None] & mask_l[None, :]
+        row = pid_b * DM * L + offs_d[:, None] * L
+        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(
+            u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, m2,
+            mask_d[:, None] & (offs_g[None, :] < L), mask_d[:, None] & (offs_g[None, :] + 1 < L), HAS_Z, HAS_BIAS,
+            SOFTPLUS)
+        du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            tl.store(dD_ptr + (pid_b * n_chunks + c) * DM + offs_d, tl.sum(dy * u, axis=1), mask=mask_d)
+            du += Dv[:, None] * dy
+        ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        dtu = dt * u
+        dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        if NEED_DH0:
+            dh_first = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        for n in tl.static_range(N):
+            q = tl.load(carries_ptr + ((pid_b * DM + offs_d) * N + n) * (n_chunks + 1) + (n_chunks - 1 - c),
+                        mask=mask_d, other=0.0)
+            dh_r, ddt, du, dA_acc, share_b, share_c = _bwd_state(
+                n, q, A_ptr, B_ptr, C_ptr, states_ptr, scratch_ptr, tile,
+                ((pid_b * DM + offs_d) * n_states + c * R) * N, pid_b, offs_d, mask_d, c, L, u, dt, dt_n, dtu, dy,
+                dy_r, ddt, du, dA_acc, N, BLOCK_L, RESET)
+            if NEED_DH0:
+                dh_first = tl.where(offs_n[None, :] == n, _column(dh_r, cols, BLOCK_L - 1)[:, None], dh_first)
+            # this program's share of dB, dC: (b, group, n, l), its tiles added here and the groups afterwards
+            part = ((pid_b * tl.num_programs(1) + pid_g) * N + n) * L + offs_l
+            share_b += tl.load(dB_ptr + part, mask=mask_l & (s > 0), other=0.0)
+            share_c += tl.load(dC_ptr + part, mask=mask_l & (s > 0), other=0.0)
+            tl.store(dB_ptr + part, share_b, mask=mask_l)
+            tl.store(dC_ptr + part, share_c, mask=mask_l)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(draw)
+        tl.store(du_ptr + row + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+        tl.store(dA_ptr + (pid_b * n_chunks + c) * DM * N + dn, dA_acc, mask=mask_d[:, None])
+        if NEED_DH0:
+            if c == 0:  # the initial state's adjoint: dA_0 dh_0
+                A = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
+                dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
+                                 bias, HAS_BIAS, SOFTPLUS)[1]
+                dh0 = tl.exp2(dt0[:, None] * A * 1.4426950408889634) * dh_first
+                if RESET > 0:  # step 0 starts a group: the initial state is not used
+                    dh0 = dh0 * 0.0
+                tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
+        tl.debug_barrier()  # the next tile reads this one's dB, dC shares
 
 
 # ------------------------------------------------------------------------------ selective: step
@@ -471,38 +647,59 @@ class _SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
         b, d, l = u.shape
         n = A.shape[1]
-        cfg = CONFIG["bwd"]
-        bd, bl = _tiles("bwd", l, d)
-        n_states = states.shape[2]
-        R = bl // _tiles("fwd", l, d)[1]
         dout = dout.contiguous()
+        f32 = dict(device=u.device, dtype=torch.float32)
+        parallel = triton.cdiv(l, CONFIG["bwd_chunks"]["BLOCK_L"]) >= CHUNK_PARALLEL_FROM and b * d <= CHUNK_PARALLEL_BD
+        kind = "bwd_chunks" if parallel else "bwd"
+        cfg = CONFIG[kind]
+        bd, bl = _tiles(kind, l, d)
+        n_chunks = triton.cdiv(l, bl)
+        sub = cfg.get("SUBTILES", 1)
+        n_groups = triton.cdiv(d, bd * sub)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dA = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
-        n_dblk = triton.cdiv(d, bd)
-        dB = torch.empty(b, n_dblk, n, l, device=u.device, dtype=torch.float32)
+        dA = torch.empty(b, n_chunks if parallel else 1, d, n, **f32)
+        dB = torch.empty(b, n_groups, n, l, **f32)
         dC = torch.empty_like(dB)
-        dD = torch.empty(b, d, device=u.device, dtype=torch.float32) if D is not None else None
-        dh0 = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
-        grid = (b, n_dblk)
-        _selective_bwd[grid](u, delta, A, B, C, u if D is None else D, u if z is None else z,
-                             u if delta_bias is None else delta_bias, states, u if ypre is None else ypre,
-                             dout, dh0 if dhlast is None else dhlast.contiguous().float(),
-                             torch.empty(b * n_dblk * bd * bl, device=u.device, dtype=torch.float32),
-                             du, ddelta, dA, dB, dC, dA if dD is None else dD, du if dz is None else dz, dh0,
-                             l, d, triton.cdiv(l, bl), n_states, N=n, BLOCK_D=bd, BLOCK_L=bl, R=R,
-                             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                             SOFTPLUS=ctx.softplus, HAS_DHLAST=dhlast is not None, RESET=ctx.reset_every,
-                             num_warps=cfg["num_warps"])
+        dD = torch.empty(b, n_chunks if parallel else 1, d, **f32) if D is not None else None
+        dh0 = torch.empty(b, d, n, **f32)
+        opt = lambda t, dummy=u: dummy if t is None else t  # noqa: E731
+        common = dict(N=n, BLOCK_D=bd, BLOCK_L=bl, R=bl // _tiles("fwd", l, d)[1], HAS_D=D is not None,
+                      HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
+                      RESET=ctx.reset_every, num_warps=cfg["num_warps"])
+        if parallel:
+            # the adjoint entering each chunk from the next, Q_{c+1}: each chunk's own share and decay, then
+            # a linear scan over the chunks, last first; slot 0 holds dhlast
+            x, m = torch.empty(b, d, n, n_chunks + 1, **f32), torch.empty(b, d, n, n_chunks + 1, **f32)
+            x[..., 0] = 0.0 if dhlast is None else dhlast
+            m[..., 0] = 0.0
+            _selective_bwd_carries[(b, triton.cdiv(d, bd), n_chunks)](
+                delta, A, C, opt(z), opt(delta_bias), dout, x, m, l, d, n_chunks, N=n, BLOCK_D=bd, BLOCK_L=bl,
+                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus, RESET=ctx.reset_every,
+                num_warps=cfg["num_warps"])
+            carries = _linear_scan(m.view(b, d * n, n_chunks + 1), x.view(b, d * n, n_chunks + 1),
+                                   torch.zeros(b, d * n, **f32))
+            _selective_bwd_chunk[(b, n_groups, n_chunks)](
+                u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), states, opt(ypre), dout, carries,
+                torch.empty(b * n_groups * n_chunks * bd * bl, **f32),
+                du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, n_chunks, states.shape[2],
+                SUBTILES=sub, NEED_DH0=ctx.has_h0, **common)
+        else:
+            _selective_bwd[(b, n_groups)](
+                u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), states, opt(ypre),
+                dout, dh0 if dhlast is None else dhlast.contiguous().float(),
+                torch.empty(b * n_groups * bd * bl, **f32),
+                du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, n_chunks, states.shape[2],
+                HAS_DHLAST=dhlast is not None, **common)
         dB, dC = dB.sum(1), dC.sum(1)
         dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return (du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
-                dD.sum(0).to(D.dtype) if D is not None else None, dz, dbias,
+        return (du, ddelta, dA.sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype),
+                dD.sum((0, 1)).to(D.dtype) if D is not None else None, dz, dbias,
                 dh0 if ctx.has_h0 else None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
-    if CONFIG["bwd"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"]:
+    if CONFIG["bwd"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"] or CONFIG["bwd_chunks"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"]:
         raise RuntimeError("CONFIG: the backward BLOCK_L must be a multiple of the forward's (chunk-start states)")
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), int(reset_every))
 
@@ -527,17 +724,23 @@ def _as_real(t):
     return torch.view_as_real(t) if t.is_complex() else t
 
 
+def _linear_scan(a, x, h0):
+    """The forward of the linear scan, outside autograd: contiguous inputs, h of x's shape."""
+    b, d, l = x.shape
+    h = torch.empty_like(x)
+    cfg = CONFIG["lin"]
+    _linear_fwd[(b, triton.cdiv(d, cfg["BLOCK_D"]))](_as_real(a), _as_real(x), _as_real(h0), _as_real(h), l, d,
+                                                     triton.cdiv(l, cfg["BLOCK_L"]), COMPLEX=x.is_complex(),
+                                                     BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
+                                                     num_warps=cfg["num_warps"])
+    return h
+
+
 class _LinearScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x, h0):
         a, x, h0 = a.contiguous(), x.contiguous(), h0.contiguous()
-        b, d, l = x.shape
-        h = torch.empty_like(x)
-        cfg = CONFIG["lin"]
-        grid = (b, triton.cdiv(d, cfg["BLOCK_D"]))
-        _linear_fwd[grid](_as_real(a), _as_real(x), _as_real(h0), _as_real(h), l, d, triton.cdiv(l, cfg["BLOCK_L"]),
-                          COMPLEX=x.is_complex(), BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
-                          num_warps=cfg["num_warps"])
+        h = _linear_scan(a, x, h0)
         ctx.save_for_backward(a, h0, h)
         return h
 
