@@ -197,11 +197,13 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
 
 # ------------------------------------------------------------------------------ selective: bwd
 @triton.jit
-def _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, m2, m2g, m2gn,
+def _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, mask_d, m2, L,
                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """A (BLOCK_D, BLOCK_L) tile's inputs to the backward, as float32: u, delta before and after softplus,
     and the output gradient through the gate, dy, in time order; the next step's delta and dy reversed
     (loaded at offs_g, turned by _flip4). Stores the gate's gradient."""
+    m2g = mask_d[:, None] & (offs_g[None, :] < L)
+    m2gn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
     u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
     draw, dt = _step_size(tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
                           bias[:, None], HAS_BIAS, SOFTPLUS)
@@ -224,6 +226,18 @@ def _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, 
         dy = g
         dy_r = g_r
     return u, draw, dt, dt_n, dy, dy_r
+
+
+@triton.jit
+def _store_dh0(dh0_ptr, delta_ptr, A, bias, dh_first, pid_b, offs_d, mask_d, dn, DM, L, N: tl.constexpr,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RESET: tl.constexpr):
+    """The initial state's adjoint, dA_0 dh_0, from the adjoint at step 0 (dh_first, (BLOCK_D, N))."""
+    dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
+                     bias, HAS_BIAS, SOFTPLUS)[1]
+    dh0 = tl.exp2(dt0[:, None] * A * 1.4426950408889634) * dh_first
+    if RESET > 0:  # step 0 starts a group: the initial state is not used
+        dh0 = dh0 * 0.0
+    tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
 
 
 @triton.jit
@@ -293,7 +307,6 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     cols = tl.arange(0, BLOCK_L)
     dn = offs_d[:, None] * N + offs_n[None, :]
     A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
-    A2 = A * 1.4426950408889634
     if HAS_DHLAST:  # adjoint of the state after the last step, carried backwards chunk by chunk
         carry = tl.load(dhlast_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
     else:
@@ -311,10 +324,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         offs_g = c * BLOCK_L + rev
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
-        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(
-            u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, m2,
-            mask_d[:, None] & (offs_g[None, :] < L), mask_d[:, None] & (offs_g[None, :] + 1 < L), HAS_Z, HAS_BIAS,
-            SOFTPLUS)
+        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row,
+                                                  offs_l, offs_g, mask_d, m2, L, HAS_Z, HAS_BIAS, SOFTPLUS)
         du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=1)
@@ -337,13 +348,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         tl.store(du_ptr + row + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
     tl.store(dA_ptr + pid_b * DM * N + dn, dA_acc, mask=mask_d[:, None])
-    # the initial state's adjoint: dA_0 dh_0, with dh_0 the carry left after the first chunk
-    _, dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
-                        bias, HAS_BIAS, SOFTPLUS)
-    dh0 = tl.exp2(dt0[:, None] * A2) * carry
-    if RESET > 0:  # step 0 starts a group: the initial state is not used
-        dh0 = dh0 * 0.0
-    tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
+    # the carry left after the first chunk is the adjoint at step 0
+    _store_dh0(dh0_ptr, delta_ptr, A, bias, carry, pid_b, offs_d, mask_d, dn, DM, L, N, HAS_BIAS, SOFTPLUS, RESET)
     if HAS_D:
         tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
 
@@ -429,18 +435,13 @@ def _selective_bwd_chunk(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         offs_d = (pid_g * SUBTILES + s) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < DM
         dn = offs_d[:, None] * N + offs_n[None, :]
-        bias = tl.zeros(offs_d.shape, tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
         m2 = mask_d[:, None] & mask_l[None, :]
         row = pid_b * DM * L + offs_d[:, None] * L
-        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(
-            u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, m2,
-            mask_d[:, None] & (offs_g[None, :] < L), mask_d[:, None] & (offs_g[None, :] + 1 < L), HAS_Z, HAS_BIAS,
-            SOFTPLUS)
+        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row,
+                                                  offs_l, offs_g, mask_d, m2, L, HAS_Z, HAS_BIAS, SOFTPLUS)
         du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
             tl.store(dD_ptr + (pid_b * n_chunks + c) * DM + offs_d, tl.sum(dy * u, axis=1), mask=mask_d)
             du += Dv[:, None] * dy
         ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
@@ -469,14 +470,9 @@ def _selective_bwd_chunk(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
         tl.store(dA_ptr + (pid_b * n_chunks + c) * DM * N + dn, dA_acc, mask=mask_d[:, None])
         if NEED_DH0:
-            if c == 0:  # the initial state's adjoint: dA_0 dh_0
-                A = tl.load(A_ptr + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
-                dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
-                                 bias, HAS_BIAS, SOFTPLUS)[1]
-                dh0 = tl.exp2(dt0[:, None] * A * 1.4426950408889634) * dh_first
-                if RESET > 0:  # step 0 starts a group: the initial state is not used
-                    dh0 = dh0 * 0.0
-                tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
+            if c == 0:
+                _store_dh0(dh0_ptr, delta_ptr, A, bias, dh_first, pid_b, offs_d, mask_d, dn, DM, L, N, HAS_BIAS,
+                           SOFTPLUS, RESET)
         tl.debug_barrier()  # the next tile reads this one's dB, dC shares
 
 
