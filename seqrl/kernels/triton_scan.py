@@ -12,7 +12,8 @@ is the inputs and outputs once; the (b, l, d, n) states never exist in memory. W
 wanted, the state at the start of each chunk is stored, (b, d, l / BLOCK_L, n), and with a gate z the
 pre-gate output y, (b, d, l).
 
-Backward. Chunks are walked from last to first, and for each n in turn: the adjoint
+Backward. Chunks are walked from last to first, and for each n in turn (a loop at run time; the forward
+unrolls its loop over n, and each way measured faster where it is used): the adjoint
 dh_t = C_t dy_t + dA_{t+1} dh_{t+1} runs as a forward associative scan over the chunk read in reverse
 (continued across chunks by a carried (BLOCK_D, n) adjoint, which enters through the scan's first input),
 and goes back into step order through a (BLOCK_D, BLOCK_L) scratch tile per program; then the chunk's
@@ -54,9 +55,10 @@ import triton.language as tl
 # "bwd" walks each sequence's chunks in turn; "bwd_chunks" runs every chunk at once (one-warp programs of
 # SUBTILES tiles each), for sequences of at least CHUNK_PARALLEL_FROM chunks in batches of at most
 # CHUNK_PARALLEL_BD channels (b * d), where it was measured faster: at b * d = 2048, 32 and 128 chunks,
-# -18% and -24%; at 8 chunks it was slower (+55%), and wider batches were not measured.
-CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
-          "bwd_chunks": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1, SUBTILES=4),
+# -18% and -24%; at 8 chunks it was slower (+55%), and wider batches were not measured. Both backward
+# tiles were chosen again once the backward's loop over n ran at run time (docs/benchmarks.md).
+CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1),
+          "bwd_chunks": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1, SUBTILES=4),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
 CHUNK_PARALLEL_FROM = 32
 CHUNK_PARALLEL_BD = 2048
@@ -332,7 +334,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             du += Dv[:, None] * dy
         ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         dtu = dt * u
-        for n in tl.static_range(N):
+        for n in tl.range(0, N):
             # the chunk's start state was stored by the forward every BLOCK_L / R steps
             dh_r, ddt, du, dA_acc, share_b, share_c = _bwd_state(
                 n, _column(carry, offs_n, n), A_ptr, B_ptr, C_ptr, states_ptr, scratch_ptr, tile,
@@ -449,7 +451,7 @@ def _selective_bwd_chunk(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         if NEED_DH0:
             dh_first = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        for n in tl.static_range(N):
+        for n in tl.range(0, N):
             q = tl.load(carries_ptr + ((pid_b * DM + offs_d) * N + n) * (n_chunks + 1) + (n_chunks - 1 - c),
                         mask=mask_d, other=0.0)
             dh_r, ddt, du, dA_acc, share_b, share_c = _bwd_state(
