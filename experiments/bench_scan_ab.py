@@ -1,0 +1,83 @@
+"""Selective-scan A/B timing: the forward and forward+backward of whichever `seqrl` is first on PYTHONPATH,
+so two versions can be timed in one lease, alternating. One JSON line per (dtype, L): medians from
+`triton.testing.do_bench` (ms) and the memory one forward+backward allocates (peak_MB, gradients included).
+
+    git archive REV seqrl agents envs | tar x -C /tmp/base          # the baseline's package
+    PYTHONPATH=/tmp/base python experiments/bench_scan_ab.py main --lengths 1024,4096,16384
+    PYTHONPATH=. python experiments/bench_scan_ab.py new --lengths 1024,4096,16384
+    PYTHONPATH=. python experiments/bench_scan_ab.py new --shape 256,256,16 --lengths 60 --reset 3   # DM's shape
+
+Tiles can be overridden (--fwd, --bwd BD,BL,NW; --bwd-chunks BD,BL,NW,SUBTILES; --chunk-parallel-from) for
+sweeps. Problem as in bench_scan.py: softplus(delta + bias), skip D, gate z; A = -(1..N) per channel. At
+small sizes (L=1024, DM's shape) the host's launches and autograd dominate what this measures."""
+
+import argparse
+import json
+
+import torch
+import triton
+
+from seqrl.kernels import triton_scan as T
+from seqrl.kernels.scan import selective_scan
+
+
+def tile(text, names):
+    return dict(zip(names, (int(v) for v in text.split(","))))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tag")
+    ap.add_argument("--lengths", default="4096,16384")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--shape", default="8,256,16", help="B,D,N")
+    ap.add_argument("--reset", type=int, default=0, help="reset_every")
+    ap.add_argument("--fwd", help="BLOCK_D,BLOCK_L,num_warps")
+    ap.add_argument("--bwd", help="BLOCK_D,BLOCK_L,num_warps")
+    ap.add_argument("--bwd-chunks", help="BLOCK_D,BLOCK_L,num_warps,SUBTILES")
+    ap.add_argument("--chunk-parallel-from", type=int)
+    a = ap.parse_args()
+    if a.fwd:
+        T.CONFIG["fwd"] = tile(a.fwd, ("BLOCK_D", "BLOCK_L", "num_warps"))
+    if a.bwd:
+        T.CONFIG["bwd"] = tile(a.bwd, ("BLOCK_D", "BLOCK_L", "num_warps"))
+    if a.bwd_chunks:
+        T.CONFIG["bwd_chunks"] = tile(a.bwd_chunks, ("BLOCK_D", "BLOCK_L", "num_warps", "SUBTILES"))
+    if a.chunk_parallel_from is not None:
+        T.CHUNK_PARALLEL_FROM = a.chunk_parallel_from
+    b, d, n = (int(v) for v in a.shape.split(","))
+    for name in a.dtypes.split(","):
+        dtype = getattr(torch, name)
+        for length in (int(v) for v in a.lengths.split(",")):
+            g = torch.Generator(device="cuda").manual_seed(0)
+            r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+            u, delta, z = r(b, d, length).to(dtype), (r(b, d, length) * 0.5 - 1).to(dtype), r(b, d, length).to(dtype)
+            Bm, Cm = r(b, n, length).to(dtype), r(b, n, length).to(dtype)
+            A = -torch.arange(1, n + 1, device="cuda").float().repeat(d, 1)
+            Dv, bias = r(d), r(d) * 0.1
+            leaves = [t.requires_grad_() for t in (u, delta, Bm, Cm, z, A, Dv, bias)]
+            gy = r(b, d, length).to(dtype)
+
+            def fwd():
+                return selective_scan(u, delta, A, Bm, Cm, D=Dv, z=z, delta_bias=bias, delta_softplus=True,
+                                      reset_every=a.reset)
+
+            def fwd_bwd():
+                torch.autograd.grad(fwd(), leaves, gy)
+
+            with torch.no_grad():
+                t_fwd = triton.testing.do_bench(fwd, rep=200)
+            fwd_bwd()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fwd_bwd()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            t_fb = triton.testing.do_bench(fwd_bwd, rep=300)
+            print(json.dumps(dict(tag=a.tag, dtype=name, L=length, fwd_ms=round(t_fwd, 4), fwdbwd_ms=round(t_fb, 4),
+                                  shape=a.shape, reset=a.reset, peak_MB=round(peak), cfg=T.CONFIG)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
