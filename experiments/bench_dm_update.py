@@ -10,10 +10,14 @@
    defaults on one GPU) for DM at DT's size (width 128, 3 layers, K=20, batch 256) with and without
    the fine branch and self-evolution (PSER), and DT (agents/dt.toml) beside them.
 
-Times are CUDA-event medians of repeated calls after warm-up (Triton compiles outside the timing).
+Times are CUDA-event medians of repeated calls after warm-up (Triton compiles outside the timing). The
+eager fine-mixer times include the host's kernel launches, which move them by about 0.5 ms from run to run;
+the graph-captured updates do not. --profile prints instead where the GPU time of DM's update goes: the
+kernels of 5 eager updates (bf16 autocast), by total time.
 
     seqrl collect --env pendulum --quality mixed      # the dataset (seconds; or pass --dataset)
     python experiments/bench_dm_update.py --out docs/results/bench_dm_update.json
+    python experiments/bench_dm_update.py --profile
 """
 
 from __future__ import annotations
@@ -67,19 +71,40 @@ def fine_branch(rows: list) -> None:
             print(f"fine mixer fwd+bwd  bf16={amp!s:5}  {name:28s} {ms:7.2f} ms")
 
 
-def updates(rows: list, dataset: str) -> None:
+DM = {"embed_dim": 128, "n_layers": 3, "pser_steps": 10_000, "pser_interval": 250}
+RUNNER = {"device": "cuda", "batch_size": 256, "steps": 10_000, "warmup_steps": 100, "eval_episodes": 0,
+          "checkpoint_every": 0}
+
+
+def runner_for(agent: str, policy: dict, runner: dict, dataset: str, name: str) -> OfflineRunner:
     store = load_store(dataset)
     env = load_env(find_env_for_dataset(dataset).name, {})
-    runner = {"device": "cuda", "batch_size": 256, "steps": 10_000, "warmup_steps": 100, "eval_episodes": 0,
-              "checkpoint_every": 0}
-    dm = {"embed_dim": 128, "n_layers": 3, "pser_steps": 10_000, "pser_interval": 250}
-    cases = {"DM": ("dm", dm), "DM, no fine branch": ("dm", dm | {"multi_grained": False}),
-             "DM, no self-evolution": ("dm", dm | {"pser": False}), "DT": ("dt", {})}
+    preset = load_agent(agent, {"policy": policy, "runner": runner})
+    torch.manual_seed(0)
+    pol = policy_class(agent)(preset.policy, TaskSpec.from_store(store, env))
+    return OfflineRunner(pol, store, preset, Path("/tmp/bench_dm_update") / name.replace(" ", "_"), resume=False)
+
+
+def profile_update(dataset: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    r = runner_for("dm", DM, RUNNER | {"cuda_graph": False}, dataset, "profile")
+    for _ in range(5):
+        r.update()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            r.update()
+        torch.cuda.synchronize()
+    print("DM update (eager, bf16 autocast), the kernels of 5 updates:")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
+def updates(rows: list, dataset: str) -> None:
+    cases = {"DM": ("dm", DM), "DM, no fine branch": ("dm", DM | {"multi_grained": False}),
+             "DM, no self-evolution": ("dm", DM | {"pser": False}), "DT": ("dt", {})}
     for name, (agent, policy) in cases.items():
-        preset = load_agent(agent, {"policy": policy, "runner": runner})
-        torch.manual_seed(0)
-        pol = policy_class(agent)(preset.policy, TaskSpec.from_store(store, env))
-        r = OfflineRunner(pol, store, preset, Path("/tmp/bench_dm_update") / name.replace(" ", "_"), resume=False)
+        r = runner_for(agent, policy, RUNNER, dataset, name)
         ms = cuda_ms(r.update, reps=50, warmup=10)
         rows.append({"part": "runner update", "variant": name, "ms": ms, "updates_per_s": 1e3 / ms,
                      "cuda_graph": r.use_graph})
@@ -90,9 +115,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="seqrl/pendulum/mixed-v0")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="print the kernels of DM's update instead")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_dm_update.py times CUDA kernels and graphs: it needs a GPU")
+    if args.profile:
+        return profile_update(args.dataset)
     rows: list = []
     fine_branch(rows)
     updates(rows, args.dataset)

@@ -7,9 +7,11 @@ so two versions can be timed in one lease, alternating. One JSON line per (dtype
     PYTHONPATH=. python experiments/bench_scan_ab.py new --lengths 1024,4096,16384
     PYTHONPATH=. python experiments/bench_scan_ab.py new --shape 256,256,16 --lengths 60 --reset 3   # DM's shape
 
-Tiles can be overridden (--fwd, --bwd BD,BL,NW; --bwd-chunks BD,BL,NW,SUBTILES; --chunk-parallel-from) for
-sweeps. Problem as in bench_scan.py: softplus(delta + bias), skip D, gate z; A = -(1..N) per channel. At
-small sizes (L=1024, DM's shape) the host's launches and autograd dominate what this measures."""
+Tiles can be overridden (--fwd BD,BL,NW; --bwd BD,BL,NW[,MAXNREG]; --bwd-chunks BD,BL,NW,SUBTILES;
+--chunk-parallel-from) for sweeps. Problem as in bench_scan.py: softplus(delta + bias), skip D, gate z;
+A = -(1..N) per channel. At small sizes (L=1024, DM's shape) the host's launches and autograd dominate what
+do_bench measures: --kernel-times adds the GPU time of the kernels alone (torch.profiler, 20 calls), the
+selective-scan kernels and all kernels of a forward+backward (the sums of partial gradients included)."""
 
 import argparse
 import json
@@ -33,14 +35,15 @@ def main():
     ap.add_argument("--shape", default="8,256,16", help="B,D,N")
     ap.add_argument("--reset", type=int, default=0, help="reset_every")
     ap.add_argument("--fwd", help="BLOCK_D,BLOCK_L,num_warps")
-    ap.add_argument("--bwd", help="BLOCK_D,BLOCK_L,num_warps")
+    ap.add_argument("--bwd", help="BLOCK_D,BLOCK_L,num_warps[,maxnreg]")
     ap.add_argument("--bwd-chunks", help="BLOCK_D,BLOCK_L,num_warps,SUBTILES")
     ap.add_argument("--chunk-parallel-from", type=int)
+    ap.add_argument("--kernel-times", action="store_true", help="also the kernels' GPU time (torch.profiler)")
     a = ap.parse_args()
     if a.fwd:
         T.CONFIG["fwd"] = tile(a.fwd, ("BLOCK_D", "BLOCK_L", "num_warps"))
     if a.bwd:
-        T.CONFIG["bwd"] = tile(a.bwd, ("BLOCK_D", "BLOCK_L", "num_warps"))
+        T.CONFIG["bwd"] = tile(a.bwd, ("BLOCK_D", "BLOCK_L", "num_warps", "maxnreg"))
     if a.bwd_chunks:
         T.CONFIG["bwd_chunks"] = tile(a.bwd_chunks, ("BLOCK_D", "BLOCK_L", "num_warps", "SUBTILES"))
     if a.chunk_parallel_from is not None:
@@ -75,8 +78,25 @@ def main():
             torch.cuda.synchronize()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
             t_fb = triton.testing.do_bench(fwd_bwd, rep=300)
-            print(json.dumps(dict(tag=a.tag, dtype=name, L=length, fwd_ms=round(t_fwd, 4), fwdbwd_ms=round(t_fb, 4),
-                                  shape=a.shape, reset=a.reset, peak_MB=round(peak), cfg=T.CONFIG)), flush=True)
+            row = dict(tag=a.tag, dtype=name, L=length, fwd_ms=round(t_fwd, 4), fwdbwd_ms=round(t_fb, 4),
+                       shape=a.shape, reset=a.reset, peak_MB=round(peak), cfg=T.CONFIG)
+            if a.kernel_times:
+                row["kernel_us"] = kernel_times(fwd_bwd)
+            print(json.dumps(row), flush=True)
+
+
+def kernel_times(fn, calls: int = 20) -> dict:
+    """Mean GPU microseconds per call of fn: each selective-scan kernel, and all kernels together."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    out = {e.key: round(e.self_device_time_total / calls, 1) for e in events if e.key.startswith("_selective")}
+    out["all"] = round(sum(e.self_device_time_total for e in events) / calls, 1)
+    return out
 
 
 if __name__ == "__main__":

@@ -56,8 +56,13 @@ import triton.language as tl
 # SUBTILES tiles each), for sequences of at least CHUNK_PARALLEL_FROM chunks in batches of at most
 # CHUNK_PARALLEL_BD channels (b * d), where it was measured faster: at b * d = 2048, 32 and 128 chunks,
 # -18% and -24%; at 8 chunks it was slower (+55%), and wider batches were not measured. Both backward
-# tiles were chosen again once the backward's loop over n ran at run time (docs/benchmarks.md).
-CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1), "bwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1),
+# tiles were chosen again once the backward's loop over n ran at run time (docs/benchmarks.md). "bwd" is held
+# to 168 registers a thread (it would take 253): -24% at Decision Mamba's shape (b=256, d=256, l=60), -9% at
+# b=32, l=1024, +14% at b=8, l=1024 in bf16 (d=256), within 4% at the other sizes tried. Caps from 168 down
+# to 64 made "fwd" slower at every size tried, and at 168 "bwd_chunks" gained 2% in float32 and lost 13% in
+# bf16 (l=16384), so those stay uncapped.
+CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1),
+          "bwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1, maxnreg=168),
           "bwd_chunks": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1, SUBTILES=4),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
 CHUNK_PARALLEL_FROM = 32
@@ -664,7 +669,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         opt = lambda t, dummy=u: dummy if t is None else t  # noqa: E731
         common = dict(N=n, BLOCK_D=bd, BLOCK_L=bl, R=bl // _tiles("fwd", l, d)[1], HAS_D=D is not None,
                       HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-                      RESET=ctx.reset_every, num_warps=cfg["num_warps"])
+                      RESET=ctx.reset_every, num_warps=cfg["num_warps"], maxnreg=cfg.get("maxnreg"))
         if parallel:
             # the adjoint entering each chunk from the next, Q_{c+1}: each chunk's own share and decay, then
             # a linear scan over the chunks, last first; slot 0 holds dhlast
