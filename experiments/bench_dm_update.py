@@ -76,19 +76,22 @@ RUNNER = {"device": "cuda", "batch_size": 256, "steps": 10_000, "warmup_steps": 
           "checkpoint_every": 0}
 
 
-def runner_for(agent: str, policy: dict, runner: dict, dataset: str, name: str) -> OfflineRunner:
-    store = load_store(dataset)
-    env = load_env(find_env_for_dataset(dataset).name, {})
+def runner_for(agent: str, policy: dict, runner: dict, store, env, name: str) -> OfflineRunner:
     preset = load_agent(agent, {"policy": policy, "runner": runner})
     torch.manual_seed(0)
     pol = policy_class(agent)(preset.policy, TaskSpec.from_store(store, env))
     return OfflineRunner(pol, store, preset, Path("/tmp/bench_dm_update") / name.replace(" ", "_"), resume=False)
 
 
+def load(dataset: str):
+    """The dataset's store and its environment."""
+    return load_store(dataset), load_env(find_env_for_dataset(dataset).name, {})
+
+
 def profile_update(dataset: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    r = runner_for("dm", DM, RUNNER | {"cuda_graph": False}, dataset, "profile")
+    r = runner_for("dm", DM, RUNNER | {"cuda_graph": False}, *load(dataset), "profile")
     for _ in range(5):
         r.update()
     torch.cuda.synchronize()
@@ -103,8 +106,9 @@ def profile_update(dataset: str) -> None:
 def updates(rows: list, dataset: str) -> None:
     cases = {"DM": ("dm", DM), "DM, no fine branch": ("dm", DM | {"multi_grained": False}),
              "DM, no self-evolution": ("dm", DM | {"pser": False}), "DT": ("dt", {})}
+    store, env = load(dataset)
     for name, (agent, policy) in cases.items():
-        r = runner_for(agent, policy, RUNNER, dataset, name)
+        r = runner_for(agent, policy, RUNNER, store, env, name)
         ms = cuda_ms(r.update, reps=50, warmup=10)
         rows.append({"part": "runner update", "variant": name, "ms": ms, "updates_per_s": 1e3 / ms,
                      "cuda_graph": r.use_graph})

@@ -58,8 +58,9 @@ class _GroupedCausalConv(torch.autograd.Function):
         acc = torch.promote_types(x.dtype, torch.float32)
         w = weight.to(acc)
         y = bias.to(acc).expand(x.shape).clone()
-        for k, (out, inp) in _taps(y, x, group, weight.shape[1]):
-            out.addcmul_(inp, w[:, k])
+        yg, xg = (t.unflatten(1, (-1, group)) for t in (y, x))  # (B, T/g, g, E)
+        for k, out, inp in _taps(group, weight.shape[1]):
+            yg[:, :, out].addcmul_(xg[:, :, inp], w[:, k])
         ctx.save_for_backward(x, weight)
         ctx.group = group
         return y.to(x.dtype)
@@ -71,20 +72,19 @@ class _GroupedCausalConv(torch.autograd.Function):
         g, w = gy.to(acc), weight.to(acc)
         dx = torch.zeros(x.shape, device=x.device, dtype=acc)
         dw = torch.zeros(weight.shape, device=x.device, dtype=acc)
-        W = weight.shape[1]
-        for (k, (dout, inp)), (_, (_, din)) in zip(_taps(g, x, ctx.group, W), _taps(g, dx, ctx.group, W)):
-            dw[:, k] = (dout * inp).sum(dim=(0, 1, 2))
-            din.addcmul_(dout, w[:, k])
+        gg, xg, dxg = (t.unflatten(1, (-1, ctx.group)) for t in (g, x, dx))
+        for k, out, inp in _taps(ctx.group, weight.shape[1]):
+            dw[:, k] = (gg[:, :, out] * xg[:, :, inp]).sum(dim=(0, 1, 2))
+            dxg[:, :, inp].addcmul_(gg[:, :, out], w[:, k])
         return dx.to(x.dtype), dw.to(weight.dtype), g.sum((0, 1)).to(weight.dtype), None
 
 
-def _taps(y: torch.Tensor, x: torch.Tensor, group: int, W: int):
-    """(k, (view of y, view of x)) for each tap k of a W-wide causal conv inside groups of g steps: tap k
-    reaches s = W-1-k steps back, so it joins each group's steps s.. of y with its steps ..g-s of x."""
-    groups = (x.shape[1] // group, group)
+def _taps(group: int, W: int):
+    """(k, steps of each group that tap k writes, steps it reads) for a W-wide causal conv inside groups of g
+    steps: tap k reaches s = W-1-k steps back, so steps s.. of a group take its steps ..g-s."""
     for k in range(max(0, W - group), W):
         s = W - 1 - k
-        yield k, (y.unflatten(1, groups)[:, :, s:], x.unflatten(1, groups)[:, :, :group - s])
+        yield k, slice(s, None), slice(0, group - s)
 
 
 def grouped_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, group: int) -> torch.Tensor:
