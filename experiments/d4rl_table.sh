@@ -9,7 +9,8 @@
 # 3 layers; the paper's own model is 768 x 24), both trained for STEPS updates of BATCH windows with a
 # warm-up of STEPS/10; DM's self-evolution schedule spans the same STEPS and refreshes its earlier policy
 # 40 times, as the authors' 40 iterations. BC is agents/bc.toml for BC_STEPS updates.
-# QUALITIES="medium-replay" limits the datasets; DM_ROWS=0 leaves DM out. Rerunning skips finished runs (offline_table.py).
+# QUALITIES="medium-replay" limits the datasets; DM_ROWS=0 leaves DM out. Rerunning skips finished runs (offline_table.py);
+# START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
@@ -28,4 +29,4 @@ if [ "${DM_ROWS:-1}" = 1 ]; then agents="DT=$DT,BC=$BC,DM=$DM"; else agents="DT=
 groups=(--group "$(join "${all[@]}")" "$agents")
 if [ ${#mr[@]} -gt 0 ] && [ "${DM_ROWS:-1}" = 1 ]; then groups+=(--group "$(join "${mr[@]}")" "DM-noSE=$DM;policy.pser=false"); fi
 python3 experiments/offline_table.py --device cuda --workers "$WORKERS" --episodes 50 --seeds 0,1,2 \
-  --out "$OUT" "${groups[@]}"
+  --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} "${groups[@]}"

@@ -12,7 +12,8 @@ evaluation over `--episodes` episodes per target return) in its own process; `--
 
 Every run writes OUT/<dataset>/<label>/seed<k>/result.json when it ends. A rerun skips runs that have
 one and resumes runs that left a checkpoint, so the table can be built in pieces (a cut-off GPU lease,
-say). `--report` prints and saves the table of everything under OUT without training.
+say); `--start-within SECONDS` starts no run after that time, so that a lease of known length ends with the
+runs it started finished. `--report` prints and saves the table of everything under OUT without training.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ def run_dir(out: Path, dataset: str, label: str, seed: int) -> Path:
     return out / dataset.replace("/", "_") / safe / f"seed{seed}"
 
 
-def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out: str, threads: int) -> dict:
-    """Train and evaluate one (dataset, agent, seed); runs in a worker process of its own."""
+def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out: str, threads: int,
+            start_by: float = float("inf")) -> dict | None:
+    """Train and evaluate one (dataset, agent, seed); runs in a worker process of its own. None, and nothing
+    done, if its turn comes after `start_by` (time.time())."""
+    if time.time() > start_by:
+        return None
     import torch
 
     from seqrl.cli import train_run
@@ -109,6 +114,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--out", default="runs/offline_table")
     ap.add_argument("--json", default=None, help="also write every result and the table here")
+    ap.add_argument("--start-within", type=float, default=None, metavar="SECONDS",
+                    help="start no run after this many seconds (the runs started finish), for a lease of bounded length")
     ap.add_argument("--report", action="store_true", help="only print the table of what OUT holds")
     args = ap.parse_args()
     out = Path(args.out)
@@ -127,14 +134,18 @@ def main() -> None:
         jobs = [(d, a, s) for s in seeds for ds, ag in groups for d in ds.split(",") for a in ag.split(",")]
         jobs = [j for j in jobs if not (run_dir(out, j[0], parse_spec(j[1])[0], j[2]) / "result.json").is_file()]
         threads = max(1, (os.cpu_count() or 1) // args.workers)
+        start_by = time.time() + (float("inf") if args.start_within is None else args.start_within)
         print(f"{len(jobs)} runs to do, {args.workers} at a time", flush=True)
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-            futures = {pool.submit(one_run, d, a, s, args.episodes, args.device, str(out), threads): (d, a, s)
-                       for d, a, s in jobs}
+            futures = {pool.submit(one_run, d, a, s, args.episodes, args.device, str(out), threads, start_by):
+                       (d, a, s) for d, a, s in jobs}
             for f in as_completed(futures):
                 d, a, s = futures[f]
                 try:
                     r = f.result()
+                    if r is None:
+                        print(f"not started {d} {a} seed {s}: past --start-within", flush=True)
+                        continue
                     scores = {k: round(v["score_mean"], 1) for k, v in r["results"].items()}
                     print(f"done {d} {a} seed {s}: {scores} in {r['seconds']:.0f} s", flush=True)
                 except Exception as e:  # one failed run must not stop the others

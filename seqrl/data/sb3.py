@@ -71,7 +71,10 @@ def sb3_episodes(env: EnvPreset, quality: str, seed: int, workdir: Path) -> list
     step = final_step(env, run) if quality == "expert" else medium_step(env, seed, run)
     if quality == "medium-replay":
         return replay_episodes(run, step)
-    model = ALGOS[c.algo].load(_checkpoints(run)[step])
+    # On the CPU, with the rollout's seed (SB3 samples from torch's global generator): the checkpoint and seed
+    # alone fix the dataset, whichever device trained the learner.
+    model = ALGOS[c.algo].load(_checkpoints(run)[step], device="cpu")
+    model.set_random_seed(seed)
     # D4RL rolled out the stochastic behaviour policy, not its mean action: deterministic=False.
     return rollout(lambda obs: model.predict(obs, deterministic=False)[0].astype(np.float32), env.env_id, **roll)
 
