@@ -9,7 +9,7 @@
 # 3 layers; the paper's own model is 768 x 24), both trained for STEPS updates of BATCH windows with a
 # warm-up of STEPS/10; DM's self-evolution schedule spans the same STEPS and refreshes its earlier policy
 # 40 times, as the authors' 40 iterations. BC is agents/bc.toml for BC_STEPS updates.
-# QUALITIES="medium-replay" limits the datasets; DM_ROWS=0 leaves DM out. Rerunning skips finished runs (offline_table.py);
+# QUALITIES="medium-replay" limits the datasets (and sets their order: QUALITIES="medium-replay medium"); DM_ROWS=0 leaves DM out. Rerunning skips finished runs (offline_table.py);
 # START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
@@ -17,16 +17,17 @@ W=$((S / 10)); I=$((S / 40))
 DT="dt:runner.steps=$S;runner.warmup_steps=$W;runner.batch_size=$B"
 DM="dm:policy.embed_dim=128;policy.n_layers=3;policy.pser_steps=$S;policy.pser_interval=$I;runner.steps=$S;runner.warmup_steps=$W;runner.batch_size=$B"
 BC="bc:runner.steps=$SBC"
-all=(); mr=()
+# one group per quality, in QUALITIES order; DM without self-evolution joins the medium-replay group, so
+# that with the seed-major order each seed's noisy-data comparison is run together
+groups=()
 for q in ${QUALITIES:-medium medium-replay}; do
-  for e in hopper halfcheetah walker2d; do
-    all+=("seqrl/$e/$q-v0")
-    if [ "$q" = medium-replay ]; then mr+=("seqrl/$e/$q-v0"); fi
-  done
+  ds=(); for e in hopper halfcheetah walker2d; do ds+=("seqrl/$e/$q-v0"); done
+  agents="DT=$DT,BC=$BC"
+  if [ "${DM_ROWS:-1}" = 1 ]; then
+    agents+=",DM=$DM"
+    if [ "$q" = medium-replay ]; then agents+=",DM-noSE=$DM;policy.pser=false"; fi
+  fi
+  groups+=(--group "$(IFS=,; echo "${ds[*]}")" "$agents")
 done
-join() { local IFS=,; echo "$*"; }
-if [ "${DM_ROWS:-1}" = 1 ]; then agents="DT=$DT,BC=$BC,DM=$DM"; else agents="DT=$DT,BC=$BC"; fi
-groups=(--group "$(join "${all[@]}")" "$agents")
-if [ ${#mr[@]} -gt 0 ] && [ "${DM_ROWS:-1}" = 1 ]; then groups+=(--group "$(join "${mr[@]}")" "DM-noSE=$DM;policy.pser=false"); fi
 python3 experiments/offline_table.py --device cuda --workers "$WORKERS" --episodes 50 --seeds 0,1,2 \
   --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} "${groups[@]}"
