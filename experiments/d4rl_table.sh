@@ -10,7 +10,8 @@
 # warm-up of STEPS/10; DM's self-evolution schedule spans the same STEPS and refreshes its earlier policy
 # 40 times, as the authors' 40 iterations. BC is agents/bc.toml for BC_STEPS updates.
 # QUALITIES="medium-replay" limits the datasets (and sets their order: QUALITIES="medium-replay medium"); DM_ROWS=0 leaves DM out. Rerunning skips finished runs (offline_table.py);
-# START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length).
+# START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length); SEEDS="2,1,0" sets the
+# seeds and their order (default 0,1,2).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
@@ -29,5 +30,5 @@ for q in ${QUALITIES:-medium medium-replay}; do
   fi
   groups+=(--group "$(IFS=,; echo "${ds[*]}")" "$agents")
 done
-python3 experiments/offline_table.py --device cuda --workers "$WORKERS" --episodes 50 --seeds 0,1,2 \
+python3 experiments/offline_table.py --device cuda --workers "$WORKERS" --episodes 50 --seeds "${SEEDS:-0,1,2}" \
   --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} "${groups[@]}"
