@@ -9,9 +9,9 @@
 # 3 layers; the paper's own model is 768 x 24), both trained for STEPS updates of BATCH windows with a
 # warm-up of STEPS/10; DM's self-evolution schedule spans the same STEPS and refreshes its earlier policy
 # 40 times, as the authors' 40 iterations. BC is agents/bc.toml for BC_STEPS updates.
-# QUALITIES="medium-replay" limits the datasets (and sets their order: QUALITIES="medium-replay medium"); DM_ROWS=0 leaves DM out. Rerunning skips finished runs (offline_table.py);
-# START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length); SEEDS="2,1,0" sets the
-# seeds and their order (default 0,1,2).
+# QUALITIES="medium-replay" limits the datasets (and sets their order: QUALITIES="medium-replay medium");
+# DM_ROWS=0 leaves DM out; SEEDS="2,1,0" sets the seeds and their order (default 0,1,2); START_WITHIN=SECONDS
+# starts no run after that time (for a lease of bounded length). Rerunning skips finished runs (offline_table.py).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
