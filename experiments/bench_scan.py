@@ -192,35 +192,29 @@ def one(rows, mode, tile, device):
 
 
 def sweep(device):
-    """Tile sizes of the Triton kernels at L=16384, float32: forwards alone, then each backward with
-    the fastest forward whose chunk divides the backward's (the backward reads the forward's
-    chunk-start states). Leaves the fastest forward+backward pair in CONFIG for the rest of the run."""
+    """Tile sizes of the Triton kernels at L=16384, float32: forwards alone (T steps per tile, warps per
+    program, programs aimed at), then each backward with the fastest forward. Leaves the fastest
+    forward+backward pair in CONFIG for the rest of the run."""
     from seqrl.kernels import triton_scan as T
 
     rows = []
-    kept = {k: dict(v) for k, v in T.CONFIG.items()}
-    # earlier runs also tried (4, 128, 4), (8, 64, 4), (16, 64, 4), (16, 32, 4), (8, 32, 2), (4, 64, 1),
-    # (8, 128, 8) forward: 2.0 to 3.7 ms (docs/results/bench_scan_sweep.txt)
-    for bd, bl, nw in [(2, 128, 1), (1, 128, 1), (4, 128, 1), (2, 256, 1), (2, 128, 2), (2, 64, 1)]:
-        T.CONFIG["fwd"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
-        for kind in ("bwd", "bwd_chunks"):  # a backward chunk must be a multiple of the forward's
-            T.CONFIG[kind] = dict(kept[kind], BLOCK_L=bl)
+    # the forward with a channel per thread (2026-11-24); the sweeps of the forward it replaced, (BLOCK_D,
+    # BLOCK_L, num_warps) tiles, are in docs/results/bench_scan_sweep.txt
+    for t, nw, programs in [(16, 1, 4096), (16, 1, 2048), (16, 1, 8192), (8, 1, 4096), (32, 1, 4096), (16, 2, 4096)]:
+        T.CONFIG["fwd"] = dict(T=t, num_warps=nw, PROGRAMS=programs)
         one(rows, "fwd", T.CONFIG["fwd"], device)
-    T.CONFIG["bwd"] = kept["bwd"]
-    fwd_rows = [r for r in rows if "ms" in r]
+    best_fwd = min((r for r in rows if "ms" in r), key=lambda r: r["ms"])
+    T.CONFIG["fwd"] = {k: best_fwd[k] for k in ("T", "num_warps", "PROGRAMS")}
     best = None
     # the backward that runs at this size (b * d = 2048, 128 chunks) is "bwd_chunks": tiles (BLOCK_D, BLOCK_L,
     # num_warps, SUBTILES); its shares of dB and dC grow as BLOCK_D * SUBTILES shrinks (docs/benchmarks.md)
     for bd, bl, nw, sub in [(2, 128, 1, 4), (2, 128, 1, 2), (2, 128, 1, 8), (2, 128, 1, 1), (4, 128, 2, 2),
                             (4, 128, 1, 2), (8, 128, 4, 1)]:
-        # the fastest forward whose chunk divides this backward's
-        f = min((r for r in fwd_rows if bl % r["BLOCK_L"] == 0), key=lambda r: r["ms"])
-        T.CONFIG["fwd"] = dict(BLOCK_D=f["BLOCK_D"], BLOCK_L=f["BLOCK_L"], num_warps=f["num_warps"])
         T.CONFIG["bwd_chunks"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, SUBTILES=sub)
         one(rows, "fwd+bwd", T.CONFIG["bwd_chunks"], device)
         if "ms" in rows[-1] and (best is None or rows[-1]["ms"] < best[0]):
-            best = (rows[-1]["ms"], dict(T.CONFIG["fwd"]), dict(T.CONFIG["bwd_chunks"]))
-    T.CONFIG["fwd"], T.CONFIG["bwd_chunks"] = best[1], best[2]
+            best = (rows[-1]["ms"], dict(T.CONFIG["bwd_chunks"]))
+    T.CONFIG["bwd_chunks"] = best[1]
     print("chosen:", T.CONFIG, flush=True)
     return rows
 

@@ -143,6 +143,32 @@ def test_selective_step_is_one_scan_step(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b,d,n,l", [(2, 40, 16, 300), (3, 9, 8, 129)])
+def test_selective_scan_float32_inputs_match_loop(device, b, d, n, l):
+    """float32 tensors as a model passes them (the other tests pass float64): values, final state and
+    gradients against the loop run in float64 on the same (float32-rounded) values. B and C arrive as
+    transposed views, as Mamba's projections give them."""
+    x = {k: None if v is None else v.float().double() for k, v in selective_inputs(b, d, n, l, seed=l).items()}
+    names = [k for k, v in x.items() if v is not None]
+    gy, gh = torch.randn(b, d, l, dtype=torch.float64), torch.randn(b, d, n, dtype=torch.float64)
+    leaves = {k: x[k].float().to(dev(device)).requires_grad_() for k in names}
+    views = {k: leaves[k].transpose(1, 2).contiguous().transpose(1, 2) if k in ("B", "C") else leaves[k]
+             for k in names}
+    out, h = selective_scan(**views, delta_softplus=True, return_state=True)
+    assert out.dtype == torch.float32
+    grads = torch.autograd.grad((out.double() * gy.to(dev(device))).sum() + (h.double() * gh.to(dev(device))).sum(),
+                                list(leaves.values()))
+    ref_leaves = {k: x[k].clone().requires_grad_() for k in names}
+    ref, h_ref = selective_scan_ref(**ref_leaves, delta_softplus=True)
+    tol = 2e-5  # float32 arithmetic on every path
+    close(out, ref, device, "out", tol)
+    close(h, h_ref, device, "final state", tol)
+    for name, a, r in zip(names, grads, torch.autograd.grad((ref * gy).sum() + (h_ref * gh).sum(),
+                                                            list(ref_leaves.values()))):
+        close(a, r, device, f"grad of {name}", tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_selective_scan_bf16_inputs_accumulate_in_fp32(device):
     x = selective_inputs(2, 8, 4, 200, seed=6)
     ref, _ = selective_scan_ref(**x, delta_softplus=True)

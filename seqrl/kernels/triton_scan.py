@@ -1,19 +1,24 @@
 """Triton kernels for the recurrences of `seqrl/kernels/scan.py` (CUDA only; call them through it).
 
-Dimension letters: b batch, d channels, n state size, l length; a program owns one batch row and
-BLOCK_D channels and walks l in chunks of BLOCK_L steps.
+Dimension letters: b batch, d channels, n state size, l length.
 
-Selective scan, forward. Per chunk the program loads u, delta (and z) as (BLOCK_D, BLOCK_L) tiles and,
-for each state index n in turn, B_n and C_n as (BLOCK_L,) rows; it forms the decays
-dA = exp(dt A_n) and inputs x = dt u B_n, runs `tl.associative_scan` along the chunk over the pairs
-(dA, x) (composition (a1, x1) then (a2, x2) = (a1 a2, a2 x1 + x2)), adds the carried state, and
-accumulates y += C_n h. The state (BLOCK_D, n) lives in registers from chunk to chunk. Memory traffic
-is the inputs and outputs once; the (b, l, d, n) states never exist in memory. When gradients are
-wanted, the state at the start of each chunk is stored, (b, d, l / BLOCK_L, n), and with a gate z the
-pre-gate output y, (b, d, l).
+Selective scan, forward (a Gluon kernel: Triton with the layouts spelled out). A program owns one batch
+row, 32 * num_warps channels, one channel per thread, and one segment of the sequence; each thread keeps
+its channel's n states in registers and walks the segment's steps one by one: per step and n, one exp2, two
+multiplies and two fused multiply-adds (h = exp2(dt A_n) h + dt u B_n, y += C_n h), no shuffles and no scan
+tree. Tiles of T steps of u, delta (and z) are loaded along l, whole 16-byte runs per thread, and moved to
+a thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler picks); B and C
+are copied beforehand to (b, l, n) float32, so a step's n values are one contiguous read that every thread
+of the program shares. Plain Triton picks layouts itself, and the layout it gave such a tile put threads
+along l (docs/benchmarks.md, 2026-11-24). Segments give the parallelism: a first pass runs each segment
+from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those across
+segments, and a second pass runs each segment from its true start state, writing y. Memory traffic is the
+inputs twice and the outputs once; the (b, l, d, n) states never exist in memory. When gradients are
+wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n), and with a gate z the pre-gate
+output y, (b, d, l).
 
-Backward. Chunks are walked from last to first, and for each n in turn (a loop at run time; the forward
-unrolls its loop over n, and each way measured faster where it is used): the adjoint
+Backward (plain Triton). A program owns one batch row and BLOCK_D channels, in chunks of BLOCK_L steps.
+Chunks are walked from last to first, and for each n in turn (a loop at run time): the adjoint
 dh_t = C_t dy_t + dA_{t+1} dh_{t+1} runs as a forward associative scan over the chunk read in reverse
 (continued across chunks by a carried (BLOCK_D, n) adjoint, which enters through the scan's first input),
 and goes back into step order by `tl.flip` in registers (a sequence of one chunk: through a (BLOCK_D, BLOCK_L)
@@ -51,9 +56,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
 
 # Tile sizes, chosen by experiments/bench_scan.py --sweep on an H100 (docs/benchmarks.md). Decays use
 # exp2 with A scaled by log2(e) = 1.4426950408889634 inside the kernels.
+# "fwd": T steps per tile, num_warps per program, and segments enough for about PROGRAMS programs; each
+# segment a multiple of EVERY steps (finer segments, of T steps, were slower at l <= 1024: the first pass
+# and the scan over segments cost more than the parallelism gave).
 # "bwd" walks each sequence's chunks in turn; "bwd_chunks" runs every chunk at once (one-warp programs of
 # SUBTILES tiles each), for sequences of at least CHUNK_PARALLEL_FROM chunks in batches of at most
 # CHUNK_PARALLEL_BD channels (b * d), where it was measured faster: at b * d = 2048, 32 and 128 chunks,
@@ -63,7 +73,7 @@ import triton.language as tl
 # b=32, l=1024, +14% at b=8, l=1024 in bf16 (d=256), within 4% at the other sizes tried. Caps from 168 down
 # to 64 made "fwd" slower at every size tried, and at 168 "bwd_chunks" gained 2% in float32 and lost 13% in
 # bf16 (l=16384), so those stay uncapped.
-CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1),
+CONFIG = {"fwd": dict(T=16, num_warps=1, PROGRAMS=4096),
           "bwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1, maxnreg=168),
           "bwd_chunks": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1, SUBTILES=4),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
@@ -74,14 +84,15 @@ CHUNK_PARALLEL_BD = 2048
 # l=4096), the walking one from FLIP_FROM chunks (-19% / -23% at l=1024, b=8). At Decision Mamba's shape, one
 # chunk (b=256, d=256, l=60), the flip made the walking kernel 14-21% slower, so one chunk keeps the scratch.
 FLIP_FROM = 2
+EVERY = 128  # the forward stores the state every EVERY steps for the backward, whose chunks are multiples of it
 
 
 def _tiles(kind: str, l: int, d: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_L) of a selective-scan kernel for sequences of length l: CONFIG's for long ones;
     for l shorter than the chunk, the chunk shrinks to the next power of two (at least 16) and BLOCK_D
     grows by the same factor (up to d), so a tile holds as many elements and fewer lanes idle on padding
-    (a 3-token scan in 128-step chunks was 97% padding). Both kernels shrink alike, so the backward's
-    chunk stays a multiple of the forward's."""
+    (a 3-token scan in 128-step chunks was 97% padding). The backward kernels' tiles (the forward's are
+    CONFIG["fwd"]); one chunk of any length reads the state stored at step 0."""
     cfg = CONFIG[kind]
     bl = min(cfg["BLOCK_L"], max(16, triton.next_power_of_2(l)))
     bd = min(cfg["BLOCK_D"] * (cfg["BLOCK_L"] // bl), max(cfg["BLOCK_D"], triton.next_power_of_2(d)))
@@ -153,60 +164,114 @@ def _step_size(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 # ------------------------------------------------------------------------------ selective: fwd
-@triton.jit
-def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                   out_ptr, ypre_ptr, hlast_ptr, states_ptr, L, DM, n_chunks,
-                   N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_H0: tl.constexpr, SAVE: tl.constexpr, RESET: tl.constexpr):
-    pid_b = tl.program_id(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, N)
-    cols = tl.arange(0, BLOCK_L)
-    dn = offs_d[:, None] * N + offs_n[None, :]  # (BLOCK_D, N) offsets into (d, n)
-    A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
-    A2 = A * 1.4426950408889634
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    row = pid_b * DM * L + offs_d[:, None] * L  # (BLOCK_D, 1)
-    for c in tl.range(0, n_chunks):
-        offs_l = c * BLOCK_L + cols
-        mask_l = offs_l < L
-        m2 = mask_d[:, None] & mask_l[None, :]
-        u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        _, dt = _step_size(dt, bias[:, None], HAS_BIAS, SOFTPLUS)
-        dt = tl.where(m2, dt, 0.0)  # padding: decay 1, input 0, so the state passes through unchanged
-        if SAVE:
-            tl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_chunks + c) * N + offs_n[None, :], h,
-                     mask=mask_d[:, None])
+@gluon.jit
+def _gl_softplus(x):
+    """_softplus in Gluon: the same operations, so forward and backward see the same step sizes."""
+    return gl.where(x <= 20.0, gl.log(1.0 + gl.exp(x)), x)
+
+
+@gluon.jit
+def _step_of(tile, cols, t: gl.constexpr):
+    """Column t of a (channels, T) tile whose rows each sit in one thread: a register read once compiled
+    (adding -0.0 is exact, so the sum folds away)."""
+    return gl.sum(gl.where(cols[None, :] == t, tile, -0.0), axis=1)
+
+
+@gluon.jit
+def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, carry_ptr,
+                   out_ptr, ypre_ptr, hlast_ptr, states_ptr, hend_ptr, decay_ptr, L, DM, seg_len, n_seg, n_states,
+                   N: gl.constexpr, T: gl.constexpr, EVERY: gl.constexpr, FULL: gl.constexpr,
+                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+                   HAS_H0: gl.constexpr, SAVE: gl.constexpr, RESET: gl.constexpr):
+    """One segment of one batch row for 32 * num_warps channels, a channel per thread (layouts below).
+    FULL: from the segment's start state (h0, or slot seg - 1 of carry), write y (and with SAVE the state
+    every EVERY steps, and with a gate the pre-gate y); the last segment writes the final state. Else: the
+    segment's end state from zero and its decay, exp2(A sum dt) or 0 where a group starts inside, at slot seg
+    of hend, decay (b, d, n, n_seg)."""
+    W: gl.constexpr = gl.num_warps()
+    CH: gl.constexpr = 32 * W
+    LH: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [W, 1], [1, 0])  # (CH, N) states: a thread's channel
+    LT: gl.constexpr = gl.BlockedLayout([1, T], [32, 1], [W, 1], [1, 0])  # (CH, T) inputs: a thread's channel
+    LG: gl.constexpr = gl.BlockedLayout([1, 4], [128 // T, T // 4], [W, 1], [1, 0])  # (CH, T) as loaded
+    VH: gl.constexpr = gl.SliceLayout(1, LH)
+    VT: gl.constexpr = gl.SliceLayout(1, LT)
+    pid_b = gl.program_id(0)
+    d0 = gl.program_id(1) * CH
+    seg = gl.program_id(2)
+    offs_d = d0 + gl.arange(0, CH, layout=VH)
+    offs_n = gl.arange(0, N, layout=gl.SliceLayout(0, LH))
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    mdn = (offs_d < DM)[:, None] & (offs_n < N)[None, :]
+    A2 = gl.load(A_ptr + dn, mask=mdn, other=0.0) * 1.4426950408889634
+    gd = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LG))
+    gcols = gl.arange(0, T, layout=gl.SliceLayout(0, LG))
+    grow = (pid_b * DM + gd[:, None]) * L
+    td = d0 + gl.arange(0, CH, layout=VT)
+    cols = gl.arange(0, T, layout=gl.SliceLayout(0, LT))
+    bias = gl.zeros([CH], gl.float32, layout=VT)
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + td, mask=td < DM, other=0.0).to(gl.float32)
+    Dv = gl.zeros([CH], gl.float32, layout=gl.SliceLayout(1, LG))
+    if HAS_D:
+        Dv = gl.load(D_ptr + gd, mask=gd < DM, other=0.0).to(gl.float32)
+    h = gl.zeros([CH, N], gl.float32, layout=LH)
+    if FULL:
+        if seg > 0:
+            h = gl.load(carry_ptr + (pid_b * DM * N + dn) * n_seg + seg - 1, mask=mdn, other=0.0)
+        elif HAS_H0:
+            h = gl.load(h0_ptr + pid_b * DM * N + dn, mask=mdn, other=0.0)
+    t_begin = seg * seg_len
+    t_end = gl.minimum(t_begin + seg_len, L)
+    total = gl.zeros([CH], gl.float32, layout=VT)
+    for t0 in range(t_begin, t_end, T):
+        # the tile is loaded along l (whole sectors) and moved to a thread per channel
+        offs_g = t0 + gcols
+        m2 = (gd < DM)[:, None] & (offs_g < L)[None, :]
+        ug = gl.load(u_ptr + grow + offs_g[None, :], mask=m2, other=0.0)
+        u = gl.convert_layout(ug, LT).to(gl.float32)
+        dt = gl.convert_layout(gl.load(delta_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:
+            dt = _gl_softplus(dt)
+        dt = gl.where((td < DM)[:, None] & (t0 + cols < L)[None, :], dt, 0.0)  # padding: decay 1, input 0
         dtu = dt * u
-        if RESET > 0:  # where a group starts, the decay is 0
-            restart = (offs_l % RESET == 0) & mask_l
-        ys = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        for n in tl.static_range(N):
-            Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-            a_n = _column(A2, offs_n, n)
-            h_n = _column(h, offs_n, n)
-            dA = tl.exp2(dt * a_n[:, None])
-            if RESET > 0:
-                dA = tl.where(restart[None, :], 0.0, dA)
-            acc_a, acc_x = tl.associative_scan((dA, dtu * Bn[None, :]), 1, _compose)
-            hs = acc_x + acc_a * h_n[:, None]
-            ys += hs * Cn[None, :]
-            h = tl.where(offs_n[None, :] == n, _column(hs, cols, BLOCK_L - 1)[:, None], h)
-        if HAS_D:
-            ys += Dv[:, None] * u
-        if HAS_Z:
-            tl.store(ypre_ptr + row + offs_l[None, :], ys, mask=m2)
-            z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-            ys = ys * z * tl.sigmoid(z)
-        tl.store(out_ptr + row + offs_l[None, :], ys.to(out_ptr.dtype.element_ty), mask=m2)
-    tl.store(hlast_ptr + pid_b * DM * N + dn, h, mask=mask_d[:, None])
+        if not FULL:
+            total += gl.sum(dt, axis=1)
+        if SAVE:
+            if t0 % EVERY == 0:
+                gl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + t0 // EVERY) * N + offs_n[None, :],
+                         h, mask=mdn)
+        ys = gl.zeros([CH, T], gl.float32, layout=LT)
+        for t in gl.static_range(T):
+            # B_t, C_t: n contiguous values, the same for every thread (past the end: the last step's, times dt = 0)
+            bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n
+            dA = gl.exp2(gl.convert_layout(_step_of(dt, cols, t), VH, assert_trivial=True)[:, None] * A2)
+            if RESET > 0:  # where a group starts, the decay is 0 (padding past the end keeps the state)
+                dA = gl.where(((t0 + t) % RESET == 0) & (t0 + t < L), 0.0, dA)
+            x = gl.convert_layout(_step_of(dtu, cols, t), VH, assert_trivial=True)
+            h = dA * h + x[:, None] * gl.load(B_ptr + bc).to(gl.float32)[None, :]
+            if FULL:
+                y = gl.sum(h * gl.load(C_ptr + bc).to(gl.float32)[None, :], axis=1)
+                ys = gl.where(cols[None, :] == t, gl.convert_layout(y, VT, assert_trivial=True)[:, None], ys)
+        if FULL:
+            ys = gl.convert_layout(ys, LG)
+            if HAS_D:
+                ys += Dv[:, None] * ug.to(gl.float32)
+            if HAS_Z:
+                gl.store(ypre_ptr + grow + offs_g[None, :], ys, mask=m2)
+                z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+                ys = gl.fdiv(ys * z, 1.0 + gl.exp2(z * -1.4426950408889634))
+            gl.store(out_ptr + grow + offs_g[None, :], ys.to(out_ptr.dtype.element_ty), mask=m2)
+    if FULL:
+        if seg == n_seg - 1:
+            gl.store(hlast_ptr + pid_b * DM * N + dn, h, mask=mdn)
+    else:
+        gl.store(hend_ptr + (pid_b * DM * N + dn) * n_seg + seg, h, mask=mdn)
+        decay = gl.exp2(gl.convert_layout(total, VH, assert_trivial=True)[:, None] * A2)
+        if RESET > 0:  # a group starting inside the segment cuts it off from the state before it
+            decay = gl.where((t_end - 1) // RESET >= (t_begin + RESET - 1) // RESET, 0.0, decay)
+        gl.store(decay_ptr + (pid_b * DM * N + dn) * n_seg + seg, decay, mask=mdn)
 
 
 # ------------------------------------------------------------------------------ selective: bwd
@@ -635,21 +700,35 @@ class _SelectiveScanFn(torch.autograd.Function):
         b, d, l = u.shape
         n = A.shape[1]
         cfg = CONFIG["fwd"]
-        bd, bl = _tiles("fwd", l, d)
-        n_chunks = triton.cdiv(l, bl)
+        blocks = triton.cdiv(d, 32 * cfg["num_warps"])
+        # segments of a multiple of EVERY steps, enough of them for about PROGRAMS programs
+        n_seg = max(1, min(triton.cdiv(l, EVERY), cfg["PROGRAMS"] // (b * blocks)))
+        seg_len = triton.cdiv(triton.cdiv(l, n_seg), EVERY) * EVERY
+        n_seg = triton.cdiv(l, seg_len)
         save = any(ctx.needs_input_grad[:9])
         out = torch.empty_like(u)
-        hlast = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
-        states = torch.empty(b, d, n_chunks, n, device=u.device, dtype=torch.float32) if save else hlast
-        ypre = torch.empty(b, d, l, device=u.device, dtype=torch.float32) if (save and z is not None) else out
-        dummy = u
-        grid = (b, triton.cdiv(d, bd))
-        _selective_fwd[grid](u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-                             dummy if delta_bias is None else delta_bias, hlast if h0 is None else h0,
-                             out, ypre, hlast, states, l, d, n_chunks,
-                             N=n, BLOCK_D=bd, BLOCK_L=bl, HAS_D=D is not None,
-                             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                             HAS_H0=h0 is not None, SAVE=bool(save), RESET=reset_every, num_warps=cfg["num_warps"])
+        f32 = dict(device=u.device, dtype=torch.float32)
+        hlast = torch.empty(b, d, n, **f32)
+        states = torch.empty(b, d, triton.cdiv(l, EVERY), n, **f32) if save else hlast
+        ypre = torch.empty(b, d, l, **f32) if (save and z is not None) else out
+        # B, C as (b, l, n) float32: a step's n values together, read by every thread alike
+        Bt, Ct = (torch.empty(b, l, n, **f32).copy_(t.transpose(1, 2)) for t in (B, C))
+        opt = lambda t: u if t is None else t  # noqa: E731
+        flags = dict(N=n, T=cfg["T"], EVERY=EVERY, HAS_D=D is not None, HAS_Z=z is not None,
+                     HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, RESET=reset_every,
+                     num_warps=cfg["num_warps"])
+        args = (u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), opt(h0))
+        carry = hlast
+        if n_seg > 1:
+            # each segment's end state from zero and its decay, then a linear scan over the segments gives
+            # every segment's start state (slot s - 1 for segment s)
+            hend, decay = torch.empty(b, d, n, n_seg, **f32), torch.empty(b, d, n, n_seg, **f32)
+            _selective_fwd[(b, blocks, n_seg)](*args, hlast, out, ypre, hlast, states, hend, decay, l, d, seg_len,
+                                               n_seg, states.shape[2], FULL=False, SAVE=False, **flags)
+            carry = _linear_scan(decay.view(b, d * n, n_seg), hend.view(b, d * n, n_seg),
+                                 torch.zeros(b, d * n, **f32) if h0 is None else h0.view(b, d * n))
+        _selective_fwd[(b, blocks, n_seg)](*args, carry, out, ypre, hlast, states, hlast, hlast, l, d, seg_len,
+                                           n_seg, states.shape[2], FULL=True, SAVE=bool(save), **flags)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre if z is not None else None)
             ctx.softplus, ctx.has_h0, ctx.reset_every = softplus, h0 is not None, reset_every
@@ -677,7 +756,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         dD = torch.empty(b, n_chunks if parallel else 1, d, **f32) if D is not None else None
         dh0 = torch.empty(b, d, n, **f32)
         opt = lambda t, dummy=u: dummy if t is None else t  # noqa: E731
-        common = dict(N=n, BLOCK_D=bd, BLOCK_L=bl, R=bl // _tiles("fwd", l, d)[1], HAS_D=D is not None,
+        common = dict(N=n, BLOCK_D=bd, BLOCK_L=bl, R=max(1, bl // EVERY), HAS_D=D is not None,
                       HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
                       RESET=ctx.reset_every, num_warps=cfg["num_warps"], maxnreg=cfg.get("maxnreg"))
         if parallel:
@@ -712,8 +791,8 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
-    if CONFIG["bwd"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"] or CONFIG["bwd_chunks"]["BLOCK_L"] % CONFIG["fwd"]["BLOCK_L"]:
-        raise RuntimeError("CONFIG: the backward BLOCK_L must be a multiple of the forward's (chunk-start states)")
+    if CONFIG["bwd"]["BLOCK_L"] % EVERY or CONFIG["bwd_chunks"]["BLOCK_L"] % EVERY or EVERY % CONFIG["fwd"]["T"]:
+        raise RuntimeError("CONFIG: the backward BLOCK_L must be a multiple of EVERY, and EVERY of the forward's T")
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), int(reset_every))
 
 
