@@ -165,12 +165,6 @@ def _step_size(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 # ------------------------------------------------------------------------------ selective: fwd
 @gluon.jit
-def _gl_softplus(x):
-    """_softplus in Gluon: the same operations, so forward and backward see the same step sizes."""
-    return gl.where(x <= 20.0, gl.log(1.0 + gl.exp(x)), x)
-
-
-@gluon.jit
 def _step_of(tile, cols, t: gl.constexpr):
     """Column t of a (channels, T) tile whose rows each sit in one thread: a register read once compiled
     (adding -0.0 is exact, so the sum folds away)."""
@@ -230,10 +224,7 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         ug = gl.load(u_ptr + grow + offs_g[None, :], mask=m2, other=0.0)
         u = gl.convert_layout(ug, LT).to(gl.float32)
         dt = gl.convert_layout(gl.load(delta_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _gl_softplus(dt)
+        _, dt = _step_size(dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         dt = gl.where((td < DM)[:, None] & (t0 + cols < L)[None, :], dt, 0.0)  # padding: decay 1, input 0
         dtu = dt * u
         if not FULL:
