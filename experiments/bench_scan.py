@@ -193,7 +193,7 @@ def one(rows, mode, tile, device):
 
 def sweep(device):
     """Tile sizes of the Triton kernels at L=16384, float32: forwards alone (T steps per tile, warps per
-    program, programs aimed at), then each backward with the fastest forward. Leaves the fastest
+    program, programs aimed at), then the backward's segments with the fastest forward. Leaves the fastest
     forward+backward pair in CONFIG for the rest of the run."""
     from seqrl.kernels import triton_scan as T
 
@@ -206,15 +206,13 @@ def sweep(device):
     best_fwd = min((r for r in rows if "ms" in r), key=lambda r: r["ms"])
     T.CONFIG["fwd"] = {k: best_fwd[k] for k in ("T", "num_warps", "PROGRAMS")}
     best = None
-    # the backward that runs at this size (b * d = 2048, 128 chunks) is "bwd_chunks": tiles (BLOCK_D, BLOCK_L,
-    # num_warps, SUBTILES); its shares of dB and dC grow as BLOCK_D * SUBTILES shrinks (docs/benchmarks.md)
-    for bd, bl, nw, sub in [(2, 128, 1, 4), (2, 128, 1, 2), (2, 128, 1, 8), (2, 128, 1, 1), (4, 128, 2, 2),
-                            (4, 128, 1, 2), (8, 128, 4, 1)]:
-        T.CONFIG["bwd_chunks"] = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, SUBTILES=sub)
-        one(rows, "fwd+bwd", T.CONFIG["bwd_chunks"], device)
+    # the backward (a channel per thread, 2026-11-24): programs aimed at and the unit of its segments
+    for programs, seg in [(8192, 64), (4096, 128), (4096, 32), (8192, 32), (16384, 64)]:
+        T.CONFIG["bwd"] = dict(T.CONFIG["bwd"], PROGRAMS=programs, SEG=seg)
+        one(rows, "fwd+bwd", T.CONFIG["bwd"], device)
         if "ms" in rows[-1] and (best is None or rows[-1]["ms"] < best[0]):
-            best = (rows[-1]["ms"], dict(T.CONFIG["bwd_chunks"]))
-    T.CONFIG["bwd_chunks"] = best[1]
+            best = (rows[-1]["ms"], dict(T.CONFIG["bwd"]))
+    T.CONFIG["bwd"] = best[1]
     print("chosen:", T.CONFIG, flush=True)
     return rows
 

@@ -7,8 +7,8 @@ so two versions can be timed in one lease, alternating. One JSON line per (dtype
     PYTHONPATH=. python experiments/bench_scan_ab.py new --lengths 1024,4096,16384
     PYTHONPATH=. python experiments/bench_scan_ab.py new --shape 256,256,16 --lengths 60 --reset 3   # DM's shape
 
-Tiles can be overridden (--fwd T,NW,PROGRAMS; --bwd BD,BL,NW[,MAXNREG]; --bwd-chunks BD,BL,NW,SUBTILES;
---chunk-parallel-from) for sweeps. Problem: softplus(delta + bias), skip D, gate z, as in bench_scan.py, but
+Tiles can be overridden (--fwd T,NW,PROGRAMS; --bwd PROGRAMS,SEG) for sweeps. Problem: softplus(delta + bias),
+skip D, gate z, as in bench_scan.py, but
 A = -(1..N) per channel and delta ~ N(-1, 0.5) (bench_scan.py: A = -exp(N(0, 0.5)), delta ~ N(-2, 0.5)), the
 problem every recorded A/B number was taken on. At small sizes (L=1024, DM's shape) the host's launches and
 autograd dominate what do_bench measures: --kernel-times adds the GPU time of the kernels alone
@@ -37,19 +37,13 @@ def main():
     ap.add_argument("--shape", default="8,256,16", help="B,D,N")
     ap.add_argument("--reset", type=int, default=0, help="reset_every")
     ap.add_argument("--fwd", help="T,num_warps,PROGRAMS")
-    ap.add_argument("--bwd", help="BLOCK_D,BLOCK_L,num_warps[,maxnreg]")
-    ap.add_argument("--bwd-chunks", help="BLOCK_D,BLOCK_L,num_warps,SUBTILES")
-    ap.add_argument("--chunk-parallel-from", type=int)
+    ap.add_argument("--bwd", help="PROGRAMS,SEG")
     ap.add_argument("--kernel-times", action="store_true", help="also the kernels' GPU time (torch.profiler)")
     a = ap.parse_args()
     if a.fwd:
         T.CONFIG["fwd"] = tile(a.fwd, ("T", "num_warps", "PROGRAMS"))
     if a.bwd:
-        T.CONFIG["bwd"] = tile(a.bwd, ("BLOCK_D", "BLOCK_L", "num_warps", "maxnreg"))
-    if a.bwd_chunks:
-        T.CONFIG["bwd_chunks"] = tile(a.bwd_chunks, ("BLOCK_D", "BLOCK_L", "num_warps", "SUBTILES"))
-    if a.chunk_parallel_from is not None:
-        T.CHUNK_PARALLEL_FROM = a.chunk_parallel_from
+        T.CONFIG["bwd"] = dict(T.CONFIG["bwd"], **tile(a.bwd, ("PROGRAMS", "SEG")))
     b, d, n = (int(v) for v in a.shape.split(","))
     for name in a.dtypes.split(","):
         dtype = getattr(torch, name)

@@ -14,22 +14,22 @@ from seqrl.kernels.scan import (linear_scan, linear_scan_ref, selective_scan, se
                                 selective_step)
 
 
-DEVICES = ["cpu", "cpu-sequential"] + (["cuda", "cuda-chunks"] if torch.cuda.is_available() else [])
-TOL = {"cpu": 1e-9, "cpu-sequential": 1e-9, "cuda": 2e-5, "cuda-chunks": 2e-5}  # relative error against the loop
+DEVICES = ["cpu", "cpu-sequential"] + (["cuda", "cuda-segments"] if torch.cuda.is_available() else [])
+TOL = {"cpu": 1e-9, "cpu-sequential": 1e-9, "cuda": 2e-5, "cuda-segments": 2e-5}  # relative error against the loop
 
 
 @pytest.fixture(autouse=True)
 def inner_scan(request, monkeypatch):
-    """"cpu" runs a chunk's steps as a parallel scan, "cpu-sequential" one after another; "cuda" takes the
-    Triton backward that the sizes pick (here the one that walks the chunks in turn), "cuda-chunks" the one
-    that runs every chunk at once, for any sequence of two chunks or more."""
+    """"cpu" runs a chunk's steps as a parallel scan, "cpu-sequential" one after another; "cuda" runs the
+    Triton kernels in the segments the sizes pick (here one per sequence), "cuda-segments" in as many
+    segments as there are (128-step) multiples, which carries states and adjoints from segment to segment."""
     device = request.node.callspec.params.get("device") if hasattr(request.node, "callspec") else None
     monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0 if device == "cpu-sequential" else 10**9)
-    if device == "cuda-chunks":
+    if device == "cuda-segments":
         from seqrl.kernels import triton_scan
 
-        monkeypatch.setattr(triton_scan, "CHUNK_PARALLEL_FROM", 2)
-        monkeypatch.setattr(triton_scan, "CHUNK_PARALLEL_BD", 10**9)
+        monkeypatch.setitem(triton_scan.CONFIG["fwd"], "PROGRAMS", 10**9)
+        monkeypatch.setitem(triton_scan.CONFIG["bwd"], "PROGRAMS", 10**9)
 
 
 def dev(device):

@@ -17,38 +17,29 @@ inputs twice and the outputs once; the (b, l, d, n) states never exist in memory
 wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n), and with a gate z the pre-gate
 output y, (b, d, l).
 
-Backward (plain Triton). A program owns one batch row and BLOCK_D channels, in chunks of BLOCK_L steps.
-Chunks are walked from last to first, and for each n in turn (a loop at run time): the adjoint
-dh_t = C_t dy_t + dA_{t+1} dh_{t+1} runs as a forward associative scan over the chunk read in reverse
-(continued across chunks by a carried (BLOCK_D, n) adjoint, which enters through the scan's first input),
-and goes back into step order by `tl.flip` in registers (a sequence of one chunk: through a (BLOCK_D, BLOCK_L)
-scratch tile per program, a store and a load, which measured faster there; FLIP_FROM); then the chunk's
-states are recomputed, in step order, from the stored chunk-start state. Triton's reverse scan
-(`reverse=True`) costs several times the warp shuffles of a forward one. Reversed tiles are loaded as
-runs of 4 steps in step order with the runs in reverse, and each run is turned in registers (`_flip4`):
-a fully reversed address pattern made the compiler pick a layout whose scan goes through shared memory.
-dA_{t+1} is read straight from memory (delta shifted by one), and dA_t h_{t-1} = h_t - x_t gives the decay
-gradient without the previous state. Gradients of B and C sum over channels, which several programs
-share: each program writes its share, (b, d-block, n, l) in float32, and they are summed afterwards
-(deterministic, and faster than atomic adds here: 12.9 against 17.4 ms forward+backward at L=16384). The
-gradient of A is written per batch row and summed afterwards.
-
-Backward, every chunk at once (long sequences in narrow batches: CHUNK_PARALLEL_FROM, CHUNK_PARALLEL_BD).
-Walking the chunks in turn leaves b * d / BLOCK_D programs however long the sequence. The adjoint at each
-chunk's first step instead follows a linear recurrence over chunks, Q_c = local_c + M_c Q_{c+1}, whose terms
-need no scan per n (`_selective_bwd_carries`); the linear-scan kernel runs it, and then one program per chunk
-(`_selective_bwd_chunk`) does what the sequential kernel does for that chunk, entered by Q_{c+1}. Its
-programs are one warp of BLOCK_D x 128 and walk SUBTILES channel tiles each, adding their dB and dC shares, so
-the shares are (b, d / (BLOCK_D SUBTILES), n, l); it always turns the adjoint in registers. The two kernels
-share their per-tile code (`_bwd_inputs`, `_bwd_state`).
+Backward (Gluon as well, the same layout: a program is one warp, 32 channels, a thread per channel, and one
+segment). Tiles of T = EVERY steps are walked from the segment's last to its first. Per tile, each thread
+recomputes its channel's states at the tile's steps from the one the forward stored at the tile's start and
+keeps them in shared memory; then it walks the tile backwards, the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1}
+carried from step to step (and tile to tile) in registers as p = dA_t dh_t, which gives the gradients of u,
+delta and A per thread with no shuffles. The steps are loops at run time: unrolled, the compiler hoisted every
+step's exp2 and loads to the top of the tile and ran out of registers. dB and dC sum over channels, which the
+warp's threads hold one each: the states (for dC_t = sum_d dy_t h_t) and then the adjoints (for
+dB_t = sum_d dh_t dt_t u_t; the walk writes them over states it no longer needs) are read back from shared
+memory in a layout with a step's channels inside one thread and summed there. Each program writes its share,
+(b, d / 32, l, n) in float32, summed afterwards (deterministic); dA and dD shares are per segment. The adjoint
+entering each segment comes from a first pass over chunks of the segment length's largest power-of-two divisor
+(at most SEG): each chunk's own share of the adjoint at its first step and its decay
+(`_selective_bwd_carries`, no scan per n: one cumulative sum of dt, then an exp2 and a reduction per n), and
+the linear-scan kernel below carries them over chunks, last first.
 
 Groups (RESET = g > 0, `reset_every`): the decay is 0 at every step t with t % g == 0, so the state
 restarts there; in the backward the adjoint then stops at those steps too (the decay into them is 0), and
 the decay gradient vanishes by itself (h_t = x_t there).
 
-Linear scan (S4D/S5): the same chunked associative scan over h_t = a_t h_{t-1} + x_t, real or
-complex (complex tensors as interleaved real/imaginary float pairs); its backward scans conj(a_{t+1})
-over each chunk read in reverse, as the selective one does, and needs no scratch (the states are stored).
+Linear scan (S4D/S5, and the carries between segments above): a chunked associative scan over
+h_t = a_t h_{t-1} + x_t, real or complex (complex tensors as interleaved real/imaginary float pairs); its
+backward scans conj(a_{t+1}) over each chunk read in reverse (the states are stored).
 """
 
 from __future__ import annotations
@@ -62,41 +53,18 @@ from triton.experimental.gluon import language as gl
 # Tile sizes, chosen by experiments/bench_scan.py --sweep on an H100 (docs/benchmarks.md). Decays use
 # exp2 with A scaled by log2(e) = 1.4426950408889634 inside the kernels.
 # "fwd": T steps per tile, num_warps per program, and segments enough for about PROGRAMS programs; each
-# segment a multiple of EVERY steps (finer segments, of T steps, were slower at l <= 1024: the first pass
+# segment a multiple of SEG steps (finer segments, of T steps, were slower at l <= 1024: the first pass
 # and the scan over segments cost more than the parallelism gave).
-# "bwd" walks each sequence's chunks in turn; "bwd_chunks" runs every chunk at once (one-warp programs of
-# SUBTILES tiles each), for sequences of at least CHUNK_PARALLEL_FROM chunks in batches of at most
-# CHUNK_PARALLEL_BD channels (b * d), where it was measured faster: at b * d = 2048, 32 and 128 chunks,
-# -18% and -24%; at 8 chunks it was slower (+55%), and wider batches were not measured. Both backward
-# tiles were chosen again once the backward's loop over n ran at run time (docs/benchmarks.md). "bwd" is held
-# to 168 registers a thread (it would take 253): -24% at Decision Mamba's shape (b=256, d=256, l=60), -9% at
-# b=32, l=1024, +14% at b=8, l=1024 in bf16 (d=256), within 4% at the other sizes tried. Caps from 168 down
-# to 64 made "fwd" slower at every size tried, and at 168 "bwd_chunks" gained 2% in float32 and lost 13% in
-# bf16 (l=16384), so those stay uncapped.
+# "bwd": segments enough for about PROGRAMS programs, each a multiple of SEG steps; one warp per program.
+# (8192, 64) against (4096, 128): -17% at l=1024, +6% / +7% at l=4096 (float32 / bf16), even at l=16384
+# (kernel time, b=8, d=256); Decision Mamba's shape (b=256, d=256, l=60) is one segment with either.
+# "carries": the backward's first pass (plain Triton), BLOCK_D channels by one chunk per program.
 CONFIG = {"fwd": dict(T=16, num_warps=1, PROGRAMS=4096),
-          "bwd": dict(BLOCK_D=2, BLOCK_L=128, num_warps=1, maxnreg=168),
-          "bwd_chunks": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1, SUBTILES=4),
+          "bwd": dict(num_warps=1, PROGRAMS=8192, SEG=64),
+          "carries": dict(BLOCK_D=4, num_warps=1),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
-CHUNK_PARALLEL_FROM = 32
-CHUNK_PARALLEL_BD = 2048
-# The backward turns each n's adjoint back into time order in registers (`tl.flip`) rather than through a scratch
-# tile in memory: the every-chunk kernel always (its time -8% / -12% in float32 / bf16 at l=16384, -9% / -12% at
-# l=4096), the walking one from FLIP_FROM chunks (-19% / -23% at l=1024, b=8). At Decision Mamba's shape, one
-# chunk (b=256, d=256, l=60), the flip made the walking kernel 14-21% slower, so one chunk keeps the scratch.
-FLIP_FROM = 2
-EVERY = 128  # the forward stores the state every EVERY steps for the backward, whose chunks are multiples of it
-
-
-def _tiles(kind: str, l: int, d: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_L) of a selective-scan kernel for sequences of length l: CONFIG's for long ones;
-    for l shorter than the chunk, the chunk shrinks to the next power of two (at least 16) and BLOCK_D
-    grows by the same factor (up to d), so a tile holds as many elements and fewer lanes idle on padding
-    (a 3-token scan in 128-step chunks was 97% padding). The backward kernels' tiles (the forward's are
-    CONFIG["fwd"]); one chunk of any length reads the state stored at step 0."""
-    cfg = CONFIG[kind]
-    bl = min(cfg["BLOCK_L"], max(16, triton.next_power_of_2(l)))
-    bd = min(cfg["BLOCK_D"] * (cfg["BLOCK_L"] // bl), max(cfg["BLOCK_D"], triton.next_power_of_2(d)))
-    return bd, bl
+EVERY = 8  # the forward stores the state every EVERY steps: the backward's tiles start there
+SEG = 128  # the forward's segments are multiples of SEG steps; the backward's carries chunks at most SEG
 
 
 @triton.jit
@@ -229,13 +197,13 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         dtu = dt * u
         if not FULL:
             total += gl.sum(dt, axis=1)
-        if SAVE:
-            if t0 % EVERY == 0:
-                gl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + t0 // EVERY) * N + offs_n[None, :],
-                         h, mask=mdn)
         ys = gl.zeros([CH, T], gl.float32, layout=LT)
         for t in gl.static_range(T):
             # B_t, C_t: n contiguous values, the same for every thread (past the end: the last step's, times dt = 0)
+            if SAVE:  # the state before every EVERY-th step, where the backward's tiles start
+                if t % EVERY == 0:
+                    gl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + (t0 + t) // EVERY) * N
+                             + offs_n[None, :], h, mask=mdn & (t0 + t < L))
             bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n
             dA = gl.exp2(gl.convert_layout(_step_of(dt, cols, t), VH, assert_trivial=True)[:, None] * A2)
             if RESET > 0:  # where a group starts, the decay is 0 (padding past the end keeps the state)
@@ -266,167 +234,189 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
 
 
 # ------------------------------------------------------------------------------ selective: bwd
-@triton.jit
-def _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row, offs_l, offs_g, mask_d, m2, L,
-                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """A (BLOCK_D, BLOCK_L) tile's inputs to the backward, as float32: u, delta before and after softplus,
-    and the output gradient through the gate, dy, in time order; the next step's delta and dy reversed
-    (loaded at offs_g, turned by _flip4). Stores the gate's gradient."""
-    m2g = mask_d[:, None] & (offs_g[None, :] < L)
-    m2gn = mask_d[:, None] & (offs_g[None, :] + 1 < L)
-    u = tl.load(u_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-    draw, dt = _step_size(tl.load(delta_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
-                          bias[:, None], HAS_BIAS, SOFTPLUS)
-    dt = tl.where(m2, dt, 0.0)
-    # reversed: the step size of the next step, whose decay carries the adjoint back to this one
-    _, dt_n = _step_size(_flip4(tl.load(delta_ptr + row + offs_g[None, :] + 1, mask=m2gn, other=0.0).to(tl.float32)),
-                         bias[:, None], HAS_BIAS, SOFTPLUS)
-    g = tl.load(dout_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-    g_r = _flip4(tl.load(dout_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
-    if HAS_Z:
-        z = tl.load(z_ptr + row + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        y = tl.load(ypre_ptr + row + offs_l[None, :], mask=m2, other=0.0)
-        sz = tl.sigmoid(z)
-        dy = g * z * sz
-        tl.store(dz_ptr + row + offs_l[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
-                 mask=m2)
-        z_r = _flip4(tl.load(z_ptr + row + offs_g[None, :], mask=m2g, other=0.0).to(tl.float32))
-        dy_r = g_r * z_r * tl.sigmoid(z_r)
-    else:
-        dy = g
-        dy_r = g_r
-    return u, draw, dt, dt_n, dy, dy_r
+@gluon.jit
+def _sigmoid(x):
+    return gl.fdiv(1.0, 1.0 + gl.exp2(x * -1.4426950408889634))
 
 
-@triton.jit
-def _store_dh0(dh0_ptr, delta_ptr, A, bias, dh_first, pid_b, offs_d, mask_d, dn, DM, L, N: tl.constexpr,
-               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RESET: tl.constexpr):
-    """The initial state's adjoint, dA_0 dh_0, from the adjoint at step 0 (dh_first, (BLOCK_D, N))."""
-    dt0 = _step_size(tl.load(delta_ptr + pid_b * DM * L + offs_d * L, mask=mask_d, other=0.0).to(tl.float32),
-                     bias, HAS_BIAS, SOFTPLUS)[1]
-    dh0 = tl.exp2(dt0[:, None] * A * 1.4426950408889634) * dh_first
-    if RESET > 0:  # step 0 starts a group: the initial state is not used
-        dh0 = dh0 * 0.0
-    tl.store(dh0_ptr + pid_b * DM * N + dn, dh0, mask=mask_d[:, None])
+@gluon.jit
+def _adjoint_step(p, dA_acc, h_prev, r, t0, L, pid_b, A2, offs_n, B_ptr, C_ptr, dts, dys, sbs, sas, hist,
+                  VH: gl.constexpr, N: gl.constexpr, RESET: gl.constexpr):
+    """Step r of a tile in the backward's walk: the adjoint dh_r from p = dA_{r+1} dh_{r+1}; its share of the
+    decay's gradient (with h_prev, the state before step r) and the per-step sums over n, written to sbs and
+    sas; dh_r written over the state at slot r. Returns p = dA_r dh_r and the decay gradient's sum."""
+    dt_r = dts.index(r).load(VH)
+    bc = (pid_b * L + gl.minimum(t0 + r, L - 1)) * N + offs_n
+    dh = p + dys.index(r).load(VH)[:, None] * gl.load(C_ptr + bc)[None, :]
+    dA = gl.exp2(dt_r[:, None] * A2)
+    if RESET > 0:
+        dA = gl.where(((t0 + r) % RESET == 0) & (t0 + r < L), 0.0, dA)
+    p = dA * dh
+    dAh = p * h_prev  # dL/d(dA_r) dA_r
+    dA_acc += dAh * dt_r[:, None]
+    sbs.index(r).store(gl.sum(dh * gl.load(B_ptr + bc)[None, :], axis=1))
+    sas.index(r).store(gl.sum(dAh * A2, axis=1))
+    hist.index(r).store(dh)
+    return p, dA_acc
 
 
-@triton.jit
-def _bwd_state(n, q, A_ptr, B_ptr, C_ptr, states_ptr, scratch_ptr, tile, state, pid_b, offs_d, mask_d, c, L,
-               u, dt, dt_n, dtu, dy, dy_r, ddt, du, dA_acc,
-               N: tl.constexpr, BLOCK_L: tl.constexpr, RESET: tl.constexpr, FLIP: tl.constexpr):
-    """State index n of a (BLOCK_D, BLOCK_L) tile of chunk c: the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1},
-    a forward scan over the reversed chunk entered by q (the adjoint at the next chunk's first step, the decay
-    past the end being 1), back to time order by `tl.flip` in registers (FLIP) or else through this program's
-    scratch tile (a store, a barrier and a load; scratch_ptr and tile are unused with FLIP); the states, a forward
-    scan in time order from the chunk's start state (at `state` in states_ptr); their products added to the
-    gradients of delta and u and to column n of the gradient of A. Per n, the rows of B and C are loaded
-    straight into the tiles' layout, and A's column and the start state as vectors: picking a column out of a
-    register tile (_column) made the compiler move the scans into a slower layout.
-    Returns the reversed adjoint, ddt, du, dA_acc, and the tile's shares of dB_n and dC_n over its channels."""
-    cols = tl.arange(0, BLOCK_L)
-    rev = _reversed_runs(BLOCK_L)
-    offs_l = c * BLOCK_L + cols
-    offs_r = c * BLOCK_L + (BLOCK_L - 1) - cols
-    offs_g = c * BLOCK_L + rev
-    m2 = mask_d[:, None] & (offs_l[None, :] < L)
-    m2g = mask_d[:, None] & (offs_g[None, :] < L)
-    m2rn = mask_d[:, None] & (offs_r[None, :] + 1 < L)
-    offs_n = tl.arange(0, N)
-    a_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)
-    a2_n = a_n * 1.4426950408889634
-    Cn_r = _flip4(tl.load(C_ptr + (pid_b * N + n) * L + offs_g[None, :] + 0 * offs_d[:, None], mask=m2g,
-                          other=0.0).to(tl.float32))
-    dA_n = tl.where(m2rn, tl.exp2(dt_n * a2_n[:, None]), 1.0)
-    if RESET > 0:  # where the next step starts a group, its decay is 0
-        dA_n = tl.where((((offs_r + 1) % RESET == 0) & (offs_r + 1 < L))[None, :], 0.0, dA_n)
-    cdy = Cn_r * dy_r
-    cdy = tl.where(cols[None, :] == 0, cdy + dA_n * q[:, None], cdy)
-    _, dh_r = tl.associative_scan((dA_n, cdy), 1, _compose)
-    if not FLIP:
-        tl.store(scratch_ptr + tile + rev[None, :], _flip4(dh_r))
-    Bn = tl.load(B_ptr + (pid_b * N + n) * L + offs_l[None, :] + 0 * offs_d[:, None], mask=m2,
-                 other=0.0).to(tl.float32)
-    dA = tl.exp2(dt * a2_n[:, None])
-    if RESET > 0:  # where a group starts, the decay is 0
-        dA = tl.where(((offs_l % RESET == 0) & (offs_l < L))[None, :], 0.0, dA)
-    x = dtu * Bn
-    h_n = tl.load(states_ptr + state + n, mask=mask_d, other=0.0)
-    _, hs = tl.associative_scan((dA, tl.where(cols[None, :] == 0, x + dA * h_n[:, None], x)), 1, _compose)
-    if FLIP:
-        dh = tl.where(m2, tl.flip(dh_r, 1), 0.0)
-    else:
-        tl.debug_barrier()  # the adjoint tile is written by other threads than read it
-        dh = tl.where(m2, tl.load(scratch_ptr + tile + cols[None, :]), 0.0)
-        tl.debug_barrier()  # and read before the next n overwrites it
-    dAh = dh * (hs - x)  # dL/d(dA_t) dA_t, since dA_t h_{t-1} = h_t - x_t
-    dhB = dh * Bn
-    ddt += dhB * u + dAh * a_n[:, None]
-    du += dhB * dt
-    dA_acc = tl.where(offs_n[None, :] == n, dA_acc + tl.sum(dAh * dt, axis=1)[:, None], dA_acc)
-    return dh_r, ddt, du, dA_acc, tl.sum(dh * dtu, axis=0), tl.sum(hs * dy, axis=0)
-
-
-@triton.jit
-def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr,
-                   dout_ptr, dhlast_ptr, scratch_ptr,
-                   du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
-                   L, DM, n_chunks, n_states,
-                   N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
-                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_DHLAST: tl.constexpr, RESET: tl.constexpr, FLIP: tl.constexpr):
-    """The chunks one after another, last first, the adjoint carried from chunk to chunk in registers."""
-    pid_b = tl.program_id(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, N)
-    cols = tl.arange(0, BLOCK_L)
+@gluon.jit
+def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr, dout_ptr,
+                   dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
+                   L, DM, seg_len, n_seg, n_states, n_chunks,
+                   N: gl.constexpr, T: gl.constexpr, SEG: gl.constexpr, RT: gl.constexpr, RN: gl.constexpr,
+                   HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
+                   SOFTPLUS: gl.constexpr, HAS_DHLAST: gl.constexpr, RESET: gl.constexpr):
+    """One segment of one batch row for 32 channels (one warp), a channel per thread, in tiles of T steps
+    from last to first. Per tile: the states at its steps are recomputed from the one the forward stored at
+    its start and kept in shared memory (a thread writes and reads its own channel's rows); the adjoint
+    dh_t = C_t dy_t + dA_{t+1} dh_{t+1} is walked backwards through them, one step at a time, and carried
+    from tile to tile as p = dA_t dh_t. dB and dC sum over channels, which the threads hold one each, so
+    they are summed from shared memory in a layout with the channels inside a thread (LR: RT threads along
+    the steps, TC along the channels, RN along n): dC_t from the states, then dB_t from the adjoints, which
+    the walk writes over the states it no longer needs. Each program writes its share, (b, d-block, l, n),
+    summed over d-blocks afterwards. The adjoint entering the segment comes from `carries` (per SEG-step
+    chunk, SEG here the carries' chunk: _selective_bwd_carries and a linear scan); shares of dA and dD are
+    (b, n_seg, d, n) and (b, n_seg, d)."""
+    gl.static_assert(gl.num_warps() == 1, "one warp per program")
+    CH: gl.constexpr = 32
+    VEC: gl.constexpr = 4 if N >= 4 else N
+    LH: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [1, 1], [1, 0])  # (CH, N): a thread's channel
+    LT: gl.constexpr = gl.BlockedLayout([1, T], [32, 1], [1, 1], [1, 0])  # (CH, T): a thread's channel
+    LG: gl.constexpr = gl.BlockedLayout([1, 4], [128 // T, T // 4], [1, 1], [1, 0])  # (CH, T) as loaded
+    TC: gl.constexpr = 32 // (RT * RN)  # threads that share a step's channels
+    LR: gl.constexpr = gl.BlockedLayout([CH // TC, N // RN], [RT * TC, RN], [1, 1], [1, 0])  # (T * CH, N)
+    L3: gl.constexpr = gl.BlockedLayout([1, CH // TC, N // RN], [RT, TC, RN], [1, 1, 1], [2, 1, 0])  # as (T, CH, N)
+    VH: gl.constexpr = gl.SliceLayout(1, LH)
+    VN: gl.constexpr = gl.SliceLayout(0, LH)
+    VT: gl.constexpr = gl.SliceLayout(1, LT)
+    SR: gl.constexpr = gl.SliceLayout(1, L3)  # (T, N): sums over channels
+    ROW: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    # hist: slot t the state after step t of the tile, overwritten by the adjoint at t once the walk is past it
+    SW: gl.constexpr = gl.SwizzledSharedLayout(VEC, 2, 4, [1, 0])  # the rows of 8 channels' n values apart in banks
+    hist2 = gl.allocate_shared_memory(gl.float32, [T * CH, N], SW)  # rows t * CH + c
+    hist = hist2._reinterpret(gl.float32, [T, CH, N], SW)  # per step (the swizzle repeats every 8 rows)
+    dts = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)
+    dtus2 = gl.allocate_shared_memory(gl.float32, [T * CH], ROW)
+    dtus = dtus2._reinterpret(gl.float32, [T, CH], ROW)
+    dys2 = gl.allocate_shared_memory(gl.float32, [T * CH], ROW)
+    dys = dys2._reinterpret(gl.float32, [T, CH], ROW)
+    sbs = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of dh B
+    sas = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of A2 dh dA h_prev
+    pid_b = gl.program_id(0)
+    d0 = gl.program_id(1) * CH
+    seg = gl.program_id(2)
+    offs_d = d0 + gl.arange(0, CH, layout=VH)
+    offs_n = gl.arange(0, N, layout=VN)
     dn = offs_d[:, None] * N + offs_n[None, :]
-    A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
-    if HAS_DHLAST:  # adjoint of the state after the last step, carried backwards chunk by chunk
-        carry = tl.load(dhlast_ptr + pid_b * DM * N + dn, mask=mask_d[:, None], other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    row = pid_b * DM * L + offs_d[:, None] * L
-    # this program's (BLOCK_D, BLOCK_L) tile of scratch: the adjoint, written in reversed time order, read in order
-    tile = (pid_b * tl.num_programs(1) + tl.program_id(1)) * BLOCK_D * BLOCK_L + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L
-    rev = _reversed_runs(BLOCK_L)
-    for ci in tl.range(0, n_chunks):
-        c = n_chunks - 1 - ci
-        # two views of the chunk: in time order (offs_l) and reversed (offs_g: _reversed_runs, turned by _flip4)
-        offs_l = c * BLOCK_L + cols
-        offs_g = c * BLOCK_L + rev
-        mask_l = offs_l < L
-        m2 = mask_d[:, None] & mask_l[None, :]
-        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row,
-                                                  offs_l, offs_g, mask_d, m2, L, HAS_Z, HAS_BIAS, SOFTPLUS)
-        du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-            du += Dv[:, None] * dy
-        ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        dtu = dt * u
-        for n in tl.range(0, N):
-            # the chunk's start state was stored by the forward every BLOCK_L / R steps
-            dh_r, ddt, du, dA_acc, share_b, share_c = _bwd_state(
-                n, _column(carry, offs_n, n), A_ptr, B_ptr, C_ptr, states_ptr, scratch_ptr, tile,
-                ((pid_b * DM + offs_d) * n_states + c * R) * N, pid_b, offs_d, mask_d, c, L, u, dt, dt_n, dtu, dy,
-                dy_r, ddt, du, dA_acc, N, BLOCK_L, RESET, FLIP)
-            carry = tl.where(offs_n[None, :] == n, _column(dh_r, cols, BLOCK_L - 1)[:, None], carry)
-            # this program's share of dB, dC: (b, d-block, n, l), summed over d-blocks afterwards
-            part = ((pid_b * tl.num_programs(1) + tl.program_id(1)) * N + n) * L + offs_l
-            tl.store(dB_ptr + part, share_b, mask=mask_l)
-            tl.store(dC_ptr + part, share_c, mask=mask_l)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(draw)
-        tl.store(du_ptr + row + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
-    tl.store(dA_ptr + pid_b * DM * N + dn, dA_acc, mask=mask_d[:, None])
-    # the carry left after the first chunk is the adjoint at step 0
-    _store_dh0(dh0_ptr, delta_ptr, A, bias, carry, pid_b, offs_d, mask_d, dn, DM, L, N, HAS_BIAS, SOFTPLUS, RESET)
+    mdn = (offs_d < DM)[:, None] & (offs_n < N)[None, :]
+    A2 = gl.load(A_ptr + dn, mask=mdn, other=0.0) * 1.4426950408889634
+    gd = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LG))
+    gcols = gl.arange(0, T, layout=gl.SliceLayout(0, LG))
+    grow = (pid_b * DM + gd[:, None]) * L
+    td = d0 + gl.arange(0, CH, layout=VT)
+    cols = gl.arange(0, T, layout=gl.SliceLayout(0, LT))
+    rt = gl.arange(0, T, layout=gl.SliceLayout(1, SR))
+    rn = gl.arange(0, N, layout=gl.SliceLayout(0, SR))
+    part = (pid_b * gl.num_programs(1) + gl.program_id(1)) * L
+    bias = gl.zeros([CH], gl.float32, layout=VT)
+    bias_h = gl.zeros([CH], gl.float32, layout=VH)
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + td, mask=td < DM, other=0.0).to(gl.float32)
+        bias_h = gl.load(bias_ptr + offs_d, mask=offs_d < DM, other=0.0).to(gl.float32)
+    Dv = gl.zeros([CH], gl.float32, layout=VT)
     if HAS_D:
-        tl.store(dD_ptr + pid_b * DM + offs_d, dD_acc, mask=mask_d)
+        Dv = gl.load(D_ptr + td, mask=td < DM, other=0.0).to(gl.float32)
+    t_begin = seg * seg_len
+    t_end = gl.minimum(t_begin + seg_len, L)
+    # the adjoint entering the segment, p = dA_{t_end} dh_{t_end} (past the last step the decay is 1)
+    p = gl.zeros([CH, N], gl.float32, layout=LH)
+    if seg == n_seg - 1:
+        if HAS_DHLAST:
+            p = gl.load(dhlast_ptr + pid_b * DM * N + dn, mask=mdn, other=0.0)
+    else:
+        q = gl.load(carries_ptr + (pid_b * DM * N + dn) * (n_chunks + 1) + n_chunks - t_end // SEG, mask=mdn,
+                    other=0.0)
+        _, dt_e = _step_size(gl.load(delta_ptr + (pid_b * DM + offs_d) * L + t_end, mask=offs_d < DM,
+                                     other=0.0).to(gl.float32), bias_h, HAS_BIAS, SOFTPLUS)
+        p = gl.exp2(dt_e[:, None] * A2) * q
+        if RESET > 0:  # the step after the segment starts a group: nothing flows back across it
+            p = gl.where(t_end % RESET == 0, 0.0, p)
+    dA_acc = gl.zeros([CH, N], gl.float32, layout=LH)
+    dD_acc = gl.zeros([CH], gl.float32, layout=VT)
+    n_tiles = (t_end - t_begin + T - 1) // T
+    for i in range(n_tiles):
+        t0 = t_begin + (n_tiles - 1 - i) * T
+        offs_g = t0 + gcols
+        m2 = (gd < DM)[:, None] & (offs_g < L)[None, :]
+        u = gl.convert_layout(gl.load(u_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
+        raw = gl.convert_layout(gl.load(delta_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
+        raw, dt = _step_size(raw, bias[:, None], HAS_BIAS, SOFTPLUS)
+        dt = gl.where((td < DM)[:, None] & (t0 + cols < L)[None, :], dt, 0.0)  # padding: decay 1, input 0
+        g = gl.load(dout_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+        if HAS_Z:
+            z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+            y = gl.load(ypre_ptr + grow + offs_g[None, :], mask=m2, other=0.0)
+            sz = _sigmoid(z)
+            gl.store(dz_ptr + grow + offs_g[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                     mask=m2)
+            g = g * z * sz
+        dy = gl.convert_layout(g, LT)
+        if HAS_D:
+            dD_acc += gl.sum(dy * u, axis=1)
+        gl.thread_barrier()  # the previous tile's sums have read what is overwritten here
+        for t in gl.static_range(T):  # the tile's vectors, a step per row
+            dts.index(t).store(_step_of(dt, cols, t))
+            dtus.index(t).store(_step_of(dt * u, cols, t))
+            dys.index(t).store(_step_of(dy, cols, t))
+        h_at = states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + t0 // T) * N + offs_n[None, :]
+        h = gl.load(h_at, mask=mdn, other=0.0)
+        # the states at the tile's steps
+        for t in range(T):
+            dA = gl.exp2(dts.index(t).load(VH)[:, None] * A2)
+            if RESET > 0:
+                dA = gl.where(((t0 + t) % RESET == 0) & (t0 + t < L), 0.0, dA)
+            bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n  # B_t, C_t: the same for every thread
+            h = dA * h + dtus.index(t).load(VH)[:, None] * gl.load(B_ptr + bc)[None, :]
+            hist.index(t).store(h)
+        gl.thread_barrier()
+        # dC_t = sum over channels of dy_t h_t
+        terms = hist2.load(LR) * dys2.load(gl.SliceLayout(1, LR))[:, None]
+        share = gl.sum(gl.convert_layout(gl.reshape(terms, [T, CH, N]), L3, assert_trivial=True), axis=1)
+        mr = (t0 + rt < L)[:, None] & (rn < N)[None, :]
+        gl.store(dC_ptr + (part + t0 + rt[:, None]) * N + rn[None, :], share, mask=mr)
+        gl.thread_barrier()  # the walk writes over the states
+        # the adjoint, from the tile's last step to its first
+        for k in range(T - 1):
+            r = T - 1 - k
+            p, dA_acc = _adjoint_step(p, dA_acc, hist.index(r - 1).load(LH), r, t0, L, pid_b, A2, offs_n, B_ptr,
+                                      C_ptr, dts, dys, sbs, sas, hist, VH, N, RESET)
+        p, dA_acc = _adjoint_step(p, dA_acc, gl.load(h_at, mask=mdn, other=0.0), 0, t0, L, pid_b, A2, offs_n, B_ptr,
+                                  C_ptr, dts, dys, sbs, sas, hist, VH, N, RESET)
+        gl.thread_barrier()
+        # dB_t = sum over channels of dh_t dt_t u_t
+        terms = hist2.load(LR) * dtus2.load(gl.SliceLayout(1, LR))[:, None]
+        share = gl.sum(gl.convert_layout(gl.reshape(terms, [T, CH, N]), L3, assert_trivial=True), axis=1)
+        gl.store(dB_ptr + (part + t0 + rt[:, None]) * N + rn[None, :], share, mask=mr)
+        s_b = gl.zeros([CH, T], gl.float32, layout=LT)
+        s_a = gl.zeros([CH, T], gl.float32, layout=LT)
+        for t in gl.static_range(T):
+            s_b = gl.where(cols[None, :] == t, sbs.index(t).load(VT)[:, None], s_b)
+            s_a = gl.where(cols[None, :] == t, sas.index(t).load(VT)[:, None], s_a)
+        du = dt * s_b
+        if HAS_D:
+            du += Dv[:, None] * dy
+        ddt = u * s_b + s_a * 0.6931471805599453  # A = A2 ln 2
+        if SOFTPLUS:
+            ddt = ddt * _sigmoid(raw)
+        gl.store(du_ptr + grow + offs_g[None, :], gl.convert_layout(du, LG).to(du_ptr.dtype.element_ty), mask=m2)
+        gl.store(ddelta_ptr + grow + offs_g[None, :], gl.convert_layout(ddt, LG).to(ddelta_ptr.dtype.element_ty),
+                 mask=m2)
+    gl.store(dA_ptr + ((pid_b * n_seg + seg) * DM) * N + dn, dA_acc, mask=mdn)
+    if HAS_D:
+        gl.store(dD_ptr + (pid_b * n_seg + seg) * DM + td, dD_acc, mask=td < DM)
+    if seg == 0:  # dA_0 dh_0, the initial state's adjoint (0 with groups: step 0 starts one)
+        gl.store(dh0_ptr + pid_b * DM * N + dn, p, mask=mdn)
 
 
 @triton.jit
@@ -482,71 +472,6 @@ def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, x
             m = tl.where(open_end, m, 0.0)
         tl.store(x_ptr + slot + n * (n_chunks + 1), tl.sum(w * (Cn[None, :] * g), axis=1), mask=mask_d)
         tl.store(m_ptr + slot + n * (n_chunks + 1), m, mask=mask_d)
-
-
-@triton.jit
-def _selective_bwd_chunk(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr,
-                         dout_ptr, carries_ptr,
-                         du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
-                         L, DM, n_chunks, n_states,
-                         N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr,
-                         SUBTILES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, RESET: tl.constexpr):
-    """Every chunk at once: a program owns one chunk of SUBTILES x BLOCK_D channels and walks its tiles one
-    after another. The adjoint entering the chunk from the next (Q_{c+1}) comes from `carries` (slot
-    n_chunks - 1 - c, from _selective_bwd_carries and a linear scan over chunks), its start state from
-    `states`. Per-program shares of dA and dD, (b, chunk, d, n) and (b, chunk, d), are summed afterwards."""
-    pid_b = tl.program_id(0)
-    pid_g = tl.program_id(1)
-    c = tl.program_id(2)
-    offs_n = tl.arange(0, N)
-    cols = tl.arange(0, BLOCK_L)
-    offs_l = c * BLOCK_L + cols
-    offs_g = c * BLOCK_L + _reversed_runs(BLOCK_L)
-    mask_l = offs_l < L
-    for s in tl.range(0, SUBTILES):
-        offs_d = (pid_g * SUBTILES + s) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < DM
-        dn = offs_d[:, None] * N + offs_n[None, :]
-        A, bias, Dv = _channels(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, dn, HAS_BIAS, HAS_D)
-        m2 = mask_d[:, None] & mask_l[None, :]
-        row = pid_b * DM * L + offs_d[:, None] * L
-        u, draw, dt, dt_n, dy, dy_r = _bwd_inputs(u_ptr, delta_ptr, dout_ptr, z_ptr, ypre_ptr, dz_ptr, bias, row,
-                                                  offs_l, offs_g, mask_d, m2, L, HAS_Z, HAS_BIAS, SOFTPLUS)
-        du = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        if HAS_D:
-            tl.store(dD_ptr + (pid_b * n_chunks + c) * DM + offs_d, tl.sum(dy * u, axis=1), mask=mask_d)
-            du += Dv[:, None] * dy
-        ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        dtu = dt * u
-        dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        if NEED_DH0:
-            dh_first = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        for n in tl.range(0, N):
-            q = tl.load(carries_ptr + ((pid_b * DM + offs_d) * N + n) * (n_chunks + 1) + (n_chunks - 1 - c),
-                        mask=mask_d, other=0.0)
-            dh_r, ddt, du, dA_acc, share_b, share_c = _bwd_state(
-                n, q, A_ptr, B_ptr, C_ptr, states_ptr, None, None,
-                ((pid_b * DM + offs_d) * n_states + c * R) * N, pid_b, offs_d, mask_d, c, L, u, dt, dt_n, dtu, dy,
-                dy_r, ddt, du, dA_acc, N, BLOCK_L, RESET, True)
-            if NEED_DH0:
-                dh_first = tl.where(offs_n[None, :] == n, _column(dh_r, cols, BLOCK_L - 1)[:, None], dh_first)
-            # this program's share of dB, dC: (b, group, n, l), its tiles added here and the groups afterwards
-            part = ((pid_b * tl.num_programs(1) + pid_g) * N + n) * L + offs_l
-            share_b += tl.load(dB_ptr + part, mask=mask_l & (s > 0), other=0.0)
-            share_c += tl.load(dC_ptr + part, mask=mask_l & (s > 0), other=0.0)
-            tl.store(dB_ptr + part, share_b, mask=mask_l)
-            tl.store(dC_ptr + part, share_c, mask=mask_l)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(draw)
-        tl.store(du_ptr + row + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + row + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
-        tl.store(dA_ptr + (pid_b * n_chunks + c) * DM * N + dn, dA_acc, mask=mask_d[:, None])
-        if NEED_DH0:
-            if c == 0:
-                _store_dh0(dh0_ptr, delta_ptr, A, bias, dh_first, pid_b, offs_d, mask_d, dn, DM, L, N, HAS_BIAS,
-                           SOFTPLUS, RESET)
-        tl.debug_barrier()  # the next tile reads this one's dB, dC shares
 
 
 # ------------------------------------------------------------------------------ selective: step
@@ -619,8 +544,8 @@ def _linear_fwd(a_ptr, x_ptr, h0_ptr, h_ptr, L, DM, n_chunks,
 def _linear_bwd(a_ptr, h0_ptr, h_ptr, g_ptr, da_ptr, dx_ptr, dh0_ptr, L, DM, n_chunks,
                 COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """dh_t = g_t + conj(a_{t+1}) dh_{t+1}; dx_t = dh_t; da_t = dh_t conj(h_{t-1}); dh0 = conj(a_0) dh_0.
-    Each chunk is read and written in reversed time order (runs of 4 turned by _flip4, as in the selective
-    backward), so the adjoint is a forward scan."""
+    Each chunk is read and written in reversed time order (runs of 4 turned by _flip4), so the adjoint is a
+    forward scan."""
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DM
@@ -681,9 +606,17 @@ def _opt(t):
     return None if t is None else t.contiguous()
 
 
+def _segments(l: int, rows: int, programs: int, unit: int) -> tuple[int, int]:
+    """(number, length) of segments of a sequence of l steps: multiples of `unit` steps, enough of them for
+    about `programs` programs when `rows` programs (batch rows x channel blocks) share each segment."""
+    n_seg = max(1, min(triton.cdiv(l, unit), programs // rows))
+    seg_len = triton.cdiv(triton.cdiv(l, n_seg), unit) * unit
+    return triton.cdiv(l, seg_len), seg_len
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset_every):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset_every, grad_enabled):
         u, delta, B, C, z = (_opt(t) for t in (u, delta, B, C, z))
         A = A.contiguous().float()
         D, delta_bias = _opt(D), _opt(delta_bias)
@@ -692,11 +625,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         n = A.shape[1]
         cfg = CONFIG["fwd"]
         blocks = triton.cdiv(d, 32 * cfg["num_warps"])
-        # segments of a multiple of EVERY steps, enough of them for about PROGRAMS programs
-        n_seg = max(1, min(triton.cdiv(l, EVERY), cfg["PROGRAMS"] // (b * blocks)))
-        seg_len = triton.cdiv(triton.cdiv(l, n_seg), EVERY) * EVERY
-        n_seg = triton.cdiv(l, seg_len)
-        save = any(ctx.needs_input_grad[:9])
+        n_seg, seg_len = _segments(l, b * blocks, cfg["PROGRAMS"], SEG)
+        save = grad_enabled and any(ctx.needs_input_grad[:9])  # needs_input_grad ignores torch.no_grad()
         out = torch.empty_like(u)
         f32 = dict(device=u.device, dtype=torch.float32)
         hlast = torch.empty(b, d, n, **f32)
@@ -721,70 +651,66 @@ class _SelectiveScanFn(torch.autograd.Function):
         _selective_fwd[(b, blocks, n_seg)](*args, carry, out, ypre, hlast, states, hlast, hlast, l, d, seg_len,
                                            n_seg, states.shape[2], FULL=True, SAVE=bool(save), **flags)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre if z is not None else None)
+            ctx.save_for_backward(u, delta, A, Bt, Ct, C, D, z, delta_bias, states, ypre if z is not None else None)
             ctx.softplus, ctx.has_h0, ctx.reset_every = softplus, h0 is not None, reset_every
+            ctx.dtypes = B.dtype, C.dtype
         return out, hlast
 
     @staticmethod
     def backward(ctx, dout, dhlast):
-        u, delta, A, B, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
+        u, delta, A, Bt, Ct, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
         b, d, l = u.shape
         n = A.shape[1]
         dout = dout.contiguous()
         f32 = dict(device=u.device, dtype=torch.float32)
-        parallel = triton.cdiv(l, CONFIG["bwd_chunks"]["BLOCK_L"]) >= CHUNK_PARALLEL_FROM and b * d <= CHUNK_PARALLEL_BD
-        kind = "bwd_chunks" if parallel else "bwd"
-        cfg = CONFIG[kind]
-        bd, bl = _tiles(kind, l, d)
-        n_chunks = triton.cdiv(l, bl)
-        sub = cfg.get("SUBTILES", 1)
-        n_groups = triton.cdiv(d, bd * sub)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        dA = torch.empty(b, n_chunks if parallel else 1, d, n, **f32)
-        dB = torch.empty(b, n_groups, n, l, **f32)
-        dC = torch.empty_like(dB)
-        dD = torch.empty(b, n_chunks if parallel else 1, d, **f32) if D is not None else None
-        dh0 = torch.empty(b, d, n, **f32)
+        cfg = CONFIG["bwd"]
+        blocks = triton.cdiv(d, 32 * cfg["num_warps"])
+        n_seg, seg_len = _segments(l, b * blocks, cfg["PROGRAMS"], cfg["SEG"])
+        chunk = min(SEG, seg_len & -seg_len)  # the carries' chunks: a power of two that divides seg_len
+        n_chunks = triton.cdiv(l, chunk)
         opt = lambda t, dummy=u: dummy if t is None else t  # noqa: E731
-        common = dict(N=n, BLOCK_D=bd, BLOCK_L=bl, R=max(1, bl // EVERY), HAS_D=D is not None,
-                      HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-                      RESET=ctx.reset_every, num_warps=cfg["num_warps"], maxnreg=cfg.get("maxnreg"))
-        if parallel:
-            # the adjoint entering each chunk from the next, Q_{c+1}: each chunk's own share and decay, then
-            # a linear scan over the chunks, last first; slot 0 holds dhlast
+        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
+                     RESET=ctx.reset_every)
+        dhlast = None if dhlast is None else dhlast.contiguous().float()
+        carries = None
+        if n_seg > 1:
+            # the adjoint at each SEG-step chunk's first step: each chunk's own share and decay, then a linear
+            # scan over the chunks, last first; slot 0 holds dhlast
             x, m = torch.empty(b, d, n, n_chunks + 1, **f32), torch.empty(b, d, n, n_chunks + 1, **f32)
             x[..., 0] = 0.0 if dhlast is None else dhlast
             m[..., 0] = 0.0
-            _selective_bwd_carries[(b, triton.cdiv(d, bd), n_chunks)](
-                delta, A, C, opt(z), opt(delta_bias), dout, x, m, l, d, n_chunks, N=n, BLOCK_D=bd, BLOCK_L=bl,
-                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus, RESET=ctx.reset_every,
-                num_warps=cfg["num_warps"])
+            ck = CONFIG["carries"]
+            _selective_bwd_carries[(b, triton.cdiv(d, ck["BLOCK_D"]), n_chunks)](
+                delta, A, C, opt(z), opt(delta_bias), dout, x, m, l, d, n_chunks, N=n, BLOCK_D=ck["BLOCK_D"],
+                BLOCK_L=chunk, num_warps=ck["num_warps"], **flags)
             carries = _linear_scan(m.view(b, d * n, n_chunks + 1), x.view(b, d * n, n_chunks + 1),
                                    torch.zeros(b, d * n, **f32))
-            _selective_bwd_chunk[(b, n_groups, n_chunks)](
-                u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), states, opt(ypre), dout, carries,
-                du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, n_chunks, states.shape[2],
-                SUBTILES=sub, NEED_DH0=ctx.has_h0, **common)
-        else:
-            flip = n_chunks >= FLIP_FROM
-            _selective_bwd[(b, n_groups)](
-                u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), states, opt(ypre),
-                dout, dh0 if dhlast is None else dhlast.contiguous().float(),
-                u if flip else torch.empty(b * n_groups * bd * bl, **f32),
-                du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, n_chunks, states.shape[2],
-                HAS_DHLAST=dhlast is not None, FLIP=flip, **common)
-        dB, dC = dB.sum(1), dC.sum(1)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dA = torch.empty(b, n_seg, d, n, **f32)
+        dB = torch.empty(b, blocks, l, n, **f32)
+        dC = torch.empty_like(dB)
+        dD = torch.empty(b, n_seg, d, **f32) if D is not None else None
+        dh0 = torch.empty(b, d, n, **f32)
+        rn = min(32, max(1, n // 4))  # dB, dC are summed with RN threads along n and RT along the tile's steps
+        rt = min(EVERY, 32 // rn)
+        _selective_bwd[(b, blocks, n_seg)](
+            u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, opt(ypre), dout, opt(dhlast, dh0),
+            opt(carries, dh0), du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, seg_len, n_seg,
+            states.shape[2], n_chunks, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
+            HAS_DHLAST=dhlast is not None, num_warps=cfg["num_warps"], **flags)
         dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return (du, ddelta, dA.sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype),
-                dD.sum((0, 1)).to(D.dtype) if D is not None else None, dz, dbias,
-                dh0 if ctx.has_h0 else None, None, None)
+        return (du, ddelta, dA.sum((0, 1)), dB.sum(1).transpose(1, 2).to(ctx.dtypes[0]),
+                dC.sum(1).transpose(1, 2).to(ctx.dtypes[1]), dD.sum((0, 1)).to(D.dtype) if D is not None else None,
+                dz, dbias, dh0 if ctx.has_h0 else None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
-    if CONFIG["bwd"]["BLOCK_L"] % EVERY or CONFIG["bwd_chunks"]["BLOCK_L"] % EVERY or EVERY % CONFIG["fwd"]["T"]:
-        raise RuntimeError("CONFIG: the backward BLOCK_L must be a multiple of EVERY, and EVERY of the forward's T")
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), int(reset_every))
+    if EVERY % 4 or CONFIG["fwd"]["T"] % EVERY or SEG % CONFIG["fwd"]["T"] or CONFIG["bwd"]["SEG"] % EVERY:
+        raise RuntimeError("CONFIG: EVERY must be a multiple of 4, the forward's T and the backward's SEG of EVERY, "
+                           "and SEG of T")
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), int(reset_every),
+                                  torch.is_grad_enabled())
 
 
 def selective_step_triton(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
