@@ -140,6 +140,25 @@ def _step_of(tile, cols, t: gl.constexpr):
 
 
 @gluon.jit
+def _program_indices(A_ptr, pid_b, d0, L, DM, CH: gl.constexpr, N: gl.constexpr, T: gl.constexpr, LH: gl.constexpr,
+                     LT: gl.constexpr, LG: gl.constexpr):
+    """A program's channels and steps in each layout, shared by the forward and the backward: channels and n
+    of the states (LH) with their flat (d, n) offsets, mask and A scaled by log2(e); channels and steps of a
+    tile as loaded (LG, with the rows' offsets) and as held a channel per thread (LT)."""
+    offs_d = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LH))
+    offs_n = gl.arange(0, N, layout=gl.SliceLayout(0, LH))
+    dn = offs_d[:, None] * N + offs_n[None, :]
+    mdn = (offs_d < DM)[:, None] & (offs_n < N)[None, :]
+    A2 = gl.load(A_ptr + dn, mask=mdn, other=0.0) * 1.4426950408889634
+    gd = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LG))
+    gcols = gl.arange(0, T, layout=gl.SliceLayout(0, LG))
+    grow = (pid_b * DM + gd[:, None]) * L
+    td = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LT))
+    cols = gl.arange(0, T, layout=gl.SliceLayout(0, LT))
+    return offs_d, offs_n, dn, mdn, A2, gd, gcols, grow, td, cols
+
+
+@gluon.jit
 def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, carry_ptr,
                    out_ptr, ypre_ptr, hlast_ptr, states_ptr, hend_ptr, decay_ptr, L, DM, seg_len, n_seg, n_states,
                    N: gl.constexpr, T: gl.constexpr, EVERY: gl.constexpr, FULL: gl.constexpr,
@@ -160,16 +179,8 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     pid_b = gl.program_id(0)
     d0 = gl.program_id(1) * CH
     seg = gl.program_id(2)
-    offs_d = d0 + gl.arange(0, CH, layout=VH)
-    offs_n = gl.arange(0, N, layout=gl.SliceLayout(0, LH))
-    dn = offs_d[:, None] * N + offs_n[None, :]
-    mdn = (offs_d < DM)[:, None] & (offs_n < N)[None, :]
-    A2 = gl.load(A_ptr + dn, mask=mdn, other=0.0) * 1.4426950408889634
-    gd = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LG))
-    gcols = gl.arange(0, T, layout=gl.SliceLayout(0, LG))
-    grow = (pid_b * DM + gd[:, None]) * L
-    td = d0 + gl.arange(0, CH, layout=VT)
-    cols = gl.arange(0, T, layout=gl.SliceLayout(0, LT))
+    offs_d, offs_n, dn, mdn, A2, gd, gcols, grow, td, cols = _program_indices(A_ptr, pid_b, d0, L, DM, CH, N, T, LH,
+                                                                             LT, LG)
     bias = gl.zeros([CH], gl.float32, layout=VT)
     if HAS_BIAS:
         bias = gl.load(bias_ptr + td, mask=td < DM, other=0.0).to(gl.float32)
@@ -306,16 +317,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     pid_b = gl.program_id(0)
     d0 = gl.program_id(1) * CH
     seg = gl.program_id(2)
-    offs_d = d0 + gl.arange(0, CH, layout=VH)
-    offs_n = gl.arange(0, N, layout=VN)
-    dn = offs_d[:, None] * N + offs_n[None, :]
-    mdn = (offs_d < DM)[:, None] & (offs_n < N)[None, :]
-    A2 = gl.load(A_ptr + dn, mask=mdn, other=0.0) * 1.4426950408889634
-    gd = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LG))
-    gcols = gl.arange(0, T, layout=gl.SliceLayout(0, LG))
-    grow = (pid_b * DM + gd[:, None]) * L
-    td = d0 + gl.arange(0, CH, layout=VT)
-    cols = gl.arange(0, T, layout=gl.SliceLayout(0, LT))
+    offs_d, offs_n, dn, mdn, A2, gd, gcols, grow, td, cols = _program_indices(A_ptr, pid_b, d0, L, DM, CH, N, T, LH,
+                                                                             LT, LG)
     rt = gl.arange(0, T, layout=gl.SliceLayout(1, SR))
     rn = gl.arange(0, N, layout=gl.SliceLayout(0, SR))
     part = (pid_b * gl.num_programs(1) + gl.program_id(1)) * L
