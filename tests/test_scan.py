@@ -21,8 +21,9 @@ TOL = {"cpu": 1e-9, "cpu-sequential": 1e-9, "cuda": 2e-5, "cuda-segments": 2e-5}
 @pytest.fixture(autouse=True)
 def inner_scan(request, monkeypatch):
     """"cpu" runs a chunk's steps as a parallel scan, "cpu-sequential" one after another; "cuda" runs the
-    Triton kernels in the segments the sizes pick (here one per sequence), "cuda-segments" in as many
-    segments as there are (128-step) multiples, which carries states and adjoints from segment to segment."""
+    Triton kernels in the segments the sizes pick (here one per sequence), "cuda-segments" in the shortest
+    segments allowed (the forward's SEG, the backward's CONFIG["bwd"]["SEG"] steps), which carries states and
+    adjoints from segment to segment."""
     device = request.node.callspec.params.get("device") if hasattr(request.node, "callspec") else None
     monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0 if device == "cpu-sequential" else 10**9)
     if device == "cuda-segments":

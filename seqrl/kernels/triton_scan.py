@@ -55,12 +55,12 @@ from triton.experimental.gluon import language as gl
 # "fwd": T steps per tile, num_warps per program, and segments enough for about PROGRAMS programs; each
 # segment a multiple of SEG steps (finer segments, of T steps, were slower at l <= 1024: the first pass
 # and the scan over segments cost more than the parallelism gave).
-# "bwd": segments enough for about PROGRAMS programs, each a multiple of SEG steps; one warp per program.
+# "bwd": segments enough for about PROGRAMS programs, each a multiple of SEG steps (one-warp programs).
 # (8192, 64) against (4096, 128): -17% at l=1024, +6% / +7% at l=4096 (float32 / bf16), even at l=16384
 # (kernel time, b=8, d=256); Decision Mamba's shape (b=256, d=256, l=60) is one segment with either.
 # "carries": the backward's first pass (plain Triton), BLOCK_D channels by one chunk per program.
 CONFIG = {"fwd": dict(T=16, num_warps=1, PROGRAMS=4096),
-          "bwd": dict(num_warps=1, PROGRAMS=8192, SEG=64),
+          "bwd": dict(PROGRAMS=8192, SEG=64),
           "carries": dict(BLOCK_D=4, num_warps=1),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
 EVERY = 8  # the forward stores the state every EVERY steps: the backward's tiles start there
@@ -132,6 +132,16 @@ def _step_size(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 # ------------------------------------------------------------------------------ selective: fwd
+@gluon.jit
+def _decay(dt, A2, t, L, RESET: gl.constexpr):
+    """exp2(dt A2) for a step t of (CH,) step sizes and (CH, N) scaled A: 0 where a group starts (t % RESET ==
+    0), 1 on padding past the end (dt = 0 there)."""
+    dA = gl.exp2(dt[:, None] * A2)
+    if RESET > 0:
+        dA = gl.where((t % RESET == 0) & (t < L), 0.0, dA)
+    return dA
+
+
 @gluon.jit
 def _step_of(tile, cols, t: gl.constexpr):
     """Column t of a (channels, T) tile whose rows each sit in one thread: a register read once compiled
@@ -210,15 +220,13 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             total += gl.sum(dt, axis=1)
         ys = gl.zeros([CH, T], gl.float32, layout=LT)
         for t in gl.static_range(T):
-            # B_t, C_t: n contiguous values, the same for every thread (past the end: the last step's, times dt = 0)
             if SAVE:  # the state before every EVERY-th step, where the backward's tiles start
                 if t % EVERY == 0:
                     gl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + (t0 + t) // EVERY) * N
                              + offs_n[None, :], h, mask=mdn & (t0 + t < L))
+            # B_t, C_t: n contiguous values, the same for every thread (past the end: the last step's, times dt = 0)
             bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n
-            dA = gl.exp2(gl.convert_layout(_step_of(dt, cols, t), VH, assert_trivial=True)[:, None] * A2)
-            if RESET > 0:  # where a group starts, the decay is 0 (padding past the end keeps the state)
-                dA = gl.where(((t0 + t) % RESET == 0) & (t0 + t < L), 0.0, dA)
+            dA = _decay(gl.convert_layout(_step_of(dt, cols, t), VH, assert_trivial=True), A2, t0 + t, L, RESET)
             x = gl.convert_layout(_step_of(dtu, cols, t), VH, assert_trivial=True)
             h = dA * h + x[:, None] * gl.load(B_ptr + bc).to(gl.float32)[None, :]
             if FULL:
@@ -259,9 +267,7 @@ def _adjoint_step(p, dA_acc, h_prev, r, t0, L, pid_b, A2, offs_n, B_ptr, C_ptr, 
     dt_r = dts.index(r).load(VH)
     bc = (pid_b * L + gl.minimum(t0 + r, L - 1)) * N + offs_n
     dh = p + dys.index(r).load(VH)[:, None] * gl.load(C_ptr + bc)[None, :]
-    dA = gl.exp2(dt_r[:, None] * A2)
-    if RESET > 0:
-        dA = gl.where(((t0 + r) % RESET == 0) & (t0 + r < L), 0.0, dA)
+    dA = _decay(dt_r, A2, t0 + r, L, RESET)
     p = dA * dh
     dAh = p * h_prev  # dL/d(dA_r) dA_r
     dA_acc += dAh * dt_r[:, None]
@@ -376,9 +382,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         h = gl.load(h_at, mask=mdn, other=0.0)
         # the states at the tile's steps
         for t in range(T):
-            dA = gl.exp2(dts.index(t).load(VH)[:, None] * A2)
-            if RESET > 0:
-                dA = gl.where(((t0 + t) % RESET == 0) & (t0 + t < L), 0.0, dA)
+            dA = _decay(dts.index(t).load(VH), A2, t0 + t, L, RESET)
             bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n  # B_t, C_t: the same for every thread
             h = dA * h + dtus.index(t).load(VH)[:, None] * gl.load(B_ptr + bc)[None, :]
             hist.index(t).store(h)
@@ -667,7 +671,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         dout = dout.contiguous()
         f32 = dict(device=u.device, dtype=torch.float32)
         cfg = CONFIG["bwd"]
-        blocks = triton.cdiv(d, 32 * cfg["num_warps"])
+        blocks = triton.cdiv(d, 32)  # one-warp programs
         n_seg, seg_len = _segments(l, b * blocks, cfg["PROGRAMS"], cfg["SEG"])
         chunk = min(SEG, seg_len & -seg_len)  # the carries' chunks: a power of two that divides seg_len
         n_chunks = triton.cdiv(l, chunk)
@@ -701,7 +705,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, opt(ypre), dout, opt(dhlast, dh0),
             opt(carries, dh0), du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, seg_len, n_seg,
             states.shape[2], n_chunks, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
-            HAS_DHLAST=dhlast is not None, num_warps=cfg["num_warps"], **flags)
+            HAS_DHLAST=dhlast is not None, num_warps=1, **flags)
         dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         return (du, ddelta, dA.sum((0, 1)), dB.sum(1).transpose(1, 2).to(ctx.dtypes[0]),
                 dC.sum(1).transpose(1, 2).to(ctx.dtypes[1]), dD.sum((0, 1)).to(D.dtype) if D is not None else None,
