@@ -197,6 +197,15 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     Dv = gl.zeros([CH], gl.float32, layout=gl.SliceLayout(1, LG))
     if HAS_D:
         Dv = gl.load(D_ptr + gd, mask=gd < DM, other=0.0).to(gl.float32)
+    # the tile's B_t and C_t (n values a step, read by every thread alike)
+    VEC: gl.constexpr = 4 if N >= 4 else N
+    ROW: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    offs_f = gl.arange(0, T * N, layout=gl.BlockedLayout([VEC], [32], [W], [0]))
+    Bs2 = gl.allocate_shared_memory(gl.float32, [T * N], ROW)
+    Bs = Bs2._reinterpret(gl.float32, [T, N], ROW)
+    Cs2 = gl.allocate_shared_memory(gl.float32, [T * N], ROW)
+    Cs = Cs2._reinterpret(gl.float32, [T, N], ROW)
+    VN: gl.constexpr = gl.SliceLayout(0, LH)
     h = gl.zeros([CH, N], gl.float32, layout=LH)
     if FULL:
         if seg > 0:
@@ -218,19 +227,25 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         dtu = dt * u
         if not FULL:
             total += gl.sum(dt, axis=1)
+        if HAS_Z and FULL:
+            z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+        mf = offs_f < (L - t0) * N  # past the end: 0 (times dt u = 0; y is not stored there)
+        gl.thread_barrier()  # the previous tile's steps have read what is overwritten here
+        Bs2.store(gl.load(B_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+        if FULL:
+            Cs2.store(gl.load(C_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+        gl.thread_barrier()
         ys = gl.zeros([CH, T], gl.float32, layout=LT)
         for t in gl.static_range(T):
             if SAVE:  # the state before every EVERY-th step, where the backward's tiles start
                 if t % EVERY == 0:
                     gl.store(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + (t0 + t) // EVERY) * N
                              + offs_n[None, :], h, mask=mdn & (t0 + t < L))
-            # B_t, C_t: n contiguous values, the same for every thread (past the end: the last step's, times dt = 0)
-            bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n
             dA = _decay(gl.convert_layout(_step_of(dt, cols, t), VH, assert_trivial=True), A2, t0 + t, L, RESET)
             x = gl.convert_layout(_step_of(dtu, cols, t), VH, assert_trivial=True)
-            h = dA * h + x[:, None] * gl.load(B_ptr + bc).to(gl.float32)[None, :]
+            h = dA * h + x[:, None] * Bs.index(t).load(VN)[None, :]
             if FULL:
-                y = gl.sum(h * gl.load(C_ptr + bc).to(gl.float32)[None, :], axis=1)
+                y = gl.sum(h * Cs.index(t).load(VN)[None, :], axis=1)
                 ys = gl.where(cols[None, :] == t, gl.convert_layout(y, VT, assert_trivial=True)[:, None], ys)
         if FULL:
             ys = gl.convert_layout(ys, LG)
@@ -238,7 +253,6 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                 ys += Dv[:, None] * ug.to(gl.float32)
             if HAS_Z:
                 gl.store(ypre_ptr + grow + offs_g[None, :], ys, mask=m2)
-                z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
                 ys = gl.fdiv(ys * z, 1.0 + gl.exp2(z * -1.4426950408889634))
             gl.store(out_ptr + grow + offs_g[None, :], ys.to(out_ptr.dtype.element_ty), mask=m2)
     if FULL:
@@ -259,19 +273,18 @@ def _sigmoid(x):
 
 
 @gluon.jit
-def _adjoint_step(p, dA_acc, h_prev, r, t0, L, pid_b, A2, offs_n, B_ptr, C_ptr, dts, dys, sbs, sas, hist,
-                  VH: gl.constexpr, N: gl.constexpr, RESET: gl.constexpr):
+def _adjoint_step(p, dA_acc, h_prev, r, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, hist, VH: gl.constexpr,
+                  VN: gl.constexpr, RESET: gl.constexpr):
     """Step r of a tile in the backward's walk: the adjoint dh_r from p = dA_{r+1} dh_{r+1}; its share of the
     decay's gradient (with h_prev, the state before step r) and the per-step sums over n, written to sbs and
     sas; dh_r written over the state at slot r. Returns p = dA_r dh_r and the decay gradient's sum."""
     dt_r = dts.index(r).load(VH)
-    bc = (pid_b * L + gl.minimum(t0 + r, L - 1)) * N + offs_n
-    dh = p + dys.index(r).load(VH)[:, None] * gl.load(C_ptr + bc)[None, :]
+    dh = p + dys.index(r).load(VH)[:, None] * Cs.index(r).load(VN)[None, :]
     dA = _decay(dt_r, A2, t0 + r, L, RESET)
     p = dA * dh
     dAh = p * h_prev  # dL/d(dA_r) dA_r
     dA_acc += dAh * dt_r[:, None]
-    sbs.index(r).store(gl.sum(dh * gl.load(B_ptr + bc)[None, :], axis=1))
+    sbs.index(r).store(gl.sum(dh * Bs.index(r).load(VN)[None, :], axis=1))
     sas.index(r).store(gl.sum(dAh * A2, axis=1))
     hist.index(r).store(dh)
     return p, dA_acc
@@ -320,6 +333,14 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dys = dys2._reinterpret(gl.float32, [T, CH], ROW)
     sbs = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of dh B
     sas = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of A2 dh dA h_prev
+    # the tile's B_t and C_t (n values a step, read by every thread alike) and the state before its first step
+    LF: gl.constexpr = gl.BlockedLayout([VEC], [32], [1], [0])  # (T * N,) as loaded: 16 bytes a thread
+    offs_f = gl.arange(0, T * N, layout=LF)
+    Bs2 = gl.allocate_shared_memory(gl.float32, [T * N], ROW)
+    Bs = Bs2._reinterpret(gl.float32, [T, N], ROW)
+    Cs2 = gl.allocate_shared_memory(gl.float32, [T * N], ROW)
+    Cs = Cs2._reinterpret(gl.float32, [T, N], ROW)
+    h0s = gl.allocate_shared_memory(gl.float32, [CH, N], SW)
     pid_b = gl.program_id(0)
     d0 = gl.program_id(1) * CH
     seg = gl.program_id(2)
@@ -378,13 +399,17 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             dts.index(t).store(_step_of(dt, cols, t))
             dtus.index(t).store(_step_of(dt * u, cols, t))
             dys.index(t).store(_step_of(dy, cols, t))
-        h_at = states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + t0 // T) * N + offs_n[None, :]
-        h = gl.load(h_at, mask=mdn, other=0.0)
+        mf = offs_f < (L - t0) * N  # past the end: 0 (times dt u = 0 and dy = 0)
+        Bs2.store(gl.load(B_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+        Cs2.store(gl.load(C_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+        h = gl.load(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + t0 // T) * N + offs_n[None, :],
+                    mask=mdn, other=0.0)
+        h0s.store(h)
+        gl.thread_barrier()
         # the states at the tile's steps
         for t in range(T):
             dA = _decay(dts.index(t).load(VH), A2, t0 + t, L, RESET)
-            bc = (pid_b * L + gl.minimum(t0 + t, L - 1)) * N + offs_n  # B_t, C_t: the same for every thread
-            h = dA * h + dtus.index(t).load(VH)[:, None] * gl.load(B_ptr + bc)[None, :]
+            h = dA * h + dtus.index(t).load(VH)[:, None] * Bs.index(t).load(VN)[None, :]
             hist.index(t).store(h)
         gl.thread_barrier()
         # dC_t = sum over channels of dy_t h_t
@@ -396,10 +421,10 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         # the adjoint, from the tile's last step to its first
         for k in range(T - 1):
             r = T - 1 - k
-            p, dA_acc = _adjoint_step(p, dA_acc, hist.index(r - 1).load(LH), r, t0, L, pid_b, A2, offs_n, B_ptr,
-                                      C_ptr, dts, dys, sbs, sas, hist, VH, N, RESET)
-        p, dA_acc = _adjoint_step(p, dA_acc, gl.load(h_at, mask=mdn, other=0.0), 0, t0, L, pid_b, A2, offs_n, B_ptr,
-                                  C_ptr, dts, dys, sbs, sas, hist, VH, N, RESET)
+            p, dA_acc = _adjoint_step(p, dA_acc, hist.index(r - 1).load(LH), r, t0, L, A2, Bs, Cs, dts, dys, sbs,
+                                      sas, hist, VH, VN, RESET)
+        p, dA_acc = _adjoint_step(p, dA_acc, h0s.load(LH), 0, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, hist, VH, VN,
+                                  RESET)
         gl.thread_barrier()
         # dB_t = sum over channels of dh_t dt_t u_t
         terms = hist2.load(LR) * dtus2.load(gl.SliceLayout(1, LR))[:, None]
