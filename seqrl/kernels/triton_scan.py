@@ -292,7 +292,8 @@ def _adjoint_step(p, dA_acc, h_prev, r, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, h
 
 @gluon.jit
 def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr, dout_ptr,
-                   dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dh0_ptr,
+                   dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dz_ptr,
+                   dh0_ptr,
                    L, DM, seg_len, n_seg, n_states, n_chunks,
                    N: gl.constexpr, T: gl.constexpr, SEG: gl.constexpr, RT: gl.constexpr, RN: gl.constexpr,
                    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
@@ -306,8 +307,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     the steps, TC along the channels, RN along n): dC_t from the states, then dB_t from the adjoints, which
     the walk writes over the states it no longer needs. Each program writes its share, (b, d-block, l, n),
     summed over d-blocks afterwards. The adjoint entering the segment comes from `carries` (per SEG-step
-    chunk, SEG here the carries' chunk: _selective_bwd_carries and a linear scan); shares of dA and dD are
-    (b, n_seg, d, n) and (b, n_seg, d)."""
+    chunk, SEG here the carries' chunk: _selective_bwd_carries and a linear scan); shares of dA, dD and the
+    delta bias's gradient are (b, n_seg, d, n), (b, n_seg, d) and (b, n_seg, d)."""
     gl.static_assert(gl.num_warps() == 1, "one warp per program")
     CH: gl.constexpr = 32
     VEC: gl.constexpr = 4 if N >= 4 else N
@@ -374,6 +375,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             p = gl.where(t_end % RESET == 0, 0.0, p)
     dA_acc = gl.zeros([CH, N], gl.float32, layout=LH)
     dD_acc = gl.zeros([CH], gl.float32, layout=VT)
+    dbias_acc = gl.zeros([CH], gl.float32, layout=VT)
     n_tiles = (t_end - t_begin + T - 1) // T
     for i in range(n_tiles):
         t0 = t_begin + (n_tiles - 1 - i) * T
@@ -441,12 +443,16 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         ddt = u * s_b + s_a * 0.6931471805599453  # A = A2 ln 2
         if SOFTPLUS:
             ddt = ddt * _sigmoid(raw)
+        if HAS_BIAS:  # padding has no delta, but the adjoint runs through it
+            dbias_acc += gl.sum(gl.where((t0 + cols < L)[None, :], ddt, 0.0), axis=1)
         gl.store(du_ptr + grow + offs_g[None, :], gl.convert_layout(du, LG).to(du_ptr.dtype.element_ty), mask=m2)
         gl.store(ddelta_ptr + grow + offs_g[None, :], gl.convert_layout(ddt, LG).to(ddelta_ptr.dtype.element_ty),
                  mask=m2)
     gl.store(dA_ptr + ((pid_b * n_seg + seg) * DM) * N + dn, dA_acc, mask=mdn)
     if HAS_D:
         gl.store(dD_ptr + (pid_b * n_seg + seg) * DM + td, dD_acc, mask=td < DM)
+    if HAS_BIAS:
+        gl.store(dbias_ptr + (pid_b * n_seg + seg) * DM + td, dbias_acc, mask=td < DM)
     if seg == 0:  # dA_0 dh_0, the initial state's adjoint (0 with groups: step 0 starts one)
         gl.store(dh0_ptr + pid_b * DM * N + dn, p, mask=mdn)
 
@@ -723,18 +729,19 @@ class _SelectiveScanFn(torch.autograd.Function):
         dB = torch.empty(b, blocks, l, n, **f32)
         dC = torch.empty_like(dB)
         dD = torch.empty(b, n_seg, d, **f32) if D is not None else None
+        dbias = torch.empty(b, n_seg, d, **f32) if delta_bias is not None else None
         dh0 = torch.empty(b, d, n, **f32)
         rn = min(32, max(1, n // 4))  # dB, dC are summed with RN threads along n and RT along the tile's steps
         rt = min(EVERY, 32 // rn)
         _selective_bwd[(b, blocks, n_seg)](
             u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, opt(ypre), dout, opt(dhlast, dh0),
-            opt(carries, dh0), du, ddelta, dA, dB, dC, opt(dD, dA), opt(dz), dh0, l, d, seg_len, n_seg,
+            opt(carries, dh0), du, ddelta, dA, dB, dC, opt(dD, dA), opt(dbias, dA), opt(dz), dh0, l, d, seg_len, n_seg,
             states.shape[2], n_chunks, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
             HAS_DHLAST=dhlast is not None, num_warps=1, **flags)
-        dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         return (du, ddelta, dA.sum((0, 1)), dB.sum(1).transpose(1, 2).to(ctx.dtypes[0]),
                 dC.sum(1).transpose(1, 2).to(ctx.dtypes[1]), dD.sum((0, 1)).to(D.dtype) if D is not None else None,
-                dz, dbias, dh0 if ctx.has_h0 else None, None, None, None)
+                dz, dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None,
+                dh0 if ctx.has_h0 else None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
