@@ -224,6 +224,7 @@ def main():
     ap.add_argument("--lengths", default=None, help="comma-separated L (default 1024,4096,16384; CPU 256,1024)")
     ap.add_argument("--shape", default=None, help="B,D,N (default 8,256,16)")
     ap.add_argument("--paths", default=None, help="comma-separated subset of " + ",".join(PATHS))
+    ap.add_argument("--dtypes", default=None, help="comma-separated subset of float32,bfloat16 (CUDA)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = args.device
@@ -251,6 +252,8 @@ def main():
         names = args.paths.split(",")
     if args.lengths:
         lengths = [int(v) for v in args.lengths.split(",")]
+    if args.dtypes:
+        dtypes = [getattr(torch, v) for v in args.dtypes.split(",")]
     rows = []
     for dtype in dtypes:
         for L in lengths:
