@@ -2,39 +2,39 @@
 
 Dimension letters: b batch, d channels, n state size, l length.
 
-Selective scan, forward (a Gluon kernel: Triton with the layouts spelled out). A program owns one batch
-row, 32 * num_warps channels, one channel per thread, and one segment of the sequence; each thread keeps
-its channel's n states in registers and walks the segment's steps one by one: per step and n, one exp2, two
+Selective scan, forward (a Gluon kernel: Triton with the layouts spelled out). A program owns one batch row,
+32 * num_warps channels, one channel per thread, and one segment of the sequence; each thread keeps its
+channel's n states in registers and walks the segment's steps one by one: per step and n, one exp2, two
 multiplies and two fused multiply-adds (h = exp2(dt A_n) h + dt u B_n, y += C_n h), no shuffles and no scan
-tree. Tiles of T steps of u, delta (and z) are loaded along l, whole 16-byte runs per thread, and moved to
-a thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler picks). B and C
-are copied beforehand to (b, l, n) float32, so a tile's T x n values are contiguous: they are copied into
-shared memory once per tile (16 bytes a thread), and each step reads its n values from there, every thread
-alike (loading them from global memory at each step, just before use, left the kernel waiting on those
-loads: docs/benchmarks.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put threads
-along l (docs/benchmarks.md, 2026-11-24). Segments give the parallelism: a first pass runs each segment
-from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those across
-segments, and a second pass runs each segment from its true start state, writing y. Memory traffic is the
-inputs twice and the outputs once; the (b, l, d, n) states never exist in memory. When gradients are
-wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n), and with a gate z the pre-gate
-output y, (b, d, l).
+tree. Tiles of T steps of u, delta (and z) are loaded along l, whole 16-byte runs per thread, and moved to a
+thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler picks). B and C are
+copied beforehand to (b, l, n) float32, so a tile's T x n values are contiguous: they are copied into shared
+memory once per tile (16 bytes a thread), and each step reads its n values from there, every thread alike
+(loading them from global memory at each step, just before use, left the kernel waiting on those loads:
+docs/benchmarks.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put
+threads along l (docs/benchmarks.md, 2026-11-24). Segments give the parallelism: a first pass runs each
+segment from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those
+across segments, and a second pass runs each segment from its true start state, writing y. Memory traffic is
+the inputs twice and the outputs once; the (b, l, d, n) states never exist in memory. When gradients are
+wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n), and with a gate z the pre-gate output y,
+(b, d, l).
 
 Backward (Gluon as well, the same layout: a program is one warp, 32 channels, a thread per channel, and one
 segment). Tiles of T = EVERY steps are walked from the segment's last to its first. Per tile, each thread
 recomputes its channel's states at the tile's steps from the one the forward stored at the tile's start and
-keeps them in shared memory (the tile's B_t, C_t and its start state are there too, as in the forward); then it
-walks the tile backwards, the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1}
-carried from step to step (and tile to tile) in registers as p = dA_t dh_t, which gives the gradients of u,
-delta and A per thread with no shuffles. The steps are loops at run time: unrolled, the compiler hoisted every
-step's exp2 and loads to the top of the tile and ran out of registers. dB and dC sum over channels, which the
-warp's threads hold one each: the states (for dC_t = sum_d dy_t h_t) and then the adjoints (for
-dB_t = sum_d dh_t dt_t u_t; the walk writes them over states it no longer needs) are read back from shared
-memory in a layout with a step's channels inside one thread and summed there. Each program writes its share,
-(b, d / 32, l, n) in float32, summed afterwards (deterministic); dA, dD and delta-bias shares are per segment. The adjoint
-entering each segment comes from a first pass over chunks of the segment length's largest power-of-two divisor
-(at most SEG): each chunk's own share of the adjoint at its first step and its decay
-(`_selective_bwd_carries`, no scan per n: one cumulative sum of dt, then an exp2 and a reduction per n), and
-the linear-scan kernel below carries them over chunks, last first.
+keeps them in shared memory (the tile's B_t, C_t and its start state are there too, as in the forward); then
+it walks the tile backwards, the adjoint dh_t = C_t dy_t + dA_{t+1} dh_{t+1} carried from step to step (and
+tile to tile) in registers as p = dA_t dh_t, which gives the gradients of u, delta and A per thread with no
+shuffles. The steps are loops at run time: unrolled, the compiler hoisted every step's exp2 and loads to the
+top of the tile and ran out of registers. dB and dC sum over channels, which the warp's threads hold one each:
+the states (for dC_t = sum_d dy_t h_t) and then the adjoints (for dB_t = sum_d dh_t dt_t u_t; the walk writes
+them over states it no longer needs) are read back from shared memory in a layout with a step's channels
+inside one thread and summed there. Each program writes its share, (b, d / 32, l, n) in float32, summed
+afterwards (deterministic); dA, dD and delta-bias shares are per segment. The adjoint entering each segment
+comes from a first pass over chunks of the segment length's largest power-of-two divisor (at most SEG): each
+chunk's own share of the adjoint at its first step and its decay (`_selective_bwd_carries`, no scan per n: one
+cumulative sum of dt, then an exp2 and a reduction per n), and the linear-scan kernel below carries them over
+chunks, last first.
 
 Groups (RESET = g > 0, `reset_every`): the decay is 0 at every step t with t % g == 0, so the state
 restarts there; in the backward the adjoint then stops at those steps too (the decay into them is 0), and
@@ -296,8 +296,7 @@ def _adjoint_step(p, dA_acc, h_prev, r, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, h
 @gluon.jit
 def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr, dout_ptr,
                    dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dz_ptr,
-                   dh0_ptr,
-                   L, DM, seg_len, n_seg, n_states, n_chunks,
+                   dh0_ptr, L, DM, seg_len, n_seg, n_states, n_chunks,
                    N: gl.constexpr, T: gl.constexpr, SEG: gl.constexpr, RT: gl.constexpr, RN: gl.constexpr,
                    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                    SOFTPLUS: gl.constexpr, HAS_DHLAST: gl.constexpr, RESET: gl.constexpr):
