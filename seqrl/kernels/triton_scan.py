@@ -153,6 +153,13 @@ def _step_of(tile, cols, t: gl.constexpr):
 
 
 @gluon.jit
+def _stage_steps(smem, ptr, pid_b, t0, L, offs_f, N: gl.constexpr):
+    """A tile's rows of a (b, l, n) float32 tensor, steps t0 .. t0 + T - 1 (0 past the end), into shared memory:
+    smem and offs_f are flat, T * N values."""
+    smem.store(gl.load(ptr + (pid_b * L + t0) * N + offs_f, mask=offs_f < (L - t0) * N, other=0.0))
+
+
+@gluon.jit
 def _program_indices(A_ptr, pid_b, d0, L, DM, CH: gl.constexpr, N: gl.constexpr, T: gl.constexpr, LH: gl.constexpr,
                      LT: gl.constexpr, LG: gl.constexpr):
     """A program's channels and steps in each layout, shared by the forward and the backward: channels and n
@@ -232,11 +239,10 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             total += gl.sum(dt, axis=1)
         if HAS_Z and FULL:
             z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
-        mf = offs_f < (L - t0) * N  # past the end: 0 (times dt u = 0; y is not stored there)
         gl.thread_barrier()  # the previous tile's steps have read what is overwritten here
-        Bs2.store(gl.load(B_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+        _stage_steps(Bs2, B_ptr, pid_b, t0, L, offs_f, N)  # past the end, times dt u = 0
         if FULL:
-            Cs2.store(gl.load(C_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+            _stage_steps(Cs2, C_ptr, pid_b, t0, L, offs_f, N)  # y is not stored past the end
         gl.thread_barrier()
         ys = gl.zeros([CH, T], gl.float32, layout=LT)
         for t in gl.static_range(T):
@@ -403,9 +409,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             dts.index(t).store(_step_of(dt, cols, t))
             dtus.index(t).store(_step_of(dt * u, cols, t))
             dys.index(t).store(_step_of(dy, cols, t))
-        mf = offs_f < (L - t0) * N  # past the end: 0 (times dt u = 0 and dy = 0)
-        Bs2.store(gl.load(B_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
-        Cs2.store(gl.load(C_ptr + (pid_b * L + t0) * N + offs_f, mask=mf, other=0.0))
+        _stage_steps(Bs2, B_ptr, pid_b, t0, L, offs_f, N)  # past the end, times dt u = 0
+        _stage_steps(Cs2, C_ptr, pid_b, t0, L, offs_f, N)  # and dy = 0
         h = gl.load(states_ptr + ((pid_b * DM + offs_d[:, None]) * n_states + t0 // T) * N + offs_n[None, :],
                     mask=mdn, other=0.0)
         h0s.store(h)
