@@ -9,10 +9,10 @@ so two versions can be timed in one lease, alternating. One JSON line per (dtype
 
 Tiles can be overridden (--fwd T,NW,PROGRAMS; --bwd PROGRAMS,SEG) for sweeps. Problem: softplus(delta + bias),
 skip D, gate z, as in bench_scan.py, but A = -(1..N) per channel and delta ~ N(-1, 0.5) (bench_scan.py:
-A = -exp(N(0, 0.5)), delta ~ N(-2, 0.5)), the problem every recorded A/B number was taken on. At small sizes (L=1024, DM's shape) the host's launches and
-autograd dominate what do_bench measures: --kernel-times adds the GPU time of the kernels alone
-(torch.profiler, 20 calls), the selective-scan kernels and all kernels of a forward+backward (the sums of
-partial gradients included)."""
+A = -exp(N(0, 0.5)), delta ~ N(-2, 0.5)), the problem every recorded A/B number was taken on. At small sizes
+(L=1024, DM's shape) the host's launches and autograd dominate what do_bench measures: --kernel-times adds the
+GPU time of the kernels alone (torch.profiler, 20 calls), the selective-scan kernels and all kernels of a
+forward+backward (the sums of partial gradients included)."""
 
 import argparse
 import json

@@ -9,7 +9,7 @@ multiplies and two fused multiply-adds (h = exp2(dt A_n) h + dt u B_n, y += C_n 
 tree. Tiles of T steps of u, delta (and z) are loaded along l, whole 16-byte runs per thread, and moved to a
 thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler picks). B and C are
 copied beforehand to (b, l, n) float32, so a tile's T x n values are contiguous: they are copied into shared
-memory once per tile (16 bytes a thread), and each step reads its n values from there, every thread alike
+memory once per tile (16-byte loads), and each step reads its n values from there, every thread alike
 (loading them from global memory at each step, just before use, left the kernel waiting on those loads:
 docs/benchmarks.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put
 threads along l (docs/benchmarks.md, 2026-11-24). Segments give the parallelism: a first pass runs each
