@@ -1,53 +1,17 @@
-"""GTrXL and LSTM backbones: step == forward across resets, memory span, episode isolation, relative
-attention against a slow reference, gates near the identity at init."""
+"""GTrXL specifics: memory span, relative attention against a slow reference, gates near the identity at
+init, no gradient into the memory. The backbone contract (step == forward, resets, segments, dtypes; GTrXL
+and LSTM alike) is tests/test_backbones.py."""
 
 import math
 
-import pytest
 import torch
 
-from conftest import step_through
 from seqrl.nn.gtrxl import GRUGate, GTrXL, sinusoid
-from seqrl.nn.lstm import LSTM
 
 
 def gtrxl(memory=5, dtype=torch.float32, n_layers=2):
     torch.manual_seed(0)
     return GTrXL(32, n_layers=n_layers, n_heads=4, memory=memory, d_ff=64).to(dtype).eval()
-
-
-def lstm(dtype=torch.float32):
-    torch.manual_seed(0)
-    return LSTM(32, n_layers=2).to(dtype).eval()
-
-
-@pytest.mark.parametrize("make,T", [(lambda: gtrxl(5), 13), (lambda: gtrxl(16), 9), (lstm, 13)])
-def test_step_equals_forward_across_resets(make, T):
-    m = make()
-    B = 3
-    state = m.initial_state(B, "cpu")
-    _, state = m(torch.randn(B, 4, 32), state)  # a memory that already holds steps
-    x = torch.randn(B, T, 32)
-    reset = torch.zeros(B, T, dtype=torch.bool)
-    reset[1, T // 2] = True
-    reset[2, 1] = True
-    reset[2, T - 2] = True
-    y, final = m(x, state, reset)
-    ys, s = step_through(m, x, state, reset)
-    torch.testing.assert_close(ys, y, atol=1e-5, rtol=1e-5)
-    # the final states agree too, so a rollout can continue from either
-    x2 = torch.randn(B, 3, 32)
-    torch.testing.assert_close(m(x2, s)[0], m(x2, final)[0], atol=1e-5, rtol=1e-5)
-
-
-def test_segments_continue_from_memory():
-    m = gtrxl(memory=6, dtype=torch.float64)
-    x = torch.randn(2, 17, 32, dtype=torch.float64)
-    y, _ = m(x, m.initial_state(2, "cpu", torch.float64))
-    y1, s1 = m(x[:, :8], m.initial_state(2, "cpu", torch.float64))
-    y2, s2 = m(x[:, 8:12], s1)
-    y3, _ = m(x[:, 12:], s2)
-    torch.testing.assert_close(torch.cat([y1, y2, y3], 1), y, atol=1e-12, rtol=1e-12)
 
 
 def test_memory_span_is_M_steps_per_layer():
@@ -60,26 +24,6 @@ def test_memory_span_is_M_steps_per_layer():
     y2, _ = m(x2)
     assert not torch.allclose(y[:, M], y2[:, M])  # step M sees step 0 (distance M)
     torch.testing.assert_close(y[:, M + 1 :], y2[:, M + 1 :])  # beyond M steps: out of reach
-
-
-def test_new_episode_never_attends_to_an_old_one():
-    m = gtrxl(memory=8, dtype=torch.float64)
-    old = torch.randn(2, 5, 32, dtype=torch.float64)
-    new = torch.randn(2, 6, 32, dtype=torch.float64)
-    fresh, _ = m(new)
-    # via reset() on the state
-    _, s = m(old)
-    done = torch.tensor([True, True])
-    after, _ = m(new, m.reset(s, done))
-    torch.testing.assert_close(after, fresh)
-    # via a reset flag inside one segment
-    reset = torch.zeros(2, 11, dtype=torch.bool)
-    reset[:, 5] = True
-    both, _ = m(torch.cat([old, new], 1), None, reset)
-    torch.testing.assert_close(both[:, 5:], fresh)
-    # without the reset the old episode does leak in (the test above can fail)
-    leaky, _ = m(torch.cat([old, new], 1))
-    assert not torch.allclose(leaky[:, 5:], fresh)
 
 
 def test_relative_attention_matches_slow_reference():

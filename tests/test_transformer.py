@@ -1,7 +1,11 @@
-import pytest
-import torch
+"""CausalTransformer specifics: the fused causal path against the masked one, the attention window.
+The backbone contract (step == forward, resets, segments, dtypes) is tests/test_backbones.py."""
 
-from conftest import step_through
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
 from seqrl.nn.transformer import CausalTransformer
 
 
@@ -10,38 +14,39 @@ def model(window, dtype=torch.float32):
     return CausalTransformer(32, n_layers=2, n_heads=4, window=window, dropout=0.0).to(dtype).eval()
 
 
-@pytest.mark.parametrize("T,window", [(6, 9), (25, 7)])
-def test_step_equals_forward_across_resets(T, window):
-    m = model(window)
-    B = 3
-    x = torch.randn(B, T, 32)
-    reset = torch.zeros(B, T, dtype=torch.bool)
-    reset[1, T // 2] = True
-    reset[2, 1] = True
-    y, final = m(x, m.initial_state(B, "cpu"), reset=reset)
-    ys, state = step_through(m, x, m.initial_state(B, "cpu"), reset)
-    torch.testing.assert_close(ys, y, atol=1e-5, rtol=1e-5)
-    assert torch.equal(state.valid, final.valid)
-    for a, b in zip(state.k, final.k):
-        torch.testing.assert_close(a[state.valid[:, None, :, None].expand_as(a)],
-                                   b[final.valid[:, None, :, None].expand_as(b)], atol=1e-5, rtol=1e-5)
+def test_fused_path_equals_masked_path():
+    """For T <= W, `forward(x)` (no state, no reset) runs the fused `is_causal=True` attention and
+    `forward(x, initial_state)` the boolean-mask path: the same numbers in float64, for T < W and T = W.
+    Env 0's tail is padding, as in a sampled window: its real tokens equal a forward of them alone."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
 
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("is_causal", False) and kwargs.get("attn_mask") is None)
+        return sdpa(*args, **kwargs)
 
-def test_segments_continue_from_state():
-    m = model(window=5, dtype=torch.float64)
-    x = torch.randn(2, 17, 32, dtype=torch.float64)
-    y, _ = m(x, m.initial_state(2, "cpu", torch.float64))
-    y1, s1 = m(x[:, :8], m.initial_state(2, "cpu", torch.float64))
-    y2, _ = m(x[:, 8:], s1)
-    torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-12, rtol=1e-12)
-
-
-def test_fused_causal_path_equals_masked_path():
-    m = model(window=12)
-    x = torch.randn(4, 12, 32)
-    fast, _ = m(x)  # no state, no reset, T <= window: is_causal=True
-    masked, _ = m(x, m.initial_state(4, "cpu"))
-    torch.testing.assert_close(fast, masked, atol=1e-5, rtol=1e-5)
+    m = model(window=12, dtype=torch.float64)
+    for T in (1, 7, 12):
+        x = torch.randn(3, T, 32, dtype=torch.float64)
+        x[0, T // 2:] = 0.0  # env 0: the tail is padding
+        with mock.patch.object(F, "scaled_dot_product_attention", spy):
+            calls.clear()
+            fast, s_fast = m(x)
+            assert calls == [True] * m.n_layers  # the fused path ran, in every layer
+            calls.clear()
+            masked, s_masked = m(x, m.initial_state(3, "cpu", torch.float64))
+            assert calls == [False] * m.n_layers
+        torch.testing.assert_close(fast, masked, atol=1e-12, rtol=1e-12)
+        if T > 1:
+            torch.testing.assert_close(fast[0, :T // 2], m(x[:1, :T // 2])[0][0], atol=1e-12, rtol=1e-12)
+        assert torch.equal(s_fast.valid, s_masked.valid)
+        for a, b in zip(s_fast.k + s_fast.v, s_masked.k + s_masked.v):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    calls.clear()
+    with mock.patch.object(F, "scaled_dot_product_attention", spy):
+        m(torch.randn(1, 13, 32, dtype=torch.float64))  # T > W: the masked path
+        m(torch.randn(1, 5, 32, dtype=torch.float64), reset=torch.zeros(1, 5, dtype=torch.bool))  # a reset tensor
+    assert not any(calls)
 
 
 def test_window_limits_attention():

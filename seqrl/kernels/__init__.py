@@ -1,5 +1,5 @@
 """Linear-recurrence kernels: `seqrl.kernels.scan` is the entry point (Triton on CUDA, chunked PyTorch elsewhere)."""
 
-from seqrl.kernels.scan import linear_scan, selective_scan, selective_step
+from seqrl.kernels.scan import KernelFallbackWarning, kernel_status, linear_scan, selective_scan, selective_step
 
-__all__ = ["linear_scan", "selective_scan", "selective_step"]
+__all__ = ["KernelFallbackWarning", "kernel_status", "linear_scan", "selective_scan", "selective_step"]

@@ -16,9 +16,14 @@ answers (tests/test_scan.py holds them to the reference loop in float64, values 
 
 Paths, picked by the inputs' device:
 
-- CUDA: the Triton kernels of ``seqrl/kernels/triton_scan.py``. The state stays in registers; only
-  chunk-start states (one every 128 steps) are kept for the backward pass, never (b, l, d, n).
-- CPU (and any device without Triton): a chunked PyTorch scan. The state is carried from chunk to
+- CUDA: the Triton kernels of ``seqrl/kernels/triton_scan.py``. The state stays in registers; the state
+  every 8 steps (and with a gate the pre-gate output) is kept for the backward pass, never (b, l, d, n). The
+  selective scan's forward and backward are Gluon kernels (Triton's experimental dialect with explicit
+  layouts); the step and the linear scan are plain Triton. Without Triton every recurrence, and with a
+  Triton that lacks Gluon the selective scan, runs the PyTorch path below instead: the first such call
+  warns (``KernelFallbackWarning``, once per recurrence) and ``kernel_status(device)`` records the path
+  each recurrence takes and why, for a run's metadata.
+- CPU (and any other device): a chunked PyTorch scan. The state is carried from chunk to
   chunk of ``chunk`` steps; forward and backward are one ``torch.autograd.Function`` that keeps only
   chunk-start states and recomputes a chunk's states when the backward pass reaches it, so memory is
   O(b d l + b d n (l / chunk + chunk)) rather than the O(b d l n) an autograd loop keeps. Inside a
@@ -43,7 +48,8 @@ over 5x the work.
 
 from __future__ import annotations
 
-import importlib.util
+import warnings
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +58,74 @@ CHUNK = 16  # steps per chunk of the CPU path: the state is carried across chunk
 PARALLEL_BELOW = 4096  # elements per step under which a chunk's steps run as a parallel scan
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    return x.is_cuda and importlib.util.find_spec("triton") is not None  # CUDA builds of torch ship Triton
+# ------------------------------------------------------------------------------------ paths
+class KernelFallbackWarning(RuntimeWarning):
+    """A recurrence on CUDA runs the PyTorch path because its Triton kernels cannot be imported."""
+
+
+RECURRENCES = ("selective_scan", "selective_step", "linear_scan")
+# Process-wide, set once: the outcome of importing the Triton kernels (on the first CUDA call, so a CPU run never
+# imports Triton), and the recurrences whose fallback has been warned about.
+_triton: tuple[ModuleType | None, str] | None = None
+_warned: set[str] = set()
+
+
+def _triton_kernels() -> tuple[ModuleType | None, str]:
+    """(seqrl.kernels.triton_scan, "") or (None, why it cannot be imported)."""
+    global _triton
+    if _triton is None:
+        try:
+            from seqrl.kernels import triton_scan
+
+            _triton = triton_scan, ""
+        except ImportError as e:
+            _triton = None, ("Triton is not installed" if e.name == "triton" else
+                             f"Triton failed to import ({type(e).__name__}: {e})")
+    return _triton
+
+
+def _route(name: str, device: torch.device) -> tuple[str, str, ModuleType | None]:
+    """(path, why the fast path is not taken or "", the Triton module on a Triton path) for a recurrence."""
+    slow = "pytorch" if name == "selective_step" else "pytorch-chunked"
+    if device.type != "cuda":
+        return slow, "", None
+    kernels, why = _triton_kernels()
+    if kernels is None:
+        return slow, why, None
+    if name == "selective_scan":  # forward and backward are Gluon kernels
+        return ("pytorch-chunked", kernels.GLUON_MISSING, None) if kernels.GLUON_MISSING else \
+            ("triton-gluon", "", kernels)
+    return "triton", "", kernels
+
+
+def _kernels(name: str, device: torch.device) -> ModuleType | None:
+    """The Triton module if recurrence `name` runs Triton kernels on `device`, else None. A missing fast path
+    on CUDA warns once per recurrence (KernelFallbackWarning); `kernel_status` records it."""
+    _, why, kernels = _route(name, device)
+    if why and name not in _warned:
+        _warned.add(name)
+        warnings.warn(f"seqrl.kernels: {name} on CUDA runs in PyTorch, not Triton: {why}", KernelFallbackWarning,
+                      stacklevel=3)
+    return kernels
+
+
+def kernel_status(device: torch.device | str) -> dict[str, str]:
+    """Which path each recurrence takes for tensors on `device`, for a run's metadata.
+
+    {"selective_scan": path, "selective_step": path, "linear_scan": path}, paths being "triton-gluon"
+    (the selective scan's Gluon kernels), "triton", "pytorch-chunked" (the CPU path, on any device) and
+    "pytorch" (the one-step update). Where a recurrence on CUDA falls back to PyTorch, "<name>.fallback"
+    holds the reason (Triton missing, Triton without Gluon), the one its first call warns with. On CUDA
+    the first call imports Triton, once per process; the answer does not change after that.
+    """
+    device = torch.device(device)
+    out = {}
+    for name in RECURRENCES:
+        path, why, _ = _route(name, device)
+        out[name] = path
+        if why:
+            out[f"{name}.fallback"] = why
+    return out
 
 
 # ----------------------------------------------------------------------------------- reference
@@ -219,10 +291,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         raise ValueError(f"selective_scan: reset_every must be an int >= 0, got {reset_every!r}")
     if reset_every and h0 is not None:
         raise ValueError("selective_scan: h0 is unused with reset_every (step 0 starts a group from zero); pass None")
-    if _use_triton(u):
-        from seqrl.kernels.triton_scan import selective_scan_triton
-
-        out, h = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every)
+    kernels = _kernels("selective_scan", u.device)
+    if kernels is not None:
+        out, h = kernels.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every)
         return (out, h) if return_state else out
     dtype = u.dtype
     f = (lambda t: None if t is None else t.float()) if dtype in (torch.float16, torch.bfloat16) else (lambda t: t)
@@ -241,21 +312,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 def selective_step(h, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """One step of the selective scan for a batch: h (b, d, n); u, delta, z (b, d); B, C (b, n).
-    Returns (out (b, d), h_new (b, d, n) float32). One fused kernel on CUDA."""
-    if _use_triton(u):
-        from seqrl.kernels.triton_scan import selective_step_triton
-
-        return selective_step_triton(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    dt = delta.float() if delta_bias is None else delta.float() + delta_bias.float()
+    Returns (out (b, d) in u's dtype, h_new (b, d, n) in float32, or float64 for float64 inputs off CUDA).
+    One fused kernel on CUDA."""
+    kernels = _kernels("selective_step", u.device)
+    if kernels is not None:
+        return kernels.selective_step_triton(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    acc = torch.promote_types(u.dtype, torch.float32)
+    f = lambda t: None if t is None else t.to(acc)  # noqa: E731
+    h, u_, delta, A, B, C, D, z, delta_bias = map(f, (h, u, delta, A, B, C, D, z, delta_bias))
+    dt = delta if delta_bias is None else delta + delta_bias
     if delta_softplus:
         dt = F.softplus(dt)
-    uf = u.float()
-    h = torch.exp(dt[..., None] * A.float()) * h.float() + (dt * uf)[..., None] * B.float()[:, None]
-    y = (h * C.float()[:, None]).sum(-1)
+    h = torch.exp(dt[..., None] * A) * h + (dt * u_)[..., None] * B[:, None]
+    y = (h * C[:, None]).sum(-1)
     if D is not None:
-        y = y + D.float() * uf
+        y = y + D * u_
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z)
     return y.to(u.dtype), h
 
 
@@ -269,10 +342,9 @@ def linear_scan(a, x, h0=None, chunk: int = CHUNK):
     h0 = torch.zeros_like(x[..., 0]) if h0 is None else h0.to(x.dtype)
     if h0.shape != x.shape[:2]:
         raise ValueError(f"linear_scan: h0 {tuple(h0.shape)} must be (b, d) = {tuple(x.shape[:2])}")
-    if _use_triton(x):
-        from seqrl.kernels.triton_scan import linear_scan_triton
-
-        return linear_scan_triton(a, x, h0)
+    kernels = _kernels("linear_scan", x.device)
+    if kernels is not None:
+        return kernels.linear_scan_triton(a, x, h0)
     return _LinearScanChunked.apply(a, x, h0, chunk)
 
 

@@ -1,5 +1,9 @@
 """Triton kernels for the recurrences of `seqrl/kernels/scan.py` (CUDA only; call them through it).
 
+The selective scan's forward and backward are Gluon kernels; on a Triton without Gluon this module still
+imports (GLUON_MISSING says why they are unavailable, and launching one raises) and scan.py runs the
+selective scan in PyTorch instead, with a warning. The step and linear-scan kernels are plain Triton.
+
 Dimension letters: b batch, d channels, n state size, l length.
 
 Selective scan, forward (a Gluon kernel: Triton with the layouts spelled out). A program owns one batch row,
@@ -11,8 +15,8 @@ thread per channel by `gl.convert_layout` (registers or shared memory, as the co
 copied beforehand to (b, l, n) float32, so a tile's T x n values are contiguous: they are copied into shared
 memory once per tile (16-byte loads), and each step reads its n values from there, every thread alike
 (loading them from global memory at each step, just before use, left the kernel waiting on those loads:
-docs/benchmarks.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put
-threads along l (docs/benchmarks.md, 2026-11-24). Segments give the parallelism: a first pass runs each
+docs/history.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put
+threads along l (docs/history.md, 2026-11-24). Segments give the parallelism: a first pass runs each
 segment from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those
 across segments, and a second pass runs each segment from its true start state, writing y. Memory traffic is
 the inputs twice and the outputs once; the (b, l, d, n) states never exist in memory. When gradients are
@@ -50,10 +54,34 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
 
-# Tile sizes, chosen by experiments/bench_scan.py --sweep on an H100 (docs/benchmarks.md). Decays use
+try:  # Gluon is experimental: Triton releases before it (and builds without it) lack the module
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    GLUON_MISSING = ""  # why the Gluon kernels are unavailable; "" when they are
+except ImportError as e:
+    GLUON_MISSING = f"Triton {getattr(triton, '__version__', '?')} has no Gluon ({type(e).__name__}: {e})"
+
+    class _GluonKernelMissing:
+        """Stands in for a Gluon kernel when Gluon is missing, so that the module (and its plain Triton
+        kernels: the step, the linear scan) still imports; launching it raises. seqrl.kernels.scan never
+        launches it: it sends the selective scan to the chunked PyTorch path instead, with a warning."""
+
+        def __init__(self, fn):
+            self.__name__ = fn.__name__
+
+        def __getitem__(self, grid):
+            raise RuntimeError(f"{self.__name__} is a Gluon kernel: {GLUON_MISSING}")
+
+        __call__ = __getitem__
+
+    class gluon:  # noqa: N801  the decorator's namespace, as `from triton.experimental import gluon` gives it
+        jit = _GluonKernelMissing
+
+    gl = None  # read only inside Gluon kernels' bodies and postponed annotations, never at import
+
+# Tile sizes, chosen with experiments/bench_scan_ab.py --fwd/--bwd on an H100 (docs/kernels.md, "Tile configuration"). Decays use
 # exp2 with A scaled by log2(e) = 1.4426950408889634 inside the kernels.
 # "fwd": T steps per tile, num_warps per program, and segments enough for about PROGRAMS programs; each
 # segment a multiple of SEG steps (finer segments, of T steps, were slower at l <= 1024: the first pass
@@ -751,7 +779,13 @@ class _SelectiveScanFn(torch.autograd.Function):
                 dh0 if ctx.has_h0 else None, None, None, None)
 
 
+# Opaque to torch.compile: Inductor compiles a user kernel again from its source as plain Triton, which fails on
+# Gluon kernels (a NameError on `gl` or a CompilationError, seen with torch 2.11 and Triton 3.6). A compiled loss
+# breaks its graph here and runs the scan as it runs eagerly.
+@torch.compiler.disable
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
+    if GLUON_MISSING:
+        raise RuntimeError(f"the selective scan's Triton kernels are Gluon kernels: {GLUON_MISSING}")
     if EVERY % 4 or CONFIG["fwd"]["T"] % EVERY or SEG % CONFIG["fwd"]["T"] or CONFIG["bwd"]["SEG"] % EVERY:
         raise RuntimeError("CONFIG: EVERY must be a multiple of 4, the forward's T and the backward's SEG of EVERY, "
                            "and SEG of T")

@@ -25,7 +25,7 @@ shift" trick, the (q + v) . W_r R term is computed once per distance 0..M and ga
 The memory of layer l holds that layer's inputs of the previous M steps (the paper's StopGrad(M),
 computed when the steps were taken). A token attends to itself and the M tokens before it in its
 episode, in `forward` as in `step`, so stepping T times equals one `forward` over the segment from
-the same memory (tests/test_gtrxl.py). Memory slots carry a `valid` flag; `reset` (and a `reset`
+the same memory (tests/test_backbones.py). Memory slots carry a `valid` flag; `reset` (and a `reset`
 flag inside a segment) clears it per env at episode ends, so a new episode never attends to an old one.
 """
 

@@ -100,7 +100,7 @@ def grouped_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 @dataclass
 class MixerState:
     conv: torch.Tensor  # (B, E, W-1) the last W-1 inputs of the causal conv, oldest first
-    ssm: torch.Tensor  # (B, E, N) float32
+    ssm: torch.Tensor  # (B, E, N) float32 (float64 in a float64 model)
 
 
 @dataclass
@@ -108,6 +108,11 @@ class MambaState:
     layers: tuple[MixerState, ...]  # coarse-grained mixer of each layer
     fine: tuple[MixerState, ...]  # fine-grained mixer of each layer (empty when fine_group = 0)
     phase: torch.Tensor  # (B,) long: tokens already seen in the current fine-grained group
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a scan accumulates in for inputs of `dtype`: float32, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _select(done: torch.Tensor, s: MixerState) -> MixerState:
@@ -145,8 +150,15 @@ class MambaMixer(nn.Module):
         self.D._no_weight_decay = True
 
     def initial_state(self, batch: int, device, dtype=torch.float32) -> MixerState:
+        """Zeros: the conv inputs in `dtype`, the SSM state in at least float32 (the scans accumulate there)."""
         return MixerState(torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-                          torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32))
+                          torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=_acc(dtype)))
+
+    def _fixed(self, dtype: torch.dtype):
+        """A = -exp(A_log) (E, N), D (E,) and the Δ bias (E,) in the scans' accumulation dtype for inputs
+        of `dtype` (float32, or float64 for a float64 model)."""
+        acc = _acc(dtype)
+        return -torch.exp(self.A_log.to(acc)), self.D.to(acc), self.dt_proj.bias.to(acc)
 
     def _ssm_params(self, u: torch.Tensor):
         """u (..., E) -> Δ before bias and softplus (..., E), B (..., N), C (..., N)."""
@@ -176,9 +188,9 @@ class MambaMixer(nn.Module):
             u = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=E))  # (B, E, T)
             h0, conv_state = state.ssm, xs[:, :, xs.shape[2] - (W - 1):]
         delta, Bm, Cm = self._ssm_params(u.transpose(1, 2))  # (B, T, E), (B, T, N), (B, T, N)
-        A = -torch.exp(self.A_log.float())  # (E, N)
-        y, h = selective_scan(u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(),
-                              z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        A, D, dt_bias = self._fixed(x.dtype)  # A (E, N)
+        y, h = selective_scan(u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
+                              z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True,
                               h0=h0, return_state=True, reset_every=group)  # y (B, E, T), h (B, E, N)
         out = self.out_proj(y.transpose(1, 2))
         return (out, self.initial_state(Bsz, x.device, x.dtype)) if group else (out, MixerState(conv_state, h))
@@ -189,8 +201,8 @@ class MambaMixer(nn.Module):
         window = torch.cat([state.conv.to(xs.dtype), xs[:, :, None]], dim=2)  # (B, E, W)
         u = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (B, E)
         delta, Bm, Cm = self._ssm_params(u)
-        y, h = selective_step(state.ssm, u, delta, -torch.exp(self.A_log.float()), Bm, Cm, self.D.float(), z,
-                              delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        A, D, dt_bias = self._fixed(x.dtype)
+        y, h = selective_step(state.ssm, u, delta, A, Bm, Cm, D, z, delta_bias=dt_bias, delta_softplus=True)
         return self.out_proj(y), MixerState(window[:, :, 1:], h)
 
 

@@ -1,7 +1,8 @@
 """Causal transformer backbone with a sliding-window KV cache.
 
-Dimension letters: B batch (or envs), T tokens in a segment, W attention window (tokens),
-d model width, nh heads, hs head size (d = nh * hs), L layers.
+Dimension letters: B batch (or envs), T tokens in a segment, W attention window (tokens), C cached
+tokens a segment continues from (W, or 0 without a state), d model width, nh heads, hs head size
+(d = nh * hs), L layers.
 
 GPT-2 style pre-LayerNorm blocks, without positional embeddings of their own: order enters through
 the causal mask and whatever the tokenizer adds (DT adds in-episode timestep embeddings, as Chen et
@@ -9,12 +10,17 @@ al. 2021 did). Each token attends to itself and the W-1 tokens before it in its 
 
 `forward` runs a segment, continuing from a `KVState` (the keys and values of the last W tokens of
 every layer); `step` is `forward` on one token. Because attention is limited to W tokens, a rollout
-keeps only W cached tokens: each step costs O(W), however long the episode. `forward(x)` from an empty
-state over T tokens equals T calls of `step` (tests/test_transformer.py), across episode resets too.
+keeps only W cached tokens: each step costs O(W), however long the episode. `forward` over T tokens
+equals T calls of `step` from the same state, across episode resets too (tests/test_backbones.py).
 
-Training windows no longer than W, with padding only at the end (what `ReplayStore.sample_windows`
-gives), run through PyTorch's fused causal attention (`is_causal=True`); the general path builds a
-boolean mask for the cache, the window and the resets.
+Two attention paths, the same numbers (tests/test_transformer.py):
+- fused: PyTorch's `scaled_dot_product_attention(..., is_causal=True)`, taken exactly when `forward` gets
+  `state=None`, `reset=None` and T <= W. Then plain causal attention is the window: every token may see
+  all earlier ones. Padding at the end of a window needs no mask, since no real token attends to a later
+  one. With DT's W = 3K - 1, a K-step window of 3K tokens would take the masked path; DT feeds its first
+  3K - 1 tokens (policies/dt.py), which fit.
+- masked: a boolean (B, 1, T, C + T) mask over the cache and the segment, for everything else: any
+  `state`, an empty `initial_state` too; any `reset` tensor, an all-False one too; T > W.
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ class CausalTransformer(nn.Module):
         B, T, _ = x.shape
         W = self.window
         dev = x.device
-        fast = state is None and reset is None and T <= W
+        fast = state is None and reset is None and T <= W  # the fused path (module docstring)
         if fast:
             mask, key_ep, seg_ep = None, None, None
             cache_valid = torch.zeros(B, 0, dtype=torch.bool, device=dev)
