@@ -1,4 +1,4 @@
-"""Decision Mamba's training cost: the fine-grained branch, and whole updates through the OfflineRunner.
+"""Decision Mamba's training cost: the fine-grained branch, and whole updates through the Trainer.
 
 1. The fine-grained mixer, forward + backward over a batch of windows (B=256, 3K=60 tokens, width 128),
    two ways that compute the same thing:
@@ -6,7 +6,7 @@
      tokens whose state restarts at each (R, s, a) triplet (`selective_scan(..., reset_every=3)`);
    - "B*K sequences of 3" (the baseline, seqrl's earlier form): the same mixer on x reshaped to
      (B*K, 3, d), each triplet its own sequence from a zero state.
-2. ms per optimiser update through `OfflineRunner.update` (CUDA graph and bfloat16 autocast, the
+2. ms per optimiser update through `Trainer.iteration` (CUDA graph and bfloat16 autocast, the
    defaults on one GPU) for DM at DT's size (width 128, 3 layers, K=20, batch 256) with and without
    the fine branch and self-evolution (PSER), and DT (agents/dt.toml) beside them.
 
@@ -33,7 +33,8 @@ from seqrl.data.minari_io import load_store
 from seqrl.nn.mamba import MambaMixer
 from seqrl.policies import TaskSpec, policy_class
 from seqrl.presets import find_env_for_dataset, load_agent, load_env
-from seqrl.runners.offline import OfflineRunner
+from seqrl.runners.sources import DatasetSource
+from seqrl.runners.trainer import Trainer
 
 
 def cuda_ms(fn, reps: int = 20, warmup: int = 5) -> float:
@@ -72,15 +73,15 @@ def fine_branch(rows: list) -> None:
 
 
 DM = {"embed_dim": 128, "n_layers": 3, "pser_steps": 10_000, "pser_interval": 250}
-RUNNER = {"device": "cuda", "batch_size": 256, "steps": 10_000, "warmup_steps": 100, "eval_episodes": 0,
-          "checkpoint_every": 0}
+TRAINER = {"device": "cuda", "steps": 10_000, "warmup_steps": 100, "eval_episodes": 0, "checkpoint_every": 0}
+SOURCE = {"batch_size": 256}
 
 
-def runner_for(agent: str, policy: dict, runner: dict, store, env, name: str) -> OfflineRunner:
-    preset = load_agent(agent, {"policy": policy, "runner": runner})
+def runner_for(agent: str, policy: dict, trainer: dict, store, env, name: str) -> Trainer:
+    preset = load_agent(agent, {"policy": policy, "source": SOURCE, "trainer": trainer})
     torch.manual_seed(0)
     pol = policy_class(agent)(preset.policy, TaskSpec.from_store(store, env))
-    return OfflineRunner(pol, store, preset, Path("/tmp/bench_dm_update") / name.replace(" ", "_"), resume=False)
+    return Trainer(pol, DatasetSource(preset.source, store), preset, Path("/tmp/bench_dm_update") / name.replace(" ", "_"))
 
 
 def load(dataset: str):
@@ -91,13 +92,13 @@ def load(dataset: str):
 def profile_update(dataset: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    r = runner_for("dm", DM, RUNNER | {"cuda_graph": False}, *load(dataset), "profile")
+    r = runner_for("dm", DM, TRAINER | {"cuda_graph": False}, *load(dataset), "profile")
     for _ in range(5):
-        r.update()
+        r.iteration()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            r.update()
+            r.iteration()
         torch.cuda.synchronize()
     print("DM update (eager, bf16 autocast), the kernels of 5 updates:")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
@@ -108,8 +109,8 @@ def updates(rows: list, dataset: str) -> None:
              "DM, no self-evolution": ("dm", DM | {"pser": False}), "DT": ("dt", {})}
     store, env = load(dataset)
     for name, (agent, policy) in cases.items():
-        r = runner_for(agent, policy, RUNNER, store, env, name)
-        ms = cuda_ms(r.update, reps=50, warmup=10)
+        r = runner_for(agent, policy, TRAINER, store, env, name)
+        ms = cuda_ms(r.iteration, reps=50, warmup=10)
         rows.append({"part": "runner update", "variant": name, "ms": ms, "updates_per_s": 1e3 / ms,
                      "cuda_graph": r.use_graph})
         print(f"runner update  {name:24s} {ms:7.2f} ms  ({1e3 / ms:5.1f} updates/s, graph={r.use_graph})")

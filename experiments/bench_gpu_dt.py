@@ -32,13 +32,13 @@ CPU smoke test (tiny step counts; d3rlpy from a separate venv, or skipped when n
 
 What is measured
 ----------------
-1. Training, seqrl: `OfflineRunner.train_step` on windows from `ReplayStore.sample_windows`, the store
-   on the GPU (runner.store_on_device), i.e. the body of `OfflineRunner.run`'s loop without its
-   every-100-steps logging: sample (B, K=20) windows with the runner's device generator, `train_step`
+1. Training, seqrl: `Trainer.iteration` on windows from `seqrl.data.samplers.windows`, the store
+   on the GPU (source.store_on_device), i.e. the body of `Trainer.run`'s loop without its
+   every-100-steps logging: sample (B, K=20) windows with the trainer's device generator, `train_step`
    (autocast, loss, backward, clip 0.25, AdamW, LR schedule). Model: agents/dt.toml (embed 128, 3 layers,
    1 head, K=20, dropout 0.1), env preset hopper, synthetic Hopper-shaped store (obs 11, action 3,
-   1000 episodes x 1000 steps). Variants: fp32 (runner.amp=false), bf16 (runner.amp=true),
-   bf16+compile (runner.compile=true), each at B=64, then the fastest at B=256. W warm-up steps, then R
+   1000 episodes x 1000 steps). Variants: fp32 (trainer.amp=false), bf16 (trainer.amp=true),
+   bf16+compile (trainer.compile=true), each at B=64, then the fastest at B=256. W warm-up steps, then R
    repeats of N steps, each timed with torch.cuda.synchronize() on both ends; median reported.
    seqrl's loop never syncs inside (train_step returns device tensors).
 2. Training, d3rlpy: see experiments/d3rlpy_dt_worker.py. Headline number: N iterations of
@@ -88,7 +88,7 @@ def log(*a):
 
 
 def ensure_tensorboard():
-    """OfflineRunner opens a SummaryWriter; train_step never uses it. Stub it where tensorboard is absent."""
+    """Trainer opens a SummaryWriter; train_step never uses it. Stub it where tensorboard is absent."""
     try:
         import torch.utils.tensorboard  # noqa: F401
     except Exception as e:  # noqa: BLE001
@@ -117,12 +117,12 @@ def make_store(episodes: int, T: int, seed: int = 0):
     from seqrl.data.store import ReplayStore
 
     rng = np.random.default_rng(seed)
-    obs = rng.standard_normal((episodes * T, OBS_DIM), dtype=np.float32)
+    obs = rng.standard_normal((episodes * (T + 1), OBS_DIM), dtype=np.float32)  # T+1: each episode's final one
     act = rng.uniform(-1, 1, (episodes * T, ACT_DIM)).astype(np.float32)
     rew = rng.standard_normal(episodes * T).astype(np.float32)
     trunc = np.zeros(T, bool)
     trunc[-1] = True
-    eps = [{"obs": obs[i * T:(i + 1) * T], "act": act[i * T:(i + 1) * T], "rew": rew[i * T:(i + 1) * T],
+    eps = [{"obs": obs[i * (T + 1):(i + 1) * (T + 1)], "act": act[i * T:(i + 1) * T], "rew": rew[i * T:(i + 1) * T],
             "term": np.zeros(T, bool), "trunc": trunc} for i in range(episodes)]
     obs_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
     act_space = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
@@ -143,19 +143,21 @@ def bench_seqrl_train(store, env, device, variant, amp, compile_, graph, batch, 
     from seqrl.policies.dt import DecisionTransformer
     from seqrl.policies.base import TaskSpec
     from seqrl.presets import load_agent
-    from seqrl.runners.offline import OfflineRunner
+    from seqrl.data.samplers import windows
+    from seqrl.runners.sources import DatasetSource
+    from seqrl.runners.trainer import Trainer
 
     sync = Sync(device)
     if compile_:
         torch._dynamo.reset()
-    preset = load_agent("dt", {"runner": {"device": str(device), "batch_size": batch, "amp": amp,
-                                          "compile": compile_, "cuda_graph": graph, "store_on_device": True}})
+    preset = load_agent("dt", {"trainer": {"device": str(device), "amp": amp, "compile": compile_, "cuda_graph": graph},
+                               "source": {"batch_size": batch, "store_on_device": True}})
     policy = DecisionTransformer(preset.policy, TaskSpec.from_store(store, env))
-    runner = OfflineRunner(policy, store, preset, Path(run_root) / f"{variant}_b{batch}")
-    K = policy.window
+    runner = Trainer(policy, DatasetSource(preset.source, store), preset, Path(run_root) / f"{variant}_b{batch}")
+    K = policy.config.context_len
 
-    def step():  # what OfflineRunner.run does each iteration: sample + update (or one graph replay)
-        return runner.update()
+    def step():  # what Trainer.run does each iteration: sample + update (or one graph replay)
+        return runner.iteration()[0]
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -184,11 +186,11 @@ def bench_seqrl_train(store, env, device, variant, amp, compile_, graph, batch, 
         rec["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
     # window sampling alone (the store on the device)
     for _ in range(3):
-        store.sample_windows(batch, K, runner.gen)
+        windows(store, batch, K, runner.gen)
     sync()
     t0 = time.perf_counter()
     for _ in range(N):
-        store.sample_windows(batch, K, runner.gen)
+        windows(store, batch, K, runner.gen)
     sync()
     rec["sample_windows_per_s"] = N * batch / (time.perf_counter() - t0)
     if runner.writer is not None:
@@ -329,8 +331,8 @@ def bench_eval_synthetic(store, env, device, K, n_envs, warmup, steps, repeats, 
         ps["rtg"] = torch.cat([ps["rtg"][:, 1:], ps["rtg_now"][:, None]], 1)
         ps["ts"] = torch.cat([ps["ts"][:, 1:], ps["t"][:, None]], 1)
         ps["act"] = torch.cat([ps["act"][:, 1:], zero_a], 1)
-        b = Batch(obs=ps["obs"], act=ps["act"], rew=zeros_k, rtg=ps["rtg"], timestep=ps["ts"], done=false_k,
-                  first=false_k, mask=mask)
+        b = Batch(obs=ps["obs"], next_obs=ps["obs"], act=ps["act"], rew=zeros_k, rtg=ps["rtg"], timestep=ps["ts"],
+                  term=false_k, trunc=false_k, first=false_k, mask=mask, stream=torch.zeros_like(ps["ts"]))
         a = pol.head.to_env(pol.predict(b)[:, -1])
         ps["act"][:, -1] = a
         a.cpu().numpy()
@@ -398,7 +400,7 @@ def bench_eval_real(store, env, device, Ks, n_envs, warmup, steps, repeats, max_
     # evaluate() itself, once (random weights: episodes end early; its own env_steps_per_s)
     pol = make_policy(store, env, Ks[0], device)
     t0 = time.perf_counter()
-    res = evaluate(pol, env.env_id, n_envs, seed=0, device=device, max_episode_steps=env.max_episode_steps)
+    res = evaluate(pol, env, n_envs, seed=0, device=device)
     out["evaluate_fn"] = {"context": Ks[0], "episodes": n_envs, "wall_s": time.perf_counter() - t0,
                           "env_steps_per_s": res.env_steps_per_s, "length_mean": float(res.lengths.mean())}
     log(f"  evaluate(DT K={Ks[0]}, {env.env_id}, {n_envs} episodes): {res.env_steps_per_s:.0f} env-steps/s "

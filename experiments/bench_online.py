@@ -9,6 +9,7 @@ env-step budgets. Needs the `bench` extra (sb3-contrib, matplotlib).
 Every run writes one JSON file under docs/results/online/per_run/ and is skipped when that file exists, so
 an interrupted sweep resumes where it stopped. Evaluation: 100 episodes with deterministic actions
 through `seqrl.runners.evaluate.evaluate` for all three methods (RecurrentPPO through a small adapter).
+Ours run the agents/gtrxl.toml and agents/lstm_ppo.toml presets through the one Trainer (env source).
 Same PPO settings for all: 16 envs x 128 steps per update, 4 epochs of 4 minibatches, lr 3e-4,
 gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01, value 0.5, grad clip 0.5; LSTMs of 128 units.
 """
@@ -29,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seqrl.cli import resolve_env  # noqa: E402
 from seqrl.io import atomic_write  # noqa: E402
 from seqrl.runners.evaluate import evaluate  # noqa: E402
+from seqrl.runners.sources import resolve_env  # noqa: E402
 
 OUT = ROOT / "docs" / "results" / "online"
 METHODS = ("gtrxl", "lstm_ppo", "recurrent_ppo")
@@ -51,34 +52,35 @@ def env_preset(task: str, length: int | None):
 
 
 # ------------------------------------------------------------------------------------------- ours
-def build_runner(method: str, env, steps: int, seed: int, device: str, run_dir: Path, policy_over: dict | None = None):
-    import gymnasium as gym
-
+def build_trainer(method: str, env, steps: int, seed: int, device: str, run_dir: Path, policy_over: dict | None = None):
+    """The preset `method` (agents/gtrxl.toml, agents/lstm_ppo.toml) through the one Trainer on an env source."""
     from seqrl.policies import TaskSpec, policy_class
     from seqrl.presets import load_agent
-    from seqrl.runners.online import OnlineRunner
+    from seqrl.runners.sources import EnvSource
+    from seqrl.runners.trainer import Trainer
 
-    runner_over = {"total_steps": steps, "seed": seed, "device": device, "eval_episodes": EVAL_EPISODES,
-                   "checkpoint_every": 0, "log_every": 1, "n_envs": PPO["n_envs"]}
-    preset = load_agent(method, {"runner": runner_over, "policy": policy_over or {}})
-    probe = gym.make(env.env_id, **env.env_kwargs)
-    shape = probe.observation_space.shape
-    spec = TaskSpec(probe.observation_space, probe.action_space, np.zeros(shape, np.float32),
-                    np.ones(shape, np.float32), env, {})
-    probe.close()
+    over = {"source": {"env_steps": steps, "n_envs": PPO["n_envs"]},
+            "trainer": {"seed": seed, "device": device, "eval_episodes": EVAL_EPISODES, "checkpoint_every": 0},
+            "policy": policy_over or {}}
+    preset = load_agent(method, over)
     torch.manual_seed(seed)
-    policy = policy_class(preset.agent)(preset.policy, spec)
-    return OnlineRunner(policy, preset, run_dir)
+    policy = policy_class(preset.agent)(preset.policy, TaskSpec.from_env(env))
+    return Trainer(policy, EnvSource(preset.source, env), preset, run_dir)
 
 
 def run_ours(method: str, env, steps: int, seed: int, device: str, policy_over: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        runner = build_runner(method, env, steps, seed, device, Path(tmp), policy_over)
+        t = build_trainer(method, env, steps, seed, device, Path(tmp), policy_over)
         t0 = time.perf_counter()
-        res = runner.run()[""]
+        while not t.done():  # what Trainer.run does, without its logging, so that training alone is timed
+            t.iteration()
+        train_s = time.perf_counter() - t0
+        res = t.evaluate()[""]
         wall = time.perf_counter() - t0
+        t.source.close()
+        t.writer.close()
     return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "wall_s": wall,
-            "train_env_steps_per_s": runner.train_rate, "env_steps": runner.env_steps}
+            "train_env_steps_per_s": t.source.env_steps / train_s, "env_steps": t.source.env_steps}
 
 
 # ------------------------------------------------------------------------------------- sb3-contrib
@@ -87,9 +89,6 @@ class SB3Recurrent:
 
     def __init__(self, model):
         self.model = model
-
-    def eval_conditions(self):
-        return [("", {})]
 
     def initial_state(self, n_envs, device):
         return None, np.ones(n_envs, bool)
@@ -120,8 +119,7 @@ def run_sb3(env, steps: int, seed: int, device: str) -> dict:
     t0 = time.perf_counter()
     model.learn(steps)
     wall = time.perf_counter() - t0
-    res = evaluate(SB3Recurrent(model), env.env_id, EVAL_EPISODES, seed=seed + 10_000,
-                   max_episode_steps=env.max_episode_steps, env_kwargs=env.env_kwargs).summary()
+    res = evaluate(SB3Recurrent(model), env, EVAL_EPISODES, seed=seed + 10_000).summary()
     return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "wall_s": wall,
             "train_env_steps_per_s": model.num_timesteps / wall, "env_steps": model.num_timesteps}
 
@@ -138,7 +136,7 @@ def sweep(task: str, methods, lengths, seeds, steps_for, device: str, gtrxl_memo
                 path = OUT / runs_dir / f"{tag}.json"
                 if path.exists():
                     continue
-                over = {"memory": gtrxl_memory} if method == "gtrxl" and gtrxl_memory else {}
+                over = {"gtrxl": {"memory": gtrxl_memory}} if method == "gtrxl" and gtrxl_memory else {}
                 out = (run_sb3(env, steps, seed, device) if method == "recurrent_ppo"
                        else run_ours(method, env, steps, seed, device, over))
                 out |= {"task": task, "method": method, "length": length, "seed": seed, "budget": steps, "device": device,
@@ -154,17 +152,17 @@ def throughput(device: str, updates: int) -> None:
     rows = {}
     for method in ("gtrxl", "lstm_ppo"):
         with tempfile.TemporaryDirectory() as tmp:
-            r = build_runner(method, env, batch * (updates + 1), 0, device, Path(tmp))
-            r.update(r.collect())  # warm-up
+            t = build_trainer(method, env, batch * (updates + 1), 0, device, Path(tmp))
+            t.iteration()  # warm-up: one collection and its PPO updates
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(updates):
-                r.update(r.collect())
+                t.iteration()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             rows[method] = batch * updates / (time.perf_counter() - t0)
-            r.envs.close()
+            t.source.close()
         print(f"{method}: {rows[method]:.0f} env-steps/s", flush=True)
     try:
         import sb3_contrib  # noqa: F401
@@ -243,7 +241,7 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=8, help="throughput: timed PPO updates (n_envs x 128 env steps each)")
     ap.add_argument("--n-envs", type=int, default=16, help="throughput: parallel envs (a multiple of 4)")
     ap.add_argument("--gtrxl-memory", type=int, default=None,
-                    help="memory: override the gtrxl preset's policy.memory (it must reach back the corridor length)")
+                    help="memory: override the gtrxl preset's policy.gtrxl.memory (it must reach back the corridor length)")
     ap.add_argument("--runs-dir", default="per_run", help="memory/cartpole: folder under docs/results/online for the "
                     "run files (`report` reads per_run/; use another for side experiments such as larger budgets)")
     ap.add_argument("--device", default="cpu")

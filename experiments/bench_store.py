@@ -4,7 +4,7 @@
     python experiments/bench_store.py --steps 100000
 
 Prints windows sampled per second at B=256, K=20 for
-  - seqrl: `ReplayStore.sample_windows` (one vectorised gather per column), and
+  - seqrl: `seqrl.data.samplers.windows` (one vectorised gather per column, next observations included), and
   - baseline: a per-sample loop that slices each episode's arrays, pads and stacks (the way
     CORL's and the DT reference code's datasets build a batch),
 and seconds to load the dataset from Minari's HDF5 (`ReplayStore.from_minari`) and from the store's
@@ -58,6 +58,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     from seqrl.data.minari_io import write_dataset
+    from seqrl.data.samplers import windows
     from seqrl.data.store import ReplayStore
 
     rng = np.random.default_rng(0)
@@ -79,7 +80,7 @@ def main():
         t_npz = time.perf_counter() - t0
     B, K = args.batch, args.context
     g = torch.Generator().manual_seed(0)
-    seqrl_rate = rate(lambda: store.sample_windows(B, K, g))
+    seqrl_rate = rate(lambda: windows(store, B, K, g))
     for ep in episodes:  # the baseline, like CORL, precomputes returns-to-go once per episode
         ep["rtg"] = np.cumsum(ep["rew"][::-1])[::-1]
     lengths = np.array([T] * E)
@@ -90,7 +91,7 @@ def main():
     print(f"load from Minari HDF5 (ReplayStore.from_minari):         {t_minari:6.1f} s")
     print(f"load from .npz (ReplayStore.load):                       {t_npz:6.1f} s")
     print(f"sample B={B} K={K}, CPU, 1 thread:")
-    print(f"  seqrl sample_windows      {seqrl_rate * B:12,.0f} windows/s ({seqrl_rate:,.0f} batches/s)")
+    print(f"  seqrl samplers.windows    {seqrl_rate * B:12,.0f} windows/s ({seqrl_rate:,.0f} batches/s)")
     print(f"  per-sample loop baseline  {naive_rate * B:12,.0f} windows/s ({naive_rate:,.0f} batches/s)")
     print(f"  ratio                     {seqrl_rate / naive_rate:12.1f} x")
 

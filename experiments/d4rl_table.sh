@@ -15,9 +15,9 @@
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
-DT="dt:runner.steps=$S;runner.warmup_steps=$W;runner.batch_size=$B"
-DM="dm:policy.embed_dim=128;policy.n_layers=3;policy.pser_steps=$S;policy.pser_interval=$I;runner.steps=$S;runner.warmup_steps=$W;runner.batch_size=$B"
-BC="bc:runner.steps=$SBC"
+DT="dt:trainer.steps=$S;trainer.warmup_steps=$W;source.batch_size=$B"
+DM="dm:policy.embed_dim=128;policy.n_layers=3;policy.pser_steps=$S;policy.pser_interval=$I;trainer.steps=$S;trainer.warmup_steps=$W;source.batch_size=$B"
+BC="bc:trainer.steps=$SBC"
 # one group per quality, in QUALITIES order; DM without self-evolution joins the medium-replay group, so
 # that with the seed-major order each seed's noisy-data comparison is run together
 groups=()

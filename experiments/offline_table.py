@@ -67,7 +67,7 @@ def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out:
     folder = run_dir(Path(out), dataset, label, seed)
     t = time.perf_counter()
     _, results = train_run(agent, dataset, None, overrides + [
-        f"runner.seed={seed}", f"runner.eval_episodes={episodes}", "runner.eval_every=0"],
+        f"trainer.seed={seed}", f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
         folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
     record = dict(dataset=dataset, label=label, spec=spec, seed=seed, device=device,
                   seconds=time.perf_counter() - t, results=results)

@@ -1,5 +1,13 @@
-"""Checkpoints: weights + agent preset + TaskSpec (spaces, normalisation, env, dataset metadata) +
-optimiser state, written atomically. A checkpoint alone is enough to evaluate or resume."""
+"""Checkpoints: weights (with the agent's schedules, which live in buffers) + agent preset + TaskSpec
+(spaces, normalisation, env, dataset metadata) + optimiser states + the trainer's counters, the
+source's state and the RNG states, written atomically and read with `weights_only=True` (no pickled
+code runs). A checkpoint alone is enough to evaluate or resume.
+
+Format 2 is the one-trainer layout (`preset` with `source` and `trainer` tables, `optimizers` by group).
+Format 1 checkpoints (seqrl before it) of dt, bc and dm convert with `seqrl convert OLD NEW`: the
+weights are the same; the optimiser moments are kept too. Format 1 gtrxl/lstm_ppo checkpoints cannot
+be converted: those agents now embed through the shared tokenizer and action head.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import torch
 from seqrl.errors import CheckpointError, SeqrlError
 from seqrl.io import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -33,6 +41,10 @@ def load_checkpoint(path: str | Path, agent: str | None = None) -> dict[str, Any
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    if isinstance(ckpt, dict) and ckpt.get("format") == 1:
+        raise CheckpointError(f"checkpoint {path} has format 1 (seqrl before the one-trainer change); this seqrl "
+                              f"reads format {FORMAT_VERSION}. Convert it with: seqrl convert {path} NEW.pt "
+                              f"(dt, bc, dm), or retrain (gtrxl, lstm_ppo)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a seqrl checkpoint (format {FORMAT_VERSION})")
     missing = [k for k in ("agent", "preset", "spec", "policy", "step") if k not in ckpt]
@@ -44,7 +56,7 @@ def load_checkpoint(path: str | Path, agent: str | None = None) -> dict[str, Any
 
 
 def policy_from_checkpoint(path: str | Path, agent: str | None = None, device: str | torch.device = "cpu"):
-    """Rebuild the policy of a checkpoint. Returns (policy, agent preset, checkpoint dict)."""
+    """Rebuild the agent of a checkpoint. Returns (agent, agent preset, checkpoint dict)."""
     from seqrl.policies import TaskSpec, policy_class
     from seqrl.presets import agent_from_dict
 
@@ -59,13 +71,41 @@ def policy_from_checkpoint(path: str | Path, agent: str | None = None, device: s
     return policy.to(device), preset, ckpt
 
 
-def training_state(preset, policy: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device,
+def training_state(preset, agent: torch.nn.Module, opts: dict[str, torch.optim.Optimizer], device: torch.device,
                    **extra: Any) -> dict[str, Any]:
-    """What every runner's checkpoint holds (agent, preset, TaskSpec, weights, optimiser, RNG states),
-    plus the runner's own entries (`extra`: its step counters, sampler state...)."""
-    return {"agent": preset.agent, "preset": preset.to_dict(), "spec": policy.spec.to_dict(),
-            "policy": policy.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+    """What a checkpoint holds (agent, preset, TaskSpec, weights, optimisers by group, RNG states), plus
+    the trainer's own entries (`extra`: its step counter, the source's state, the sampler's generator)."""
+    return {"agent": preset.agent, "preset": preset.to_dict(), "spec": agent.spec.to_dict(),
+            "policy": agent.state_dict(), "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **extra}
+
+
+def convert_format1(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite a format-1 checkpoint of dt, bc or dm (seqrl before the one trainer) as format 2."""
+    src = Path(src)
+    try:
+        old = torch.load(src, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"checkpoint {src} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    if not isinstance(old, dict) or old.get("format") != 1:
+        raise CheckpointError(f"{src} is not a format-1 seqrl checkpoint")
+    if old.get("agent") not in ("dt", "bc", "dm"):
+        raise CheckpointError(f"checkpoint {src} holds agent {old.get('agent')!r}: only dt, bc and dm convert "
+                              f"(gtrxl and lstm_ppo changed their network: retrain them)")
+    runner = dict(old["preset"]["runner"])
+    source = {"kind": "dataset", "batch_size": runner.pop("batch_size"), "store_on_device": runner.pop("store_on_device")}
+    preset = {"agent": old["agent"], "policy": old["preset"]["policy"], "source": source, "trainer": runner}
+    new = {"agent": old["agent"], "preset": preset, "spec": old["spec"], "policy": old["policy"],
+           "optimizers": {"agent": old["optimizer"]}, "step": old["step"], "source": {},
+           "generator": old.get("generator"), "torch_rng": old["torch_rng"], "cuda_rng": old.get("cuda_rng")}
+    from seqrl.presets import agent_from_dict
+
+    try:
+        agent_from_dict(preset)
+    except SeqrlError as e:
+        raise CheckpointError(f"checkpoint {src}: its preset does not convert ({e})") from e
+    return save_checkpoint(dst, new)
 
 
 def restore_rng(ckpt: dict[str, Any], device: torch.device) -> None:

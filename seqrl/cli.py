@@ -76,109 +76,41 @@ def collect(
 # ---------------------------------------------------------------------------------------------- train
 def train_run(agent: str, dataset: Optional[str], env_name: Optional[str], overrides: list[str], run_dir: Optional[Path],
               resume: bool, device: Optional[str] = None) -> tuple[Path, dict]:
-    """Load presets and data, train, evaluate. Returns (run folder, evaluation summary)."""
+    """Load the presets, build the source the agent preset names (a dataset or an env), train through the
+    one Trainer, evaluate. Returns (run folder, evaluation summary)."""
     import torch
 
-    from seqrl.data.minari_io import check_env_matches, load_store
-    from seqrl.errors import PresetError
-    from seqrl.policies import TaskSpec, policy_class
-    from seqrl.presets import OnlineRunnerConfig, find_env_for_dataset, load_agent, load_env
-    from seqrl.runners.offline import OfflineRunner
+    from seqrl.policies import policy_class
+    from seqrl.presets import load_agent
+    from seqrl.runners.sources import build_source
+    from seqrl.runners.trainer import Trainer
 
     agent_over, env_over = _split_overrides(overrides)
     if device is not None:
-        agent_over.setdefault("runner", {})["device"] = device
+        agent_over.setdefault("trainer", {})["device"] = device
     preset = load_agent(agent, agent_over)
-    if isinstance(preset.runner, OnlineRunnerConfig):  # gtrxl, lstm_ppo: they train on an env
-        return online_train_run(preset, dataset, env_name, env_over, run_dir, resume)
-    if dataset is None:
-        raise PresetError(f"agent {preset.agent!r} trains offline: pass --dataset (a Minari dataset id)")
-    store = load_store(dataset)
-    if env_name is None:
-        env_preset = find_env_for_dataset(dataset)
-        if env_preset is None:
-            raise PresetError(f"no env preset owns dataset {dataset!r}: pass --env NAME (a file in envs/)")
-        env_preset = load_env(env_preset.name, env_over)
-    else:
-        env_preset = load_env(env_name, env_over)
-    check_env_matches(store, env_preset.env_id)
-    torch.manual_seed(preset.runner.seed)  # initial weights follow the seed too
-    run_dir = run_dir or Path("runs") / agent / dataset.replace("/", "_") / f"seed{preset.runner.seed}"
-    policy = policy_class(preset.agent)(preset.policy, TaskSpec.from_store(store, env_preset))
-    results = OfflineRunner(policy, store, preset, run_dir, resume=resume).run()
-    return run_dir, results
-
-
-def resolve_env(name: str, overrides: dict) -> "EnvPreset":  # noqa: F821
-    """An env preset by name or path (envs/NAME.toml), else the preset of a Gymnasium id, else a bare
-    preset for any registered Gymnasium id."""
-    import dataclasses
-
-    import gymnasium as gym
-
-    import seqrl.envs  # noqa: F401  registers seqrl/... ids
-    from seqrl.errors import PresetError
-    from seqrl.presets import ENVS_DIR, EnvPreset, build, find_env_for_id, load_env, merge
-
-    if name.endswith(".toml") or (ENVS_DIR / f"{name}.toml").is_file():
-        return load_env(name, overrides)
-    found = find_env_for_id(name)
-    if found is not None:
-        return build(EnvPreset, merge(dataclasses.asdict(found), overrides))
-    if name in gym.registry:
-        limit = gym.registry[name].max_episode_steps or 1000
-        return build(EnvPreset, merge({"name": name, "env_id": name, "max_episode_steps": limit}, overrides))
-    known = sorted(p.stem for p in ENVS_DIR.glob("*.toml"))
-    raise PresetError(f"unknown env {name!r}: neither an env preset {known} nor a registered Gymnasium id")
-
-
-def online_train_run(preset, dataset: Optional[str], env_name: Optional[str], env_over: dict,
-                     run_dir: Optional[Path], resume: bool) -> tuple[Path, dict]:
-    """Train an online agent (gtrxl, lstm_ppo) with PPO on an env, then evaluate it."""
-    import gymnasium as gym
-    import numpy as np
-    import torch
-
-    from seqrl.data.store import space_to_dict
-    from seqrl.errors import PresetError
-    from seqrl.policies import TaskSpec, policy_class
-    from seqrl.runners.online import OnlineRunner
-
-    if dataset is not None:
-        raise PresetError(f"agent {preset.agent!r} trains online: pass --env, not --dataset")
-    if env_name is None:
-        raise PresetError(f"agent {preset.agent!r} trains online: pass --env (an env preset such as tmaze, "
-                          f"or a Gymnasium id such as seqrl/TMaze-v0)")
-    env_preset = resolve_env(env_name, env_over)
-    try:
-        probe = gym.make(env_preset.env_id, **env_preset.env_kwargs)
-    except (gym.error.Error, TypeError, ValueError) as e:
-        raise PresetError(f"env {env_preset.env_id!r} with env_kwargs {env_preset.env_kwargs}: {e}") from e
-    obs_space, act_space = probe.observation_space, probe.action_space
-    probe.close()
-    space_to_dict(obs_space), space_to_dict(act_space)  # DataError naming an unsupported space
-    shape = () if isinstance(obs_space, gym.spaces.Discrete) else obs_space.shape
-    spec = TaskSpec(obs_space, act_space, np.zeros(shape, np.float32), np.ones(shape, np.float32), env_preset,
-                    {"env_id": env_preset.env_id, "online": True})
-    torch.manual_seed(preset.runner.seed)  # initial weights follow the seed too
-    run_dir = run_dir or Path("runs") / preset.agent / env_preset.env_id.replace("/", "_") / f"seed{preset.runner.seed}"
+    source, spec, name = build_source(preset, dataset, env_name, env_over)
+    torch.manual_seed(preset.trainer.seed)  # initial weights follow the seed too
+    run_dir = run_dir or Path("runs") / agent / name / f"seed{preset.trainer.seed}"
     policy = policy_class(preset.agent)(preset.policy, spec)
-    return run_dir, OnlineRunner(policy, preset, run_dir, resume=resume).run()
+    return run_dir, Trainer(policy, source, preset, run_dir, resume=resume).run()
 
 
 @app.command()
 @_friendly
 def train(
-    agent: str = typer.Option(..., help="agent preset: agents/NAME.toml (dt, bc, dt_small, gtrxl, lstm_ppo, ...) or a path"),
-    dataset: Optional[str] = typer.Option(None, help="offline agents: a local Minari dataset id, e.g. seqrl/hopper/medium-v0"),
-    env: Optional[str] = typer.Option(None, help="env preset or Gymnasium id (online agents: required; offline: "
+    agent: str = typer.Option(..., help="agent preset: agents/NAME.toml (dt, bc, dm, dt_small, gtrxl, lstm_ppo, ...) or a path"),
+    dataset: Optional[str] = typer.Option(None, help="agents with source.kind='dataset': a local Minari dataset id, "
+                                                     "e.g. seqrl/hopper/medium-v0"),
+    env: Optional[str] = typer.Option(None, help="env preset or Gymnasium id (source.kind='env': required; dataset: "
                                                  "default the preset whose dataset_prefix owns the dataset)"),
-    set_: list[str] = typer.Option([], "--set", help="override, e.g. runner.steps=1000 or env.target_returns=[3600]"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (same as --set runner.device=...)"),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. trainer.steps=1000 or env.target_returns=[3600]"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (same as --set trainer.device=...)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", "--out", help="default: runs/AGENT/DATASET_OR_ENV/seedN"),
     resume: bool = typer.Option(False, help="continue from RUN_DIR/checkpoint.pt"),
 ) -> None:
-    """Train an agent offline on a Minari dataset (dt, bc) or online on an env (gtrxl, lstm_ppo), then evaluate it."""
+    """Train an agent from the source its preset names (a Minari dataset: dt, bc, dm; an env: gtrxl, lstm_ppo),
+    then evaluate it."""
     import torch.distributed as dist
 
     run_dir, results = train_run(agent, dataset, env, set_, run_dir, resume, device)
@@ -196,25 +128,37 @@ def train(
 @_friendly
 def eval_(
     checkpoint: Path = typer.Argument(..., help="a checkpoint.pt written by `seqrl train`"),
-    episodes: int = typer.Option(50, help="episodes, run together in a vector env"),
+    episodes: int = typer.Option(50, help="trials, run together in a vector env (each as many episodes as the "
+                                          "agent's protocol asks)"),
     seed: int = typer.Option(0, help="env i is seeded seed+i"),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
 ) -> None:
-    """Evaluate a checkpoint over parallel episodes, at every condition it declares (DT: target returns)."""
+    """Evaluate a checkpoint at every condition of its agent's protocol (DT: target returns)."""
     from seqrl.checkpoint import policy_from_checkpoint
     from seqrl.runners.evaluate import evaluate
 
     policy, preset, _ = policy_from_checkpoint(checkpoint, device=device)
-    env = policy.spec.env
+    spec, proto = policy.spec, policy.eval_protocol()
     rows = []
-    for label, cond in policy.eval_conditions():
-        s = evaluate(policy, env.env_id, episodes, seed, device, cond, policy.spec.ref_scores, env.max_episode_steps,
-                     env.env_kwargs).summary()
+    for label, cond in proto.conditions:
+        s = evaluate(policy, spec.env, episodes, seed, device, cond, spec.ref_scores, proto.episodes).summary()
         rows.append((f"{preset.agent} {label}".strip(), s | {"episodes": episodes}))
-    console.print(_results_table(f"{checkpoint} on {env.env_id}", rows))
+    console.print(_results_table(f"{checkpoint} on {spec.env.env_id}", rows))
     for name, s in rows:
         if "success_rate" in s:
             console.print(f"{name} success rate: {s['success_rate']:.2f}")
+
+
+@app.command()
+@_friendly
+def convert(
+    old: Path = typer.Argument(..., help="a format-1 checkpoint (seqrl before the one trainer) of dt, bc or dm"),
+    new: Path = typer.Argument(..., help="where to write the format-2 checkpoint"),
+) -> None:
+    """Convert a checkpoint written before the one-trainer change (format 1) to today's format."""
+    from seqrl.checkpoint import convert_format1
+
+    console.print(f"wrote {convert_format1(old, new)}")
 
 
 # ------------------------------------------------------------------------------------------ quickstart
@@ -240,13 +184,12 @@ def quickstart(
     r = store.return_stats()
     console.print(f"     {store.num_episodes} episodes, {len(store)} steps, returns {r['min']:.0f} .. {r['max']:.0f}")
     ref = env.ref_scores
-    seed = load_agent("dt_small").runner.seed + 10_000  # the evaluation seeds the runner uses: same starts for all
-    rows = [("random", evaluate(RandomPolicy(store.action_space), env.env_id, episodes, seed, "cpu", None, ref,
-                                env.max_episode_steps).summary())]
+    seed = load_agent("dt_small").trainer.seed + 10_000  # the evaluation seeds the trainer uses: same starts for all
+    rows = [("random", evaluate(RandomPolicy(store.action_space), env, episodes, seed, "cpu", None, ref).summary())]
     for i, agent in enumerate(("bc_small", "dt_small"), start=2):
         console.print(f"[bold]{i}/4[/] training {agent}")
         run_dir, results = train_run(agent, dataset, "pendulum",
-                                     [f"runner.eval_episodes={episodes}", "runner.eval_every=0"],
+                                     [f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
                                      out / agent, resume=False, device=device)
         rows += [(f"{agent.split('_')[0].upper()} {k}".strip(), v) for k, v in results.items()]
     console.print("[bold]4/4[/] results (normalised score: 0 = random, 100 = scripted expert)")

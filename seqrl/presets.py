@@ -19,8 +19,19 @@ from typing import Any, Literal
 from seqrl.errors import PresetError
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENTS_DIR = ROOT / "agents"
-ENVS_DIR = ROOT / "envs"
+"""the repository, in a checkout (editable install, running from source)"""
+SHIPPED = Path(__file__).resolve().parent / "_presets"
+"""the presets inside an installed wheel: pyproject.toml maps agents/ and envs/ onto seqrl/_presets/"""
+
+
+def preset_folder(name: str) -> Path:
+    """agents/ or envs/: the copy shipped in the package when there is one, else the checkout's folder."""
+    shipped = SHIPPED / name
+    return shipped if shipped.is_dir() else ROOT / name
+
+
+AGENTS_DIR = preset_folder("agents")
+ENVS_DIR = preset_folder("envs")
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -41,135 +52,102 @@ def require_device(device: str) -> None:
 
 
 def training_device(device: str):
-    """runner.device as a torch.device, for a runner about to train on it: CUDA on a machine without
+    """trainer.device as a torch.device, for a trainer about to train on it: CUDA on a machine without
     it is a PresetError (the config check above only knows the name is a device)."""
     import torch
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PresetError(f"runner.device={device!r}, but this machine has no CUDA device")
+        raise PresetError(f"trainer.device={device!r}, but this machine has no CUDA device")
     return dev
 
 
-# --------------------------------------------------------------------------------------------- runner
+# -------------------------------------------------------------------------------------------- trainer
 @dataclass(frozen=True)
-class RunnerConfig:
-    """Optimisation, logging and checkpoint settings shared by every offline agent."""
+class TrainerConfig:
+    """Optimisation, logging, evaluation and checkpoint settings of the one Trainer (every agent).
+
+    Every count is in optimiser updates: one update steps every optimiser group of the agent once."""
 
     steps: int = 100_000
-    """gradient steps in total"""
-    batch_size: int = 64
-    """windows per gradient step (the global batch: split across DDP ranks)"""
+    """optimiser updates in total; 0: no limit (an env source then stops at its `env_steps`)"""
     lr: float = 1e-4
-    """peak learning rate of AdamW"""
+    """peak learning rate of AdamW (an agent's optimiser group may scale it)"""
     weight_decay: float = 1e-4
-    """AdamW weight decay, applied to matrices only (see `param_groups`)"""
+    """AdamW weight decay, applied to matrices only (see `seqrl.runners.trainer.param_groups`)"""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas"""
+    eps: float = 1e-8
+    """AdamW epsilon (CleanRL's PPO uses 1e-5)"""
     warmup_steps: int = 10_000
-    """linear warm-up from 0 to `lr`, then constant (Chen et al. 2021)"""
+    """linear warm-up from 0 to `lr` over this many updates (Chen et al. 2021)"""
+    schedule: Literal["constant", "linear"] = "constant"
+    """after warm-up: constant, or a linear decay to 0 at the end of the budget (PPO's learning-rate annealing)"""
     grad_clip: float = 0.25
-    """max global gradient norm; 0 disables clipping"""
+    """max global gradient norm of each optimiser group; 0 disables clipping"""
     eval_every: int = 10_000
-    """gradient steps between evaluations (0: only at the end)"""
+    """updates between evaluations (0: only at the end)"""
     eval_episodes: int = 10
-    """episodes per evaluation, run together in a vector env"""
+    """trials per evaluation (each of the episodes the agent's protocol asks), run together in a vector env"""
     log_every: int = 100
-    """gradient steps between TensorBoard scalars"""
+    """updates between TensorBoard scalars and progress lines"""
     checkpoint_every: int = 10_000
-    """gradient steps between checkpoints (a final one is always written)"""
+    """updates between checkpoints (a final one is always written)"""
     seed: int = 0
-    """seeds torch, numpy and the evaluation envs"""
+    """seeds torch, the sampler, the envs and the evaluation envs"""
     device: str = "cpu"
     """torch device for training and evaluation: cpu, cuda, cuda:1, ..."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)"""
     compile: bool = False
-    """torch.compile the policy's loss on CUDA"""
+    """torch.compile the agent's losses on CUDA"""
     cuda_graph: bool = True
-    """on one CUDA device, capture a whole update (window sampling, forward, backward, clipping, AdamW) as
-    one CUDA graph and replay it: small models are otherwise bound by kernel-launch overhead"""
-    store_on_device: bool = True
-    """copy the replay store to the training device so sampling never crosses PCIe"""
+    """on one CUDA device with a dataset source on the device, capture a whole update (sampling, losses,
+    backward, clipping, AdamW) as one CUDA graph and replay it: small models are otherwise bound by launches"""
 
     def __post_init__(self):
-        require_at_least(self, 1, ("steps", "batch_size", "log_every"))
-        require_at_least(self, 0, ("warmup_steps", "eval_every", "eval_episodes", "checkpoint_every"))
-        if not self.lr > 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0, grad_clip and weight_decay >= 0")
+        require_at_least(self, 0, ("steps", "warmup_steps", "eval_every", "eval_episodes", "checkpoint_every"))
+        require_at_least(self, 1, ("log_every",))
+        if not self.lr > 0 or self.grad_clip < 0 or self.weight_decay < 0 or not self.eps > 0:
+            raise ValueError("lr and eps must be > 0, grad_clip and weight_decay >= 0")
         require_device(self.device)
 
 
+# -------------------------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
-class OnlineRunnerConfig:
-    """Rollouts, PPO and logging settings of the online agents (gtrxl, lstm_ppo): `seqrl.runners.online`.
+class DatasetSourceConfig:
+    """Offline: a fixed ReplayStore (a Minari dataset); every update trains on `agent.sample(store, ...)`."""
 
-    Defaults follow CleanRL's PPO (Huang et al. 2022, "The 37 implementation details of PPO")."""
+    kind: Literal["dataset"] = "dataset"
+    batch_size: int = 64
+    """samples per update (the global batch: split across DDP ranks)"""
+    store_on_device: bool = True
+    """copy the store to the training device so sampling never crosses PCIe"""
 
-    # rollouts
-    total_steps: int = 500_000
+    def __post_init__(self):
+        require_at_least(self, 1, ("batch_size",))
+
+
+@dataclass(frozen=True)
+class EnvSourceConfig:
+    """Online: a Gymnasium vector env stepped by the agent; finished episodes go into a ReplayStore."""
+
+    kind: Literal["env"] = "env"
+    env_steps: int = 500_000
     """environment steps in total, over all envs"""
     n_envs: int = 16
     """parallel environments (a Gymnasium sync vector env)"""
     n_steps: int = 128
-    """steps per env per rollout; one rollout feeds one PPO update"""
-    seq_len: int = 32
-    """truncated BPTT: rollouts are cut into sequences of this many steps, each replayed from the memory
-    recorded when it was collected; must divide n_steps"""
-    # PPO
-    epochs: int = 4
-    """passes over each rollout"""
-    minibatches: int = 4
-    """minibatches per pass; each holds whole sequences, so n_envs * n_steps / seq_len must divide evenly"""
-    lr: float = 2.5e-4
-    """Adam learning rate"""
-    anneal_lr: bool = False
-    """decay the learning rate linearly to 0 over total_steps"""
-    gamma: float = 0.99
-    """discount"""
-    gae_lambda: float = 0.95
-    """GAE(lambda) (Schulman et al. 2016)"""
-    clip_coef: float = 0.2
-    """PPO ratio clipping epsilon"""
-    vf_clip: float = 0.2
-    """value clipping around the collection-time value; 0 disables"""
-    ent_coef: float = 0.01
-    """entropy bonus"""
-    vf_coef: float = 0.5
-    """value loss weight"""
-    norm_adv: bool = True
-    """normalise advantages per minibatch"""
-    max_grad_norm: float = 0.5
-    """global gradient-norm clip; 0 disables"""
-    target_kl: float = 0.0
-    """stop an update's epochs early when the approximate KL exceeds this; 0 disables"""
-    # evaluation, logging, checkpoints
-    eval_every: int = 0
-    """PPO updates between evaluations (0: only at the end)"""
-    eval_episodes: int = 20
-    """episodes per evaluation (deterministic actions), run together in a vector env"""
-    log_every: int = 1
-    """PPO updates between TensorBoard scalars"""
-    checkpoint_every: int = 50
-    """PPO updates between checkpoints (a final one is always written)"""
-    seed: int = 0
-    """seeds torch and the envs"""
-    device: str = "cpu"
-    """torch device of the policy (envs step on the CPU): cpu, cuda, cuda:1, ..."""
+    """steps per env per collection; each collection is one iteration of the agent's updates"""
+    capacity: int = 1_000_000
+    """steps the store keeps; the oldest whole episodes are evicted beyond it"""
 
     def __post_init__(self):
-        require_at_least(self, 1, ("total_steps", "n_envs", "n_steps", "seq_len", "epochs", "minibatches", "log_every"))
-        require_at_least(self, 0, ("eval_every", "eval_episodes", "checkpoint_every"))
-        if self.n_steps % self.seq_len:
-            raise ValueError(f"seq_len {self.seq_len} does not divide n_steps {self.n_steps}")
-        if (self.n_envs * self.n_steps // self.seq_len) % self.minibatches:
-            raise ValueError(f"minibatches {self.minibatches} does not divide the {self.n_envs * self.n_steps // self.seq_len} "
-                             f"sequences of a rollout (n_envs * n_steps / seq_len)")
-        if not self.lr > 0 or not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip_coef > 0:
-            raise ValueError("lr and clip_coef must be > 0, gamma and gae_lambda in [0, 1]")
-        if min(self.vf_clip, self.ent_coef, self.vf_coef, self.max_grad_norm, self.target_kl) < 0:
-            raise ValueError("vf_clip, ent_coef, vf_coef, max_grad_norm and target_kl must be >= 0")
-        require_device(self.device)
+        require_at_least(self, 1, ("env_steps", "n_envs", "n_steps", "capacity"))
+
+
+SOURCES = {"dataset": DatasetSourceConfig, "env": EnvSourceConfig}
+"""source kind -> its config; the classes that run them live in seqrl.runners.sources"""
 
 
 # --------------------------------------------------------------------------------------- environments
@@ -315,7 +293,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`["runner.steps=10", "policy.dropout=0.0"]` -> nested dict. Values are TOML (bare words: strings)."""
+    """`["trainer.steps=10", "policy.dropout=0.0"]` -> nested dict. Values are TOML (bare words: strings)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -350,8 +328,9 @@ def read_toml(name_or_path: str | Path, directory: Path, kind: str) -> tuple[dic
         path = directory / f"{name_or_path}.toml"
     if not path.is_file():
         if not directory.is_dir():
-            raise PresetError(f"no {kind} presets: {directory} is missing. Presets live in the repository's "
-                              f"agents/ and envs/ folders; install seqrl from a checkout with `pip install -e .`")
+            raise PresetError(f"no {kind} presets: {directory} is missing. A checkout reads the repository's "
+                              f"agents/ and envs/ folders and an installed wheel its seqrl/_presets/ copy of "
+                              f"them; reinstall seqrl (`pip install -e .` in a checkout, `pip install seqrl`)")
         known = sorted(p.stem for p in directory.glob("*.toml"))
         raise PresetError(f"unknown {kind} preset {str(name_or_path)!r}; known: {known}")
     try:
@@ -362,17 +341,20 @@ def read_toml(name_or_path: str | Path, directory: Path, kind: str) -> tuple[dic
 
 @dataclass(frozen=True)
 class AgentPreset:
-    """An agent: which policy class, its config and the runner's config."""
+    """An agent: which agent class and its config, where its experience comes from, and the trainer's config."""
 
     agent: str
     policy: Any
-    runner: RunnerConfig | OnlineRunnerConfig
+    source: DatasetSourceConfig | EnvSourceConfig
+    trainer: TrainerConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return {"agent": self.agent, "policy": dataclasses.asdict(self.policy), "runner": dataclasses.asdict(self.runner)}
+        return {"agent": self.agent, "policy": dataclasses.asdict(self.policy),
+                "source": dataclasses.asdict(self.source), "trainer": dataclasses.asdict(self.trainer)}
 
 
 def agent_from_dict(values: dict[str, Any]) -> AgentPreset:
+    """Build an AgentPreset from a (TOML) dict: `agent`, and the tables `policy`, `source`, `trainer`."""
     from seqrl.policies import policy_class
 
     values = dict(values)
@@ -380,15 +362,23 @@ def agent_from_dict(values: dict[str, Any]) -> AgentPreset:
     if not isinstance(agent, str):
         raise PresetError("agent preset: missing key 'agent' (e.g. agent = \"dt\")")
     cls = policy_class(agent)
-    unknown = sorted(set(values) - {"policy", "runner"})
+    unknown = sorted(set(values) - {"policy", "source", "trainer"})
     if unknown:
-        raise PresetError(f"unknown key {unknown[0]!r} in agent preset; known: ['agent', 'policy', 'runner']")
-    return AgentPreset(
-        agent=agent,
-        policy=build(cls.Config, values.get("policy", {}), prefix="policy."),
-        # online agents declare their own runner config (OnlineRunnerConfig); offline ones use RunnerConfig
-        runner=build(getattr(cls, "RunnerConfig", RunnerConfig), values.get("runner", {}), prefix="runner."),
-    )
+        raise PresetError(f"unknown key {unknown[0]!r} in agent preset; known: ['agent', 'policy', 'source', 'trainer']")
+    source = values.get("source", {})
+    if not isinstance(source, dict):
+        raise PresetError(f"source: expected a table, got {source!r}")
+    kind = source.get("kind")
+    if kind not in SOURCES:
+        raise PresetError(f"source.kind: {kind!r} is not a source; known: {sorted(SOURCES)}")
+    preset = AgentPreset(agent=agent, policy=build(cls.Config, values.get("policy", {}), prefix="policy."),
+                         source=build(SOURCES[kind], source, prefix="source."),
+                         trainer=build(TrainerConfig, values.get("trainer", {}), prefix="trainer."))
+    try:
+        cls.check_preset(preset)  # what only the agent knows: e.g. PPO's sequences must tile a collection
+    except ValueError as e:
+        raise PresetError(str(e)) from e
+    return preset
 
 
 def load_agent(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> AgentPreset:

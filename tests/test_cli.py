@@ -8,8 +8,8 @@ from seqrl.data.collect import pendulum_controller, rollout
 from seqrl.data.minari_io import write_dataset
 
 runner = CliRunner()
-TINY = ["--set", "runner.steps=4", "--set", "runner.eval_episodes=2", "--set", "policy.embed_dim=16",
-        "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "runner.batch_size=4",
+TINY = ["--set", "trainer.steps=4", "--set", "trainer.eval_episodes=2", "--set", "policy.embed_dim=16",
+        "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "source.batch_size=4",
         "--set", "env.max_episode_steps=30"]
 
 
@@ -29,7 +29,7 @@ def test_train_eval_resume(dataset, tmp_path):
     assert res.exit_code == 0, res.output
     assert "dt target=-1000" in res.output
     res = runner.invoke(app, ["train", "--agent", "dt", "--dataset", dataset, "--run-dir", str(run_dir), "--resume",
-                              *TINY[:-4], "--set", "runner.steps=6", *TINY[4:]])
+                              *TINY[:-4], "--set", "trainer.steps=6", *TINY[4:]])
     assert res.exit_code == 0, res.output
     from seqrl.checkpoint import load_checkpoint
 
@@ -39,12 +39,12 @@ def test_train_eval_resume(dataset, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["train", "--agent", "dtx", "--dataset", "seqrl/pendulum/cli-v0"], "unknown agent preset 'dtx'"),
     (["train", "--agent", "dt", "--dataset", "seqrl/hopper/medium-v0"], "seqrl collect --env hopper --quality medium"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "runner.nope=1"], "unknown key 'runner.nope'"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "trainer.nope=1"], "unknown key 'trainer.nope'"),
     (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--env", "hopper"], "does not match Hopper-v5"),
     (["eval", "missing.pt"], "no checkpoint at missing.pt"),
     (["collect", "--env", "pendulum", "--quality", "superb"], "unknown quality 'superb'"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "runner.log_every=0"],
-     "runner.log_every must be >= 1"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "trainer.log_every=0"],
+     "trainer.log_every must be >= 1"),
     (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--device", "cdua"], "is not a torch device"),
     (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "env.target_returns=[]"],
      "target_returns needs at least one"),

@@ -12,7 +12,9 @@ from seqrl.errors import PresetError
 from seqrl.policies import TaskSpec, policy_class
 from seqrl.policies.dm import DecisionMamba, DMConfig, pser_alpha, refine_labels
 from seqrl.presets import load_agent, load_env, parse_overrides
-from seqrl.runners.offline import OfflineRunner
+from seqrl.data.samplers import windows
+from seqrl.runners.sources import DatasetSource
+from seqrl.runners.trainer import Trainer
 
 SMALL = DMConfig(embed_dim=16, n_layers=2, d_state=4, expand=1, context_len=4, dropout=0.0, pser_steps=100,
                  pser_interval=5)
@@ -30,10 +32,10 @@ def store(spaces):
 def test_shapes_and_loss_terms(store):
     torch.manual_seed(0)
     dm = DecisionMamba(SMALL, spec_for(store))
-    batch = store.sample_windows(6, 4)
+    batch = windows(store, 6, 4)
     pred = dm.net(batch)
     assert pred["action"].shape == (6, 4, 1) and pred["state"].shape == (6, 4, 3) and pred["rtg"].shape == (6, 4)
-    out = dm.loss(batch)
+    out = dm.losses(batch)
     assert {"loss_action", "loss_state", "loss_rtg", "pser_alpha", "action_error"} <= set(out)
     assert all(out[k].requires_grad for k in out if k.startswith("loss_"))
     assert policy_class("dm") is DecisionMamba
@@ -42,11 +44,11 @@ def test_shapes_and_loss_terms(store):
 def test_loss_decreases_on_a_tiny_batch(store):
     torch.manual_seed(0)
     dm = DecisionMamba(SMALL, spec_for(store))
-    batch = store.sample_windows(8, 4, torch.Generator().manual_seed(1))
+    batch = windows(store, 8, 4, torch.Generator().manual_seed(1))
     opt = torch.optim.Adam([p for p in dm.parameters() if p.requires_grad], lr=3e-3)
     first = None
     for _ in range(60):
-        loss = sum(v for k, v in dm.loss(batch).items() if k.startswith("loss_"))
+        loss = sum(v for k, v in dm.losses(batch).items() if k.startswith("loss_"))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -77,7 +79,8 @@ def test_recurrent_acting_equals_full_recomputation(store):
         rtg[:, t] = torch.where(first[:, t], torch.tensor(5.0), rtg[:, t - 1] - rew[:, t - 1] if t else torch.tensor(5.0))
         ts[:, t] = torch.where(first[:, t], torch.tensor(0), ts[:, t - 1] + 1 if t else torch.tensor(0))
     ones = torch.ones(n, T, dtype=torch.bool)
-    batch = Batch(obs=obs, act=actions, rew=rew, rtg=rtg, timestep=ts, done=done, first=first, mask=ones)
+    batch = Batch(obs=obs, next_obs=obs, act=actions, rew=rew, rtg=rtg, timestep=ts, term=done, trunc=~ones,
+                  first=first, mask=ones, stream=torch.zeros(n, T, dtype=torch.long))
     tokens = dm.tokenizer(batch)
     reset = first[:, :, None].expand(n, T, 3).clone()
     reset[:, :, 1:] = False
@@ -109,7 +112,7 @@ def test_pser_earlier_policy_refreshes_on_schedule(store):
     cur = lambda: torch.cat([p.detach().flatten() for p in dm.net.parameters()])  # noqa: E731
     for k in range(12):
         before = cur()
-        out = dm.loss(store.sample_windows(4, 4, g))  # update k: refreshes when k % 5 == 0
+        out = dm.losses(windows(store, 4, 4, g))  # update k: refreshes when k % 5 == 0
         assert out["pser_alpha"].item() == pytest.approx(min(0.5, k / 100))
         if k % 5 == 0:
             torch.testing.assert_close(snap(), before, atol=0, rtol=0)
@@ -118,10 +121,9 @@ def test_pser_earlier_policy_refreshes_on_schedule(store):
         opt.zero_grad()
         sum(v for n, v in out.items() if n.startswith("loss_")).backward()
         opt.step()
+        assert dm.updates.item() == k  # losses() only reads the schedule
+        dm.after_update()  # what the trainer calls after each optimiser step
     assert dm.updates.item() == 12 and all(p.grad is None for p in dm.earlier.parameters())
-    with torch.no_grad():  # evaluation does not advance the schedule
-        dm.eval().loss(store.sample_windows(4, 4, g))
-    assert dm.updates.item() == 12
 
 
 def test_pser_target_is_the_convex_mix(store):
@@ -132,8 +134,8 @@ def test_pser_target_is_the_convex_mix(store):
     for p in dm.earlier.parameters():  # an earlier policy that differs from the current one
         p.data.add_(0.1 * torch.randn_like(p))
     dm.updates.fill_(3)
-    batch = store.sample_windows(5, 4, torch.Generator().manual_seed(2))
-    out = dm.loss(batch)
+    batch = windows(store, 5, 4, torch.Generator().manual_seed(2))
+    out = dm.losses(batch)
     pred, early = dm.predict(batch), dm.earlier(batch)["action"]
     target = 0.5 * (batch.act - dm.head.center) / dm.head.scale + 0.5 * early
     m = batch.mask.float()
@@ -142,16 +144,16 @@ def test_pser_target_is_the_convex_mix(store):
     assert out["pser_alpha"].item() == 0.5
 
 
-def test_checkpoint_round_trip_and_runner(store, tmp_path):
-    """OfflineRunner trains DM unchanged; its checkpoint rebuilds the same policy, earlier copy and step count."""
+def test_checkpoint_round_trip_and_trainer(store, tmp_path):
+    """The Trainer trains DM; its checkpoint rebuilds the same policy, earlier copy and step count."""
     env = dataclasses.replace(load_env("pendulum"), max_episode_steps=30)
     over = ["policy.embed_dim=16", "policy.n_layers=1", "policy.context_len=4", "policy.d_state=4",
-            "policy.pser_interval=2", "runner.steps=5", "runner.batch_size=8", "runner.eval_episodes=0",
-            "runner.warmup_steps=2", "runner.log_every=1"]
+            "policy.pser_interval=2", "trainer.steps=5", "source.batch_size=8", "trainer.eval_episodes=0",
+            "trainer.warmup_steps=2", "trainer.log_every=1"]
     preset = load_agent("dm_small", parse_overrides(over))
     torch.manual_seed(0)
     policy = DecisionMamba(preset.policy, TaskSpec.from_store(store, env))
-    OfflineRunner(policy, store, preset, tmp_path).run()
+    Trainer(policy, DatasetSource(preset.source, store), preset, tmp_path).run()
     assert policy.updates.item() == 5
     again, preset2, ckpt = policy_from_checkpoint(tmp_path / "checkpoint.pt", "dm")
     assert ckpt["step"] == 5 and preset2.policy == preset.policy
@@ -171,7 +173,7 @@ def test_discrete_actions_and_bad_config():
     store = ReplayStore.from_episodes(eps, obs_space, act_space)
     dm = DecisionMamba(SMALL, spec_for(store))
     dm.updates.fill_(50)
-    out = dm.loss(store.sample_windows(8, 4))
+    out = dm.losses(windows(store, 8, 4))
     assert out["loss_action"].requires_grad and out["pser_alpha"].item() == 0.5
     a, _ = dm.act(torch.randn(5, 2), dm.initial_state(5, "cpu"))
     assert a.dtype == torch.int64 and a.shape == (5,)

@@ -8,6 +8,7 @@ from gymnasium.utils.env_checker import check_env
 
 import seqrl  # noqa: F401  importing seqrl registers the seqrl/... ids
 from seqrl.envs import RepeatPrevious, TMaze
+from seqrl.presets import EnvPreset
 from seqrl.runners.evaluate import evaluate
 
 
@@ -65,9 +66,6 @@ def test_bad_kwargs_name_the_argument(make, message):
 class CueOracle:
     """Remembers the cue of each env: the optimal TMaze policy, written by hand."""
 
-    def eval_conditions(self):
-        return [("", {})]
-
     def initial_state(self, n, device):
         return torch.zeros(n, dtype=torch.long)
 
@@ -80,7 +78,9 @@ class CueOracle:
 
 
 def test_evaluate_reports_success_with_env_kwargs():
-    res = evaluate(CueOracle(), "seqrl/TMaze-v0", 6, seed=0, env_kwargs={"length": 4})
+    tmaze = EnvPreset(name="tmaze", env_id="seqrl/TMaze-v0", max_episode_steps=20, env_kwargs={"length": 4})
+    res = evaluate(CueOracle(), tmaze, 6, seed=0)
     s = res.summary()
     assert s["success_rate"] == 1.0 and s["return_mean"] == 1.0 and np.all(res.lengths == 5)
-    assert "success_rate" not in evaluate(CueOracle(), "CartPole-v1", 2, max_episode_steps=5).summary()
+    cartpole = EnvPreset(name="cartpole", env_id="CartPole-v1", max_episode_steps=5)
+    assert "success_rate" not in evaluate(CueOracle(), cartpole, 2).summary()

@@ -12,7 +12,9 @@ from seqrl.nn.transformer import CausalTransformer
 from seqrl.policies import TaskSpec
 from seqrl.policies.dt import DecisionTransformer
 from seqrl.presets import load_agent, load_env, parse_overrides
-from seqrl.runners.offline import OfflineRunner
+from seqrl.data.samplers import windows_at
+from seqrl.runners.sources import DatasetSource
+from seqrl.runners.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -32,15 +34,16 @@ def test_step_equals_forward_on_cuda():
     torch.testing.assert_close(torch.stack(ys, 1), y, atol=1e-5, rtol=1e-5)
 
 
-def _runner(store, tmp_path, graph, amp=False):
+def _runner(store, tmp_path, graph, amp=False, compile=False):
     torch.manual_seed(0)
     preset = load_agent("dt", parse_overrides([
-        "runner.device=cuda", f"runner.cuda_graph={str(graph).lower()}", f"runner.amp={str(amp).lower()}",
-        "runner.warmup_steps=5", "runner.lr=1e-3", "runner.eval_episodes=0", "policy.dropout=0.0",
-        "policy.embed_dim=32", "policy.n_layers=2", "policy.context_len=6", "runner.batch_size=16"]))
+        "trainer.device=cuda", f"trainer.cuda_graph={str(graph).lower()}", f"trainer.amp={str(amp).lower()}",
+        f"trainer.compile={str(compile).lower()}",
+        "trainer.warmup_steps=5", "trainer.lr=1e-3", "trainer.eval_episodes=0", "policy.dropout=0.0",
+        "policy.embed_dim=32", "policy.n_layers=2", "policy.context_len=6", "source.batch_size=16"]))
     env = dataclasses.replace(load_env("hopper"), max_episode_steps=100)
     policy = DecisionTransformer(preset.policy, TaskSpec.from_store(store, env))
-    return OfflineRunner(policy, store, preset, tmp_path / f"graph{graph}")
+    return Trainer(policy, DatasetSource(preset.source, store), preset, tmp_path / f"graph{graph}")
 
 
 @pytest.fixture
@@ -55,50 +58,55 @@ def test_cuda_graph_updates_equal_eager_updates(hopper_like, tmp_path, monkeypat
     """On a fixed batch (no sampling randomness), 10 graph-mode updates (3 eager warm-ups, capture,
     replays with the learning-rate schedule) give the parameters of 10 eager updates."""
     hopper_like.to("cuda")
-    fixed = hopper_like.windows_at(np.arange(0, 150, 10)[:16].tolist() + [5], 6)
+    fixed = windows_at(hopper_like, np.arange(0, 150, 10)[:16].tolist() + [5], 6)
     fixed = type(fixed)(**{f.name: getattr(fixed, f.name)[:16] for f in dataclasses.fields(fixed)})
-    monkeypatch.setattr(hopper_like, "sample_windows", lambda b, k, generator=None: fixed)
     params = {}
     for graph in (False, True):
         r = _runner(hopper_like, tmp_path, graph)
+        monkeypatch.setattr(r.agent, "sample", lambda store, b, generator=None: fixed)
         assert r.use_graph is graph
         while r.step < 10:
-            r.update()
-        params[graph] = torch.cat([p.detach().flatten() for p in r.policy.parameters()])
+            r.iteration()
+        assert (r._graph is not None) is graph  # graph mode captured a graph and replayed it
+        params[graph] = torch.cat([p.detach().flatten() for p in r.agent.parameters()])
         assert r.step == 10
     torch.testing.assert_close(params[True], params[False], atol=1e-5, rtol=1e-4)
 
 
 def test_cuda_graph_bf16_training_learns(hopper_like, tmp_path):
     r = _runner(hopper_like.to("cuda"), tmp_path, graph=True, amp=True)
-    first = float(r.update()["loss"])
+    first = float(r.iteration()[0]["loss"])
     for _ in range(200):
-        out = r.update()
+        out = r.iteration()[0]
     assert float(out["loss"]) < 0.7 * first
 
 
 def test_every_graph_mode_update_is_one_step(hopper_like, tmp_path):
+    """Through warm-up, capture and replays, each update is one optimiser step: AdamW's step count follows
+    the trainer's (a capture that ran the update twice, or a replay that skipped it, would not)."""
     r = _runner(hopper_like.to("cuda"), tmp_path, graph=True)
-    r.preset = dataclasses.replace(r.preset, runner=dataclasses.replace(r.preset.runner, steps=2))
-    r.cfg = r.preset.runner
+    r.preset = dataclasses.replace(r.preset, trainer=dataclasses.replace(r.preset.trainer, steps=7))
+    r.cfg = r.preset.trainer
     r.run()
-    assert r.step == 2 and r._graph is None  # two eager warm-up steps, no capture yet
+    assert r.step == 7 and r._graph is not None  # 3 eager warm-ups, the capture (update 4) and 3 replays
+    opt = r.opts["agent"]
+    assert all(int(s["step"]) == 7 for s in opt.state.values())
 
 
 def test_eager_checkpoint_resumes_under_a_cuda_graph(hopper_like, tmp_path):
     eager = _runner(hopper_like.to("cuda"), tmp_path, graph=False)
     for _ in range(5):
-        eager.update()
+        eager.iteration()
     eager.save()
     torch.manual_seed(0)
-    preset = dataclasses.replace(eager.preset, runner=dataclasses.replace(eager.preset.runner, cuda_graph=True))
-    policy = DecisionTransformer(preset.policy, eager.policy.spec)
-    resumed = OfflineRunner(policy, hopper_like, preset, eager.run_dir, resume=True)
+    preset = dataclasses.replace(eager.preset, trainer=dataclasses.replace(eager.preset.trainer, cuda_graph=True))
+    policy = DecisionTransformer(preset.policy, eager.agent.spec)
+    resumed = Trainer(policy, DatasetSource(preset.source, hopper_like), preset, eager.run_dir, resume=True)
     assert resumed.step == 5 and resumed.use_graph
     for _ in range(6):  # 3 warm-ups, the capture and 2 replays
-        out = resumed.update()
+        out = resumed.iteration()[0]
     assert resumed.step == 11 and resumed._graph is not None and torch.isfinite(out["loss"])
-    assert all(g["capturable"] for g in resumed.opt.param_groups)
+    assert all(g["capturable"] for g in resumed.opts["agent"].param_groups)
 
 
 @pytest.mark.parametrize("fine_group", [0, 3])
@@ -121,24 +129,39 @@ def test_mamba_step_equals_forward_on_cuda(fine_group):
 
 
 def test_decision_mamba_trains_under_a_cuda_graph(hopper_like, tmp_path):
-    """DM through the unchanged runner on CUDA: bf16, one graph per update (Triton scans inside), and
+    """DM through the trainer on CUDA: bf16, one graph per update (Triton scans inside), and
     the earlier-policy refresh of self-evolution happening inside the captured graph."""
     from seqrl.policies.dm import DecisionMamba
 
     torch.manual_seed(0)
     preset = load_agent("dm_small", parse_overrides([
-        "runner.device=cuda", "runner.amp=true", "runner.eval_episodes=0", "runner.warmup_steps=5",
-        "runner.batch_size=16", "policy.context_len=6", "policy.pser_interval=20"]))
+        "trainer.device=cuda", "trainer.amp=true", "trainer.eval_episodes=0", "trainer.warmup_steps=5",
+        "source.batch_size=16", "policy.context_len=6", "policy.pser_interval=20"]))
     env = dataclasses.replace(load_env("hopper"), max_episode_steps=100)
     store = hopper_like.to("cuda")
     policy = DecisionMamba(preset.policy, TaskSpec.from_store(store, env))
-    r = OfflineRunner(policy, store, preset, tmp_path / "dm")
+    r = Trainer(policy, DatasetSource(preset.source, store), preset, tmp_path / "dm")
     assert r.use_graph
     initial = [p.detach().clone() for p in policy.earlier.parameters()]
-    first = float(r.update()["loss"])
+    first = float(r.iteration()[0]["loss"])
     for _ in range(150):
-        out = r.update()
-    assert r._graph is not None and r.step == 151
+        out = r.iteration()[0]
+    assert r._graph is not None and r.step == 151 and policy.updates.item() == 151
     assert float(out["loss"]) < 0.7 * first
     # refreshes fall on updates 20, 40, ...: all inside graph replays (the capture happens at update 4)
     assert any(not torch.equal(a, b) for a, b in zip(policy.earlier.parameters(), initial))
+
+
+def test_compiled_losses_train_like_eager(hopper_like, tmp_path):
+    """trainer.compile=true (torch.compile of the agent's losses, eager updates): the same parameters as
+    eager updates on a fixed batch, to float tolerance."""
+    fixed = windows_at(hopper_like.to("cuda"), list(range(0, 150, 10)) + [5], 6)
+    params = {}
+    for compiled in (False, True):
+        r = _runner(hopper_like, tmp_path / str(compiled), graph=False, compile=compiled)
+        assert (r.loss_fn != r.agent.losses) is compiled  # bound methods compare equal, not identical
+        for _ in range(5):
+            out = r.train_step(fixed)
+        assert torch.isfinite(out["loss"])
+        params[compiled] = torch.cat([p.detach().flatten() for p in r.agent.parameters()])
+    torch.testing.assert_close(params[True], params[False], atol=1e-4, rtol=1e-3)

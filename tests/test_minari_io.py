@@ -4,7 +4,7 @@ import pytest
 
 from conftest import make_episodes
 from seqrl.data import minari_io
-from seqrl.data.minari_io import check_env_matches, dataset_exists, load_store, write_dataset
+from seqrl.data.minari_io import check_env_matches, dataset_exists, load_store, read_episodes, write_dataset
 from seqrl.data.store import ReplayStore
 from seqrl.errors import DataError
 
@@ -19,6 +19,8 @@ def test_write_then_load(minari_root):
     store = ReplayStore.from_minari("seqrl/pendulum/test-v0")
     assert store.num_episodes == 3 and len(store) == 17
     np.testing.assert_allclose(store.column("obs")[5:14], eps[1]["obs"][:9])
+    np.testing.assert_allclose(store.final_obs, [e["obs"][-1] for e in eps])  # the T+1-th observations
+    assert list(store.stream) == [0, 0, 0] and store.episode_meta == [{}, {}, {}]
     assert store.meta == {"dataset_id": "seqrl/pendulum/test-v0", "env_id": "Pendulum-v1",
                           "ref_min_score": -1000.0, "ref_max_score": -100.0}
     # our normalised score is Minari's (x100)
@@ -80,3 +82,42 @@ def test_crash_during_write_keeps_the_id_free(minari_root, monkeypatch):
 
 def test_datasets_root_follows_the_variable(minari_root):
     assert minari_io.datasets_root() == minari_root
+
+
+def test_streams_and_episode_meta_round_trip(minari_root):
+    eps = pendulum_episodes([4, 6, 3, 5])
+    metas = [{"task": 3, "seed": 11}, {}, {"goal": [1, 2], "name": "b"}, {"task": 3, "seed": 12}]
+    for e, s, m in zip(eps, [3, 3, 7, 3], metas):
+        e["stream"], e["meta"] = s, m
+    write_dataset("seqrl/pendulum/streams-v0", eps, "Pendulum-v1", 0.0, 1.0, "t", "t")
+    store = load_store("seqrl/pendulum/streams-v0")
+    assert list(store.stream) == [3, 3, 7, 3] and store.episode_meta == metas
+    episodes, _, _ = read_episodes("seqrl/pendulum/streams-v0")  # what composite datasets are built from
+    assert [e["stream"] for e in episodes] == [3, 3, 7, 3] and [e["meta"] for e in episodes] == metas
+    ds = minari.load_dataset("seqrl/pendulum/streams-v0")  # plain Minari sees them as episode metadata
+    assert [int(m["seqrl_stream"]) for m in ds.storage.get_episode_metadata(ds.episode_indices)] == [3, 3, 7, 3]
+    assert ds.storage.metadata["jpeg_encoding"] is False
+
+
+def test_datasets_written_without_streams_load_as_stream_0(minari_root):
+    from minari.data_collector import EpisodeBuffer
+
+    eps = pendulum_episodes([4, 5])
+    buffers = [EpisodeBuffer(id=i, observations=e["obs"], actions=e["act"], rewards=e["rew"], terminations=e["term"],
+                             truncations=e["trunc"]) for i, e in enumerate(eps)]
+    minari.create_dataset_from_buffers("seqrl/pendulum/plain-v0", buffers, env="Pendulum-v1", algorithm_name="t",
+                                       author="t", author_email="t@t", code_permalink="t", ref_min_score=0.0,
+                                       ref_max_score=1.0, description="t", data_format="hdf5")
+    store = load_store("seqrl/pendulum/plain-v0")
+    assert len(store) == 9 and list(store.stream) == [0, 0] and store.episode_meta == [{}, {}]
+
+
+def test_bad_stream_or_meta_is_refused(minari_root):
+    eps = pendulum_episodes([4])
+    eps[0]["meta"] = {"x": float("nan")}
+    with pytest.raises(DataError, match="episode 0: meta is not JSON"):
+        write_dataset("seqrl/pendulum/meta-v0", eps, "Pendulum-v1", 0.0, 1.0, "t", "t")
+    eps[0]["meta"], eps[0]["stream"] = {}, 1.5
+    with pytest.raises(DataError, match="episode 0: stream must be an int"):
+        write_dataset("seqrl/pendulum/meta-v0", eps, "Pendulum-v1", 0.0, 1.0, "t", "t")
+    assert not dataset_exists("seqrl/pendulum/meta-v0")

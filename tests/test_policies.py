@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import make_episodes
+from seqrl.data.samplers import windows
 from seqrl.data.store import ReplayStore
 from seqrl.policies import TaskSpec, policy_class
 from seqrl.policies.base import action_loss
@@ -50,12 +51,16 @@ def test_dt_kv_cache_rollout_equals_full_recomputation(spaces):
     from seqrl.data.store import Batch
 
     ones = torch.ones(n, T, dtype=torch.bool)
-    batch = Batch(obs=obs, act=actions, rew=rew, rtg=rtg, timestep=torch.arange(T).expand(n, T), done=~ones,
-                  first=~ones, mask=ones)
+    batch = Batch(obs=obs, next_obs=obs, act=actions, rew=rew, rtg=rtg, timestep=torch.arange(T).expand(n, T),
+                  term=~ones, trunc=~ones, first=~ones, mask=ones, stream=torch.zeros(n, T, dtype=torch.long))
     tokens = dt.tokenizer(batch)
     h, _ = dt.backbone(tokens.x, dt.backbone.initial_state(n, "cpu"))
     full = dt.head.to_env(dt.head(tokens.heads(h)["action"]))
     torch.testing.assert_close(actions, full, atol=1e-5, rtol=1e-5)
+    # training's forward (3K-1 tokens, fused causal attention) predicts the first K actions the same way
+    K = dt.config.context_len
+    window = type(batch)(**{f: getattr(batch, f)[:, :K] for f in batch.__dataclass_fields__})
+    torch.testing.assert_close(dt.head.to_env(dt.predict(window)), actions[:, :K], atol=1e-5, rtol=1e-5)
 
 
 def test_dt_resets_finished_envs(spaces):
@@ -86,7 +91,7 @@ def test_policies_fit_a_small_dataset(spaces, agent):
     g = torch.Generator().manual_seed(0)
     first = None
     for i in range(150):
-        loss = pol.loss(store.sample_windows(32, pol.window, g))["loss_action"]
+        loss = pol.losses(pol.sample(store, 32, g))["loss_action"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,7 +117,7 @@ def test_discrete_dt():
             "rew": np.ones(10), "term": np.eye(10, dtype=bool)[-1], "trunc": np.zeros(10, bool)} for _ in range(3)]
     store = ReplayStore.from_episodes(eps, obs_space, act_space)
     dt = DecisionTransformer(DTConfig(embed_dim=16, n_layers=1, context_len=4), spec_for(store))
-    out = dt.loss(store.sample_windows(8, 4))
+    out = dt.losses(windows(store, 8, 4))
     assert set(out) == {"loss_action", "action_accuracy"} and out["loss_action"].requires_grad
     a, _ = dt.act(torch.randn(5, 2), dt.initial_state(5, "cpu"))
     assert a.dtype == torch.int64 and a.shape == (5,)

@@ -6,7 +6,11 @@ from seqrl.presets import load_agent, load_env, parse_overrides
 
 def test_presets_load_with_paper_defaults():
     dt = load_agent("dt")
-    assert dt.agent == "dt" and dt.policy.context_len == 20 and dt.runner.lr == 1e-4 and dt.runner.grad_clip == 0.25
+    assert dt.agent == "dt" and dt.policy.context_len == 20 and dt.trainer.lr == 1e-4 and dt.trainer.grad_clip == 0.25
+    assert dt.source.kind == "dataset" and dt.source.batch_size == 64
+    gtrxl = load_agent("gtrxl")
+    assert gtrxl.agent == "ppo" and gtrxl.policy.backbone == "gtrxl" and gtrxl.policy.gtrxl.memory == 128
+    assert gtrxl.source.kind == "env" and gtrxl.trainer.warmup_steps == 0
     assert load_agent("bc").policy.hidden_dim == 256
     hopper = load_env("hopper")
     assert hopper.env_id == "Hopper-v5" and hopper.ref_max_score == 3234.3
@@ -16,20 +20,21 @@ def test_presets_load_with_paper_defaults():
 
 
 def test_overrides():
-    o = parse_overrides(["runner.steps=10", "policy.dropout=0.0", "runner.device=cuda", "runner.betas=[0.8, 0.9]"])
+    o = parse_overrides(["trainer.steps=10", "policy.dropout=0.0", "trainer.device=cuda", "trainer.betas=[0.8, 0.9]"])
     p = load_agent("dt", o)
-    assert p.runner.steps == 10 and p.policy.dropout == 0.0 and p.runner.device == "cuda"
-    assert p.runner.betas == (0.8, 0.9)
+    assert p.trainer.steps == 10 and p.policy.dropout == 0.0 and p.trainer.device == "cuda"
+    assert p.trainer.betas == (0.8, 0.9)
 
 
 @pytest.mark.parametrize("override,message", [
-    ("runner.stepz=10", "unknown key 'runner.stepz'"),
+    ("trainer.stepz=10", "unknown key 'trainer.stepz'"),
     ("policy.embed_dim=1.5", "policy.embed_dim: expected an integer"),
     ("policy.activation=tanh", "policy.activation: 'tanh' is not one of"),
     ("policy.n_heads=3", "not divisible"),
-    ("runner.amp=yes", "runner.amp: expected true or false"),
+    ("trainer.amp=yes", "trainer.amp: expected true or false"),
+    ("runner.steps=10", "unknown key 'runner' in agent preset"),
     ("mystery=1", "unknown key 'mystery'"),
-    ("runner.steps", "not of the form key=value"),
+    ("trainer.steps", "not of the form key=value"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(PresetError, match=message):

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -10,120 +11,67 @@ import pytest
 import torch
 
 from conftest import make_episodes
-from seqrl.data.store import ReplayStore
+from seqrl.data.samplers import windows, windows_at
+from seqrl.data.store import Batch, ReplayStore, space_from_dict, space_to_dict
 from seqrl.errors import DataError
 
 
 def test_derived_columns_match_a_loop(spaces):
     eps = make_episodes([5, 1, 7])
     store = ReplayStore.from_episodes(eps, *spaces)
-    assert store.num_episodes == 3 and len(store) == 13
+    assert store.num_episodes == 3 and len(store) == 13 and store.episodes_added == 3
     assert list(store.ep_start) == [0, 5, 6, 13]
     i = 0
-    for e in eps:
+    for k, e in enumerate(eps):
         for t in range(len(e["rew"])):
-            assert store.column("timestep")[i] == t
+            assert store.column("timestep")[i] == t and store.column("episode")[i] == k
             assert store.column("rtg")[i] == pytest.approx(e["rew"][t:].sum(), abs=1e-5)
             np.testing.assert_array_equal(store.column("obs")[i], e["obs"][t])
             i += 1
+        np.testing.assert_array_equal(store.final_obs[k], e["obs"][-1])  # the T+1-th observation is kept
     np.testing.assert_allclose(store.episode_returns, [e["rew"].sum() for e in eps], atol=1e-5)
 
 
-def traced_store(spaces, lengths, streams=None):
-    """A store whose observation feature 0 is each step's global index, to trace window positions."""
-    eps = make_episodes(lengths)
-    offset = 0
-    for i, e in enumerate(eps):
-        T = len(e["rew"])
-        e["obs"][:T, 0] = np.arange(offset, offset + T)
-        e["term"][-1] = i % 2 == 0  # some episodes end terminated, some truncated
-        e["trunc"][-1] = i % 2 == 1
-        e["stream"] = 0 if streams is None else streams[i]
-        offset += T
-    return ReplayStore.from_episodes(eps, *spaces)
+def test_episodes_need_t_plus_one_observations(spaces):
+    with pytest.raises(DataError, match="episode 1: 4 observations for 4 steps; give T\\+1"):
+        ReplayStore.from_episodes(make_episodes([3]) + make_episodes([4], final_obs=False), *spaces)
 
 
-def check_against_columns(store, b):
-    """Every real position of every field equals the store's column at that step; padding is zero."""
-    idx = b.obs[..., 0].long()
-    m = b.mask
-    for name, col in (("obs", "obs"), ("act", "act"), ("rew", "rew"), ("rtg", "rtg"), ("timestep", "timestep"),
-                      ("done", "term")):
-        got = getattr(b, name)
-        want = torch.from_numpy(store.column(col))[idx]
-        assert torch.equal(got[m], want[m]), name
-        assert (got[~m] == 0).all(), name
-    ep = torch.from_numpy(store.column("episode"))[idx]
-    assert torch.equal(b.timestep[m], (idx - torch.from_numpy(store.ep_start)[ep])[m])
-    assert torch.equal(b.first, (b.timestep == 0) & m)
-    return idx, ep
-
-
-def test_windows_never_cross_an_episode_unmasked(spaces):
-    store = traced_store(spaces, [3, 8, 2, 11, 1])
-    b = store.sample_windows(512, 6, torch.Generator().manual_seed(0))
-    assert b.obs.shape == (512, 6, 3) and b.act.shape == (512, 6, 1) and b.mask.shape == (512, 6)
-    idx, ep = check_against_columns(store, b)
-    ep_end = torch.from_numpy(store.ep_start[1:])
-    assert b.mask[:, 0].all() and (b.mask[:, 1:] <= b.mask[:, :-1]).all()  # real steps form a prefix
-    for w in range(512):
-        real = idx[w][b.mask[w]]
-        assert (ep[w][b.mask[w]] == ep[w, 0]).all()  # every real step is of the first step's episode
-        assert (real == real[0] + torch.arange(len(real))).all()  # consecutive
-        if not b.mask[w].all():  # padding starts exactly where the episode ends
-            assert real[-1] + 1 == ep_end[ep[w, 0]]
-
-
-def test_histories_follow_the_columns(spaces):
-    store = traced_store(spaces, [3, 4, 2, 5, 3], streams=[0, 0, 0, 1, 1])
-    b = store.sample_histories(256, 7, torch.Generator().manual_seed(2))
-    idx, _ = check_against_columns(store, b)
-    stream_of_step = torch.from_numpy(store.stream[store.column("episode")])
-    for w in range(256):
-        real = idx[w][b.mask[w]]
-        assert (real == real[0] + torch.arange(len(real))).all()
-        assert (stream_of_step[real] == stream_of_step[real[0]]).all()  # never into another stream
-    assert (b.first & b.mask).sum() > 0 and (b.first[:, 1:]).any()  # episode starts inside windows
-
-
-def test_windows_at_known_positions(spaces):
-    eps = make_episodes([4, 6])
-    store = ReplayStore.from_episodes(eps, *spaces)
-    b = store.windows_at([2, 4, 9], 3)
-    assert b.mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
-    np.testing.assert_array_equal(b.obs[1].numpy(), eps[1]["obs"][:3])
-    assert b.first.tolist() == [[False, False, False], [True, False, False], [False, False, False]]
-
-
-def test_histories_run_across_episodes_of_one_stream(spaces):
-    eps = make_episodes([3, 3, 3, 3])
-    for e, s in zip(eps, [0, 0, 1, 1]):
-        e["stream"] = s
-    store = ReplayStore.from_episodes(eps, *spaces)
-    b = store._gather(torch.tensor([1, 4]), 6, store._tensors()["stream_end"][torch.tensor([1, 4])])
-    # from step 1 the stream (episodes 0,1) ends at step 6: 5 real steps, the episode start at 3 is marked
-    assert b.mask.tolist()[0] == [True] * 5 + [False]
-    assert b.first.tolist()[0] == [False, False, True, False, False, False]
-    assert b.mask.tolist()[1] == [True, True, False, False, False, False]
-
-
-def test_online_append_grows_and_samples(spaces):
-    store = ReplayStore(*spaces)
-    for i, e in enumerate(make_episodes([4] * 50)):
-        store.add_episode(e["obs"], e["act"], e["rew"], e["term"], e["trunc"])
-        if i == 3:
-            store.sample_windows(2, 2)  # device copy is rebuilt after later appends
-    assert len(store) == 200 and store.num_episodes == 50
-    b = store.windows_at([199], 1)
-    np.testing.assert_array_equal(b.obs[0, 0].numpy(), store.column("obs")[199])
-
-
-def test_stats(spaces):
-    store = ReplayStore.from_episodes(make_episodes([50, 50]), *spaces)
-    mean, std = store.obs_stats()
-    np.testing.assert_allclose(mean, store.column("obs").mean(0), atol=1e-5)
-    assert std.shape == (3,) and (std > 0).all()
-    assert store.return_stats()["max"] >= store.return_stats()["min"]
+def test_native_observation_dtypes():
+    act = gym.spaces.Box(-1, 1, (2,), np.float64)
+    rng = np.random.default_rng(0)
+    img = gym.spaces.Box(0, 255, (4, 4, 3), np.uint8)
+    eps = [{"obs": rng.integers(0, 256, (T + 1, 4, 4, 3), dtype=np.uint8), "act": rng.uniform(-1, 1, (T, 2)),
+            "rew": np.ones(T), "term": np.eye(T, dtype=bool)[-1], "trunc": np.zeros(T, bool)} for T in (3, 5)]
+    store = ReplayStore.from_episodes(eps, img, act)
+    assert store.column("obs").dtype == np.uint8 and store.final_obs.dtype == np.uint8
+    assert store.column("act").dtype == np.float32  # Box actions are float32
+    b = windows_at(store, [0, 3], 5)
+    assert b.obs.dtype == b.next_obs.dtype == torch.uint8 and b.act.dtype == torch.float32
+    np.testing.assert_array_equal(b.obs[1].numpy(), eps[1]["obs"][:5])
+    np.testing.assert_array_equal(b.next_obs[1].numpy(), eps[1]["obs"][1:])
+    mean, std = store.obs_stats()  # an image is scaled to [0, 1] by the tokenizer, never normalised
+    assert mean.shape == std.shape == () and mean == 0 and std == 1
+    flat = gym.spaces.Box(0, 255, (48,), np.uint8)  # integer features that are no image are normalised
+    store = ReplayStore.from_episodes([dict(e, obs=e["obs"].reshape(-1, 48)) for e in eps], flat, act)
+    mean, std = store.obs_stats()  # float64 sums over uint8, no overflow
+    wide = store.column("obs").astype(np.float64)
+    assert mean.dtype == std.dtype == np.float32 and mean.shape == (48,)
+    np.testing.assert_allclose(mean, wide.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, wide.std(0) + 1e-6, rtol=1e-5)
+    for dtype, stored in ((np.float64, np.float32), (np.int16, np.int16), (np.float16, np.float16)):
+        sp = gym.spaces.Box(-10, 10, (2,), dtype)
+        e = {"obs": np.arange(8).reshape(4, 2).astype(dtype), "act": np.zeros((3, 2)), "rew": np.ones(3),
+             "term": np.zeros(3, bool), "trunc": np.zeros(3, bool)}
+        s = ReplayStore.from_episodes([e], sp, act)
+        assert s.column("obs").dtype == stored and s.final_obs.tolist() == [[6, 7]]
+        assert space_from_dict(space_to_dict(sp)).dtype == dtype  # spaces keep their dtype through JSON
+    bad = dict(eps[0], obs=eps[0]["obs"].astype(np.float64) + 0.5)
+    with pytest.raises(DataError, match="observations are not whole numbers, the space holds uint8"):
+        ReplayStore.from_episodes([bad], img, act)
+    bad["obs"] = bad["obs"] - 0.5 + 100
+    with pytest.raises(DataError, match="observations outside uint8"):
+        ReplayStore.from_episodes([bad], img, act)
 
 
 def test_discrete_spaces():
@@ -131,11 +79,77 @@ def test_discrete_spaces():
     eps = [{"obs": np.array([0, 1, 2, 3]), "act": np.array([0, 2, 1]), "rew": np.ones(3),
             "term": np.array([0, 0, 1], bool), "trunc": np.zeros(3, bool)}]
     store = ReplayStore.from_episodes(eps, obs_space, act_space)
-    b = store.windows_at([0], 4)
+    b = windows_at(store, [0], 4)
     assert b.obs.dtype == torch.int64 and b.act.tolist() == [[0, 2, 1, 0]]
+    assert b.next_obs.tolist() == [[1, 2, 3, 0]] and store.final_obs.tolist() == [3]
     eps[0]["act"] = np.array([0, 3, 1])
     with pytest.raises(DataError, match="actions outside Discrete"):
         ReplayStore.from_episodes(eps, obs_space, act_space)
+
+
+def traced(lengths, first=0, seed=0):
+    """Episodes whose observation feature 0 is each step's global index (from `first`), streams cycling 0-2."""
+    eps = make_episodes(lengths, seed=seed)
+    for i, e in enumerate(eps):
+        T = len(e["rew"])
+        e["obs"][:, 0] = np.arange(first, first + T + 1)
+        e["obs"][-1, 1] = -1.0  # the final observation is told apart from the next episode's first
+        e["term"][-1], e["trunc"][-1] = i % 2 == 0, i % 2 == 1
+        e["stream"] = i % 3
+        e["meta"] = {"seed": first, "tag": ["x", i]}
+        first += T
+    return eps
+
+
+def test_capacity_evicts_whole_episodes_like_a_trimmed_list(spaces):
+    rng = np.random.default_rng(3)
+    cap = 30
+    store, ref, first, added, wrapped = ReplayStore(*spaces, capacity=cap), [], 0, 0, False
+    while added < 60:
+        chunk = traced(rng.integers(1, 13, rng.integers(1, 5)), first, seed=added)
+        first += sum(len(e["rew"]) for e in chunk)
+        added += len(chunk)
+        store.extend(chunk)
+        ref += chunk
+        while sum(len(e["rew"]) for e in ref) > cap:  # the reference: drop the oldest episode by hand
+            ref.pop(0)
+        wrapped |= store._steps.head % store._steps.size + len(store) > store._steps.size
+        assert store.episodes_added == added and store.num_episodes == len(ref)
+        assert len(store) == sum(len(e["rew"]) for e in ref) <= cap
+        assert list(store.episode_lengths) == [len(e["rew"]) for e in ref]
+        assert list(store.ep_start) == list(np.r_[0, np.cumsum([len(e["rew"]) for e in ref])])
+        assert list(store.stream) == [e["stream"] for e in ref] and store.episode_meta == [e["meta"] for e in ref]
+        np.testing.assert_array_equal(store.column("obs"), np.concatenate([e["obs"][:-1] for e in ref]))
+        np.testing.assert_array_equal(store.final_obs, np.stack([e["obs"][-1] for e in ref]))
+        np.testing.assert_array_equal(store.column("term"), np.concatenate([e["term"] for e in ref]))
+        np.testing.assert_array_equal(store.column("timestep"), np.concatenate([np.arange(len(e["rew"])) for e in ref]))
+        np.testing.assert_allclose(store.column("rtg"), np.concatenate([np.cumsum(e["rew"][::-1])[::-1] for e in ref]),
+                                   atol=1e-5)
+        np.testing.assert_allclose(store.episode_returns, [e["rew"].sum() for e in ref], atol=1e-5)
+        b = windows_at(store, np.arange(len(store)), 1)  # every stored step, sampled after eviction
+        np.testing.assert_array_equal(b.obs[:, 0].numpy(), store.column("obs"))
+    assert wrapped  # the step ring did wrap around its end
+
+
+def test_an_episode_longer_than_the_capacity_is_refused(spaces):
+    store = ReplayStore.from_episodes(make_episodes([4, 6]), *spaces, capacity=12)
+    with pytest.raises(DataError, match="episode 3 has 13 steps, more than the store's capacity of 12 steps"):
+        store.extend(make_episodes([2, 13]))
+    assert len(store) == 10 and store.episodes_added == 2  # a failed append changes nothing
+    with pytest.raises(DataError, match="capacity"):
+        ReplayStore(*spaces, capacity=0)
+
+
+def test_online_append_updates_samples(spaces):
+    store = ReplayStore(*spaces)
+    for i, e in enumerate(make_episodes([4] * 50)):
+        store.add_episode(e["obs"], e["act"], e["rew"], e["term"], e["trunc"], stream=i // 10, meta={"i": i})
+        if i == 3:
+            windows(store, 2, 2)  # the sampling view is rebuilt after later appends
+    assert len(store) == 200 and store.num_episodes == 50 and store.episode_meta[-1] == {"i": 49}
+    b = windows_at(store, [199], 1)
+    np.testing.assert_array_equal(b.obs[0, 0].numpy(), store.column("obs")[199])
+    assert b.stream.tolist() == [[4]]
 
 
 @pytest.mark.parametrize("field,where", [("obs", "observations"), ("rew", "rewards"), ("act", "actions")])
@@ -147,13 +161,18 @@ def test_nan_and_inf_are_rejected(spaces, field, where):
         ReplayStore.from_episodes(eps, *spaces)
 
 
-def test_empty_and_zero_step_episodes(spaces):
+def test_empty_zero_step_and_bad_extras(spaces):
     with pytest.raises(DataError, match="empty"):
         ReplayStore.from_episodes([], *spaces)
     eps = make_episodes([3, 1])
     eps[1] = {k: v[:0] for k, v in eps[1].items()}
     with pytest.raises(DataError, match="episode 1 has zero steps"):
         ReplayStore.from_episodes(eps, *spaces)
+    eps = make_episodes([3])
+    with pytest.raises(DataError, match="episode 0: meta is not JSON"):
+        ReplayStore.from_episodes([dict(eps[0], meta={"x": object()})], *spaces)
+    with pytest.raises(DataError, match="episode 0: stream must be an int"):
+        ReplayStore.from_episodes([dict(eps[0], stream="a")], *spaces)
 
 
 def test_shape_mismatch(spaces):
@@ -161,15 +180,47 @@ def test_shape_mismatch(spaces):
         ReplayStore.from_episodes(make_episodes([3], obs_dim=4), *spaces)
 
 
-def test_save_load_roundtrip(tmp_path, spaces):
-    eps = make_episodes([3, 9, 4])
-    eps[2]["stream"] = 7
-    store = ReplayStore.from_episodes(eps, *spaces, meta={"dataset_id": "x/y-v0", "ref_min_score": 1.0})
-    path = store.save(tmp_path / "s.npz")
-    back = ReplayStore.load(path)
-    assert back.meta == store.meta and list(back.stream) == [0, 0, 7]
-    for k in ("obs", "act", "rew", "rtg", "timestep", "term"):
+def test_batch_to_and_split(spaces):
+    store = ReplayStore.from_episodes(make_episodes([10, 10]), *spaces)
+    b = windows_at(store, [0, 5, 10, 15], 3)
+    half = b.split(2, 1)
+    assert isinstance(half, Batch) and half.obs.shape == (2, 3, 3)
+    assert torch.equal(half.timestep, b.timestep[2:]) and torch.equal(half.next_obs, b.next_obs[2:])
+    assert torch.equal(b.to("cpu").stream, b.stream)
+
+
+def test_save_load_roundtrip_after_eviction(tmp_path, spaces):
+    store = ReplayStore(*spaces, meta={"dataset_id": "x/y-v0", "ref_min_score": 1.0}, capacity=25)
+    store.extend(traced([7, 9, 4, 8, 6]))  # 34 steps: the first two episodes go
+    store.extend(traced([5], first=100))
+    back = ReplayStore.load(store.save(tmp_path / "s.npz"))
+    assert back.meta == store.meta and back.capacity == 25 and back.episodes_added == store.episodes_added == 6
+    assert list(back.stream) == list(store.stream) and back.episode_meta == store.episode_meta
+    np.testing.assert_array_equal(back.final_obs, store.final_obs)
+    np.testing.assert_array_equal(back.ep_start, store.ep_start)
+    for k in ("obs", "act", "rew", "rtg", "timestep", "term", "trunc", "episode"):
         np.testing.assert_array_equal(back.column(k), store.column(k))
+    more = traced([9], first=200)
+    store.extend(more)
+    back.extend(more)  # the loaded store evicts as the original does
+    assert back.num_episodes == store.num_episodes == 3
+    np.testing.assert_array_equal(back.column("obs"), store.column("obs"))
+
+
+def test_old_and_inconsistent_store_files(tmp_path, spaces):
+    path = tmp_path / "old.npz"
+    header = {"format": 1, "observation_space": space_to_dict(spaces[0]), "action_space": space_to_dict(spaces[1]),
+              "meta": {}}
+    np.savez(path, obs=np.zeros((3, 3), np.float32), header=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with pytest.raises(DataError, match="has format 1, this seqrl reads 2: rebuild it"):
+        ReplayStore.load(path)
+    path = ReplayStore.from_episodes(make_episodes([3, 4]), *spaces).save(tmp_path / "s.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["final_obs"] = arrays["final_obs"][:1]
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match="inconsistent"):
+        ReplayStore.load(path)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -186,7 +237,7 @@ import sys, numpy as np, gymnasium as gym
 from seqrl.data.store import ReplayStore
 sp = (gym.spaces.Box(-np.inf, np.inf, (64,), np.float32), gym.spaces.Box(-1, 1, (8,), np.float32))
 T = 200_000
-ep = {"obs": np.full((T, 64), 2.0, np.float32), "act": np.zeros((T, 8), np.float32), "rew": np.ones(T),
+ep = {"obs": np.full((T + 1, 64), 2.0, np.float32), "act": np.zeros((T, 8), np.float32), "rew": np.ones(T),
       "term": np.zeros(T, bool), "trunc": np.zeros(T, bool)}
 s = ReplayStore.from_episodes([ep], *sp, meta={"version": 2})
 print("ready", flush=True)
@@ -198,7 +249,7 @@ while True:
 def test_killed_writer_leaves_previous_store_loadable(tmp_path):
     sp = (gym.spaces.Box(-np.inf, np.inf, (64,), np.float32), gym.spaces.Box(-1, 1, (8,), np.float32))
     T = 10
-    ep = {"obs": np.ones((T, 64), np.float32), "act": np.zeros((T, 8), np.float32), "rew": np.ones(T),
+    ep = {"obs": np.ones((T + 1, 64), np.float32), "act": np.zeros((T, 8), np.float32), "rew": np.ones(T),
           "term": np.zeros(T, bool), "trunc": np.zeros(T, bool)}
     path = ReplayStore.from_episodes([ep], *sp, meta={"version": 1}).save(tmp_path / "s.npz")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)

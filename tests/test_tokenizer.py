@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import make_episodes
+from seqrl.data.samplers import windows_at
 from seqrl.data.store import ReplayStore
 from seqrl.errors import PresetError
 from seqrl.tokenizer import TrajectoryTokenizer
@@ -17,7 +18,7 @@ def tokenizer(spaces, layout="R s a"):
 
 def test_layout_interleaves_and_step_matches(spaces):
     store = ReplayStore.from_episodes(make_episodes([6, 4]), *spaces)
-    batch = store.windows_at([1, 6], 5)
+    batch = windows_at(store, [1, 6], 5)
     tok = tokenizer(spaces)
     out = tok(batch)
     assert out.x.shape == (2, 15, 8) and out.mask.shape == (2, 15)
@@ -31,12 +32,33 @@ def test_layout_interleaves_and_step_matches(spaces):
     torch.testing.assert_close(heads["action"], h[:, 1::3])  # the state tokens
 
 
-def test_normalisation_is_applied(spaces):
-    tok = tokenizer(spaces)
-    obs = torch.randn(4, 3)
-    t = torch.zeros(4, dtype=torch.long)
-    torch.testing.assert_close(tok.step("s", obs, t), tok.step("s", 1 + 2 * ((obs - 1) / 2), t))
-    assert not torch.allclose(tok.step("s", obs, t), tok.step("s", obs + 1, t))
+def test_observation_token_by_hand(spaces):
+    """An observation token recomputed in float64 from the module's weights: (obs - mean) / std per
+    feature, the linear embedding, the timestep embedding, LayerNorm. Per-feature statistics (no two
+    alike), so a swapped, missing or inverted normalisation misses the tolerance; checked below by the
+    same computation with each of those mistakes."""
+    mean, std = np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, 4.0])
+    torch.manual_seed(0)
+    tok = TrajectoryTokenizer("R s a", *spaces, d_model=8, readout={"action": "s"}, obs_mean=mean, obs_std=std,
+                              max_timestep=50).eval()
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(5, 3, generator=g) * 3
+    t = torch.tensor([0, 3, 7, 50, 80])  # 80: past max_timestep, clamped to 50
+    W, b = tok.embed["s"].weight.double(), tok.embed["s"].bias.double()
+    ts, ln = tok.timestep.weight.double(), tok.norm
+
+    def by_hand(z):
+        e = z @ W.T + b + ts[t.clamp(max=50)]
+        e = (e - e.mean(-1, keepdim=True)) / torch.sqrt(e.var(-1, unbiased=False, keepdim=True) + ln.eps)
+        return e * ln.weight.double() + ln.bias.double()
+
+    m, s = torch.as_tensor(mean), torch.as_tensor(std)
+    x = obs.double()
+    ref = by_hand((x - m) / s)
+    out = tok.step("s", obs, t)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    for wrong in (x, x - m, (x - m) * s, (x - s) / m, (x - m.flip(0)) / s.flip(0)):
+        assert not torch.allclose(out.double(), by_hand(wrong), atol=1e-3, rtol=1e-3)
 
 
 def test_discrete_embeddings():

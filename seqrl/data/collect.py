@@ -16,11 +16,12 @@ from typing import Callable
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
 
 from seqrl.data.minari_io import dataset_exists, dataset_path, read_episodes, write_dataset
+from seqrl.data.store import flatten_obs, tree_map
 from seqrl.errors import PresetError
 from seqrl.presets import EnvPreset
+from seqrl.progress import progress
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
@@ -35,10 +36,12 @@ def rollout(policy: PolicyFn, env_id: str, n_steps: int, n_envs: int, seed: int,
     envs = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kwargs)
     obs, _ = envs.reset(seed=seed)
-    open_eps: list[dict[str, list]] = [{"obs": [o], "act": [], "rew": [], "term": [], "trunc": []} for o in obs]
+    row = lambda o, i: tree_map(lambda x: x[i], flatten_obs(o))  # noqa: E731  env i's observation (Dict: per leaf)
+    open_eps: list[dict[str, list]] = [{"obs": [row(obs, i)], "act": [], "rew": [], "term": [], "trunc": []}
+                                       for i in range(n_envs)]
     done_eps: list[dict[str, np.ndarray]] = []
     total = 0
-    with tqdm(total=n_steps, desc=desc, unit="step", leave=False) as bar:
+    with progress(n_steps, desc, unit="step", leave=False) as bar:
         while total < n_steps:
             act = policy(obs)
             nxt, rew, term, trunc, info = envs.step(act)
@@ -48,13 +51,14 @@ def rollout(policy: PolicyFn, env_id: str, n_steps: int, n_envs: int, seed: int,
                 ep["term"].append(term[i])
                 ep["trunc"].append(trunc[i])
                 if term[i] or trunc[i]:
-                    ep["obs"].append(info["final_obs"][i])
-                    done_eps.append({k: np.asarray(v) for k, v in ep.items()})
+                    ep["obs"].append(flatten_obs(info["final_obs"][i]))
+                    done_eps.append({k: tree_map(lambda *xs: np.stack(xs), *v) if k == "obs" else np.asarray(v)
+                                     for k, v in ep.items()})
                     total += len(ep["rew"])
                     bar.update(len(ep["rew"]))
-                    open_eps[i] = {"obs": [nxt[i]], "act": [], "rew": [], "term": [], "trunc": []}
+                    open_eps[i] = {"obs": [row(nxt, i)], "act": [], "rew": [], "term": [], "trunc": []}
                 else:
-                    ep["obs"].append(nxt[i])
+                    ep["obs"].append(row(nxt, i))
             obs = nxt
     envs.close()
     return done_eps

@@ -4,6 +4,21 @@ Dataset ids follow Minari's naming, ``namespace/env/name-vN`` (ours: ``seqrl/hop
 Reference scores live in the dataset's metadata (`ref_min_score`, `ref_max_score`), so that
 `minari.get_normalized_score` gives D4RL-comparable numbers; the store carries them in `meta` and
 every checkpoint carries the store's `meta`, so evaluation needs nothing else.
+
+Stream ids and per-episode meta. Each episode's stream id and meta dict travel as Minari episode
+metadata: attributes of the episode's group in the HDF5 file (`seqrl_stream`, an int, and `seqrl_meta`,
+the dict as a JSON string), written with `storage.update_episode_metadata` and read back with
+`storage.get_episode_metadata`, the mechanism Minari's own `EpisodeMetadataCallback` uses. They are read
+from the file, so they survive `minari.load_dataset` (and episode filtering), need no per-step copy
+(episode `infos` would repeat them T+1 times), and leave Minari's own fields alone (reset `seed` and
+`options`). `minari.combine_datasets` copies steps but not these attributes: a combined dataset loads as
+stream 0 with empty meta, as does any dataset written without them (seqrl's own composite datasets go
+through `read_episodes` and `write_dataset` and keep them).
+
+Observations are written losslessly (`jpeg_encoding=False`): the store keeps uint8 images exact.
+Dict and Tuple observations travel as Minari keeps them, nested dicts and tuples of arrays with T+1
+rows each (`read_episodes` gives them so; the store keeps one column per leaf); `write_dataset` takes
+them in that layout, as flat dicts of leaves ("a/b"), or as per-step observations, and writes Minari's.
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
-from seqrl.data.store import ReplayStore, check_spaces
+from seqrl.data.store import COMPOSITE, ReplayStore, check_spaces, episode_extras, obs_columns, unflatten_obs
 from seqrl.errors import DataError
 from seqrl.io import atomic_write
 
@@ -50,8 +65,9 @@ def _missing_message(dataset_id: str) -> str:
     return msg
 
 
-def read_episodes(dataset_id: str) -> tuple[list[dict[str, np.ndarray]], Any, str | None]:
-    """A local Minari dataset's episodes (obs with T+1 rows, act, rew, term, trunc), the dataset, its env id.
+def read_episodes(dataset_id: str) -> tuple[list[dict[str, Any]], Any, str | None]:
+    """A local Minari dataset's episodes (obs with T+1 rows, for Dict/Tuple spaces nested dicts/tuples of
+    such arrays; act, rew, term, trunc, stream, meta), the dataset and its env id.
 
     Raises DataError when it is missing (saying how to make it) or cannot be read."""
     import minari
@@ -61,7 +77,10 @@ def read_episodes(dataset_id: str) -> tuple[list[dict[str, np.ndarray]], Any, st
     try:
         ds = minari.load_dataset(dataset_id)
         episodes = [{"obs": e["observations"], "act": e["actions"], "rew": e["rewards"], "term": e["terminations"],
-                     "trunc": e["truncations"]} for e in ds.storage.get_episodes(ds.episode_indices)]
+                     "trunc": e["truncations"], "stream": int(m.get("seqrl_stream", 0)),
+                     "meta": json.loads(m.get("seqrl_meta", "{}"))}
+                    for e, m in zip(ds.storage.get_episodes(ds.episode_indices),
+                                    ds.storage.get_episode_metadata(ds.episode_indices))]
         env_spec = ds.storage.metadata.get("env_spec")
         env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) else None
     except Exception as e:  # h5py raises OSError on truncated files; json/KeyError on broken metadata
@@ -111,8 +130,11 @@ def write_dataset(
     ref_max_score: float,
     algorithm_name: str,
     description: str,
+    observation_space: gym.Space | None = None,
 ) -> Path:
-    """Write episodes (obs with T+1 rows, act, rew, term, trunc) as a Minari HDF5 dataset, atomically.
+    """Write episodes (obs with T+1 rows, act, rew, term, trunc; optionally stream, an int, and meta, a
+    JSON-able dict) as a Minari HDF5 dataset, atomically. `observation_space` defaults to the env's (made
+    once, only when it is needed: for Dict/Tuple observations).
 
     The dataset is first created under a temporary root beside the real one and moved into place only
     once complete, so an interrupted write never leaves a half-made dataset holding the id.
@@ -125,16 +147,31 @@ def write_dataset(
     final = dataset_path(dataset_id)
     if final.exists():
         raise DataError(f"dataset {dataset_id!r} already exists at {final}")
-    buffers = []
+    buffers, ep_meta = [], []
+    space = observation_space
     for i, e in enumerate(episodes):
-        T = len(e["rew"])
-        if T == 0 or len(e["obs"]) != T + 1:
-            raise DataError(f"{dataset_id}: episode {i} needs T+1 observations for T>0 steps, got "
-                            f"{len(e['obs'])} for {T}")
-        for k in ("obs", "act", "rew"):
-            if not np.isfinite(np.asarray(e[k], np.float64)).all():
-                raise DataError(f"{dataset_id}: episode {i}: {k} holds NaN or inf")
-        buffers.append(EpisodeBuffer(id=i, observations=np.asarray(e["obs"]), actions=np.asarray(e["act"]),
+        T, name = len(e["rew"]), f"{dataset_id}: episode {i}"
+        obs = e["obs"]
+        if isinstance(obs, (Mapping, tuple)) or (len(obs) and isinstance(obs[0], (Mapping, tuple))):
+            if space is None:
+                space = _env_observation_space(env_id)
+            if not isinstance(space, COMPOSITE):
+                raise DataError(f"{name}: observations are dicts or tuples, {env_id}'s space is {space}")
+            leaves = obs_columns(obs, space, name)  # {leaf: (T+1, ...)}, keys checked against the space
+        else:
+            leaves = {"": np.asarray(obs)}
+        for k, x in leaves.items():
+            if T == 0 or len(x) != T + 1:
+                raise DataError(f"{dataset_id}: episode {i} needs T+1 observations for T>0 steps, got {len(x)}"
+                                f"{f' of {k!r}' if k else ''} for {T}")
+        fields = [("obs" + (f" {k!r}" if k else ""), x) for k, x in leaves.items()]
+        for what, x in [*fields, ("act", e["act"]), ("rew", e["rew"])]:
+            if not np.isfinite(np.asarray(x, np.float64)).all():
+                raise DataError(f"{name}: {what} holds NaN or inf")
+        stream, meta = episode_extras(e, name)
+        ep_meta.append({"seqrl_stream": stream, "seqrl_meta": json.dumps(meta)})
+        obs = leaves[""] if "" in leaves else unflatten_obs(leaves, space)  # Minari's nested layout
+        buffers.append(EpisodeBuffer(id=i, observations=obs, actions=np.asarray(e["act"]),
                                      rewards=np.asarray(e["rew"], np.float64),
                                      terminations=np.asarray(e["term"], bool), truncations=np.asarray(e["trunc"], bool)))
     root = datasets_root()
@@ -147,8 +184,8 @@ def write_dataset(
                 dataset_id, buffers, env=env_id, eval_env=env_id, algorithm_name=algorithm_name, author="seqrl",
                 author_email="seqrl@localhost", code_permalink="https://github.com/seqrl/seqrl",
                 ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score),
-                description=description, data_format="hdf5",
-            )
+                description=description, data_format="hdf5", jpeg_encoding=False, observation_space=space,
+            ).storage.update_episode_metadata(ep_meta, range(len(ep_meta)))
         # namespace metadata files (seqrl/, seqrl/hopper/) first, then the dataset folder in one rename
         for path in (tmp_root / dataset_id).rglob("*"):  # on disk before the rename makes them visible
             if path.is_file():
@@ -166,6 +203,14 @@ def write_dataset(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return final
+
+
+def _env_observation_space(env_id: str) -> gym.Space:
+    env = gym.make(env_id)
+    try:
+        return env.observation_space
+    finally:
+        env.close()
 
 
 def _remove_stale_temp_roots(root: Path) -> None:

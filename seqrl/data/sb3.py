@@ -39,12 +39,12 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from tqdm.auto import tqdm
 
 from seqrl.data.collect import rollout
 from seqrl.errors import DataError, PresetError
 from seqrl.io import atomic_write, atomic_write_json
 from seqrl.presets import EnvPreset
+from seqrl.progress import progress
 
 QUALITIES = ("random", "medium", "expert", "medium-replay")
 ALGOS: dict[str, type[BaseAlgorithm]] = {"SAC": SAC, "TD3": TD3, "PPO": PPO}
@@ -160,7 +160,7 @@ class _Recorder(BaseCallback):
         self.rows: list[dict[str, np.ndarray]] = []
         self.start = np.ones(self.training_env.num_envs, bool)  # learn() begins with a reset
         self.next = (self.model.num_timesteps // self.every + 1) * self.every
-        self.bar = tqdm(total=self.total, initial=self.model.num_timesteps, desc=self.desc, unit="step")
+        self.bar = progress(self.total, self.desc, unit="step", initial=self.model.num_timesteps)
 
     def _on_step(self) -> bool:
         loc = self.locals  # called after env.step, before SB3 stores the transition or moves _last_obs on

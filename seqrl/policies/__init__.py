@@ -1,38 +1,23 @@
-"""Policies: each = tokenizer + backbone + heads + loss + act, one file each.
+"""Agents: one file each (config, network, loss, act), all on the contract of seqrl.policies.base.
 
-The contract every policy meets (the runners rely on nothing else):
-
-- ``Config``: a frozen dataclass of its hyperparameters (class attribute).
-- ``__init__(config, spec: TaskSpec)``.
-- ``window``: how many steps per sampled window the loss wants.
-- ``loss(batch) -> dict[str, Tensor]``: the runner sums the ``loss_*`` entries and logs all of them.
-- ``initial_state(n_envs, device, **condition)``, ``act(obs, state) -> (action, state)``,
-  ``observe(state, reward, done) -> state``: batched acting over a vector env; ``observe`` feeds back
-  the reward and resets the envs that finished.
-- ``eval_conditions() -> list[(label, condition)]``: what evaluation sweeps (DT: target returns).
-"""
+`policy_class(name)` maps the `agent` key of a preset (agents/*.toml) to its class."""
 
 from __future__ import annotations
 
 from seqrl.errors import PresetError
-from seqrl.policies.base import TaskSpec
+from seqrl.policies.base import Agent, TaskSpec
 
 
 def policy_class(agent: str) -> type:
     from seqrl.policies.bc import BC
-    from seqrl.policies.dt import DecisionTransformer
-
-    classes = {"dt": DecisionTransformer, "bc": BC}
     from seqrl.policies.dm import DecisionMamba
+    from seqrl.policies.dt import DecisionTransformer
+    from seqrl.policies.ppo import RecurrentPPO
 
-    classes["dm"] = DecisionMamba
-    from seqrl.policies.gtrxl import GTrXLPolicy, LSTMPolicy  # online agents (seqrl.runners.online)
-
-    classes["gtrxl"] = GTrXLPolicy
-    classes["lstm_ppo"] = LSTMPolicy
+    classes = {"dt": DecisionTransformer, "bc": BC, "dm": DecisionMamba, "ppo": RecurrentPPO}
     if agent not in classes:
         raise PresetError(f"unknown agent {agent!r}; known agents: {sorted(classes)}")
     return classes[agent]
 
 
-__all__ = ["TaskSpec", "policy_class"]
+__all__ = ["Agent", "TaskSpec", "policy_class"]

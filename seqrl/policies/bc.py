@@ -1,7 +1,7 @@
 """Behaviour cloning: an MLP from observation to action, the baseline every offline RL table has.
 
-Same runner, store and tokenizer as the sequence models: its layout is the single token "s" (the
-tokenizer's normalised linear embedding is the MLP's first layer) and its window is one step.
+Same trainer, store and tokenizer as the sequence models: its layout is the single token "s" (the
+tokenizer's normalised linear embedding is the MLP's first layer) and it samples single steps.
 Defaults follow CORL's `any_percent_bc` (2 hidden layers of 256, ReLU, tanh output for Box actions).
 """
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from seqrl.data.store import Batch
-from seqrl.policies.base import ActionHead, TaskSpec
+from seqrl.data.samplers import windows
+from seqrl.data.store import Batch, ReplayStore
+from seqrl.policies.base import ActionHead, Agent, TaskSpec
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -32,9 +33,8 @@ class BCState:
     n: int
 
 
-class BC(nn.Module):
+class BC(Agent):
     Config = BCConfig
-    window = 1
 
     def __init__(self, config: BCConfig, spec: TaskSpec):
         super().__init__()
@@ -47,19 +47,19 @@ class BC(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.head = ActionHead(config.hidden_dim, spec.action_space)
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        return windows(store, batch_size, 1, generator)  # single steps
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         pred = self.head(self.mlp(self.tokenizer(batch).x))  # (B, 1, A)
         return self.head.loss(pred, batch.act, batch.mask)
-
-    def eval_conditions(self) -> list[tuple[str, dict]]:
-        return [("", {})]
 
     def initial_state(self, n_envs: int, device: torch.device | str) -> BCState:
         return BCState(n_envs)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, state: BCState) -> tuple[torch.Tensor, BCState]:
-        h = self.mlp(self.tokenizer.step("s", obs, torch.zeros(len(obs), dtype=torch.long, device=obs.device)))
+        h = self.mlp(self.tokenizer.step("s", obs, None))  # no timestep embedding
         return self.head.to_env(self.head(h)), state
 
     def observe(self, state: BCState, reward: torch.Tensor, done: torch.Tensor) -> BCState:

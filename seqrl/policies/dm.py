@@ -14,7 +14,9 @@ embeddings, read by a multi-grained Mamba (seqrl/nn/mamba.py, fine_group=3):
 The action at step t is read at the state token of step t (sees R_<=t, s_<=t, a_<t). Two auxiliary
 "inverse" objectives (the paper's ILO; the authors' `predict_sr`) read the action token of step t and
 predict the next state and the next return-to-go, Huber loss, weights 0.05 / 0.05 against 0.9 for the
-action (the authors' code).
+action (the authors' code). The next-state target is the normalised observation vector, so that head
+exists only for a flat float Box observation; for any other space (Discrete, images, Dict, ...) it is
+off and only the return-to-go is predicted.
 
 Progressive self-evolution regularisation (PSER): the action labels are refined with the policy's own
 earlier predictions, a convex mix whose weight grows linearly over training and is capped:
@@ -28,8 +30,10 @@ policy" is the one of the previous iteration, as in PSKD, Kim et al. 2021, from 
 comes). The earlier prediction must come from other weights than the current ones: mixing in the
 current prediction (stop-gradient) would only rescale the MSE's gradient by (1 - α). Discrete
 actions mix the one-hot label with the earlier policy's softmax and use soft cross-entropy (PSKD).
-The refresh and α are tensor ops on a step-count buffer, so a CUDA-graph replay follows them, and
-the copy and the count sit in the state_dict: a checkpoint resumes the schedule exactly.
+The schedule is explicit state: `losses` only reads the update count k; the trainer calls
+`after_update` once per update, which counts and refreshes the earlier copy. Both are tensor ops on
+buffers (no host sync), so a CUDA-graph replay follows them, and the copy and the count sit in the
+state_dict: a checkpoint resumes the schedule exactly.
 
 Acting is recurrent: three `backbone.step` calls per env step (R, s, then the chosen a), O(1) each,
 whatever the episode's length; the state holds all of the episode so far (no window re-encoding).
@@ -41,14 +45,17 @@ import copy
 import functools
 from dataclasses import dataclass
 
+import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqrl.data.store import Batch
+from seqrl.data.samplers import windows
+from seqrl.data.store import Batch, ReplayStore
 from seqrl.nn.mamba import MambaBackbone, MambaState
 from seqrl.nn.transformer import gpt2_init
-from seqrl.policies.base import ActionHead, TaskSpec
+from seqrl.policies.base import ActionHead, Agent, EvalProtocol, TaskSpec
 from seqrl.presets import require_at_least
 from seqrl.tokenizer import TrajectoryTokenizer
 
@@ -78,7 +85,7 @@ class DMConfig:
     action_weight: float = 0.9
     """weight of the action loss"""
     state_weight: float = 0.05
-    """weight of the next-state prediction from the action token (Huber; Box observations only)"""
+    """weight of the next-state prediction from the action token (Huber; flat float Box observations only)"""
     rtg_weight: float = 0.05
     """weight of the next return-to-go prediction from the action token (Huber)"""
     # progressive self-evolution regularisation
@@ -89,7 +96,7 @@ class DMConfig:
     pser_alpha_max: float = 0.5
     """cap on that weight (the authors' lower_bound): the dataset label keeps at least 1 - alpha_max"""
     pser_steps: int = 100_000
-    """K_total: updates over which α grows linearly (set it to runner.steps)"""
+    """K_total: updates over which α grows linearly (set it to trainer.steps)"""
     pser_interval: int = 2_500
     """updates between refreshes of the earlier policy (the authors' steps per iteration)"""
 
@@ -125,7 +132,9 @@ class DMNet(nn.Module):
         self.backbone = MambaBackbone(d, config.n_layers, config.d_state, config.d_conv, config.expand,
                                       fine_group=3 if config.multi_grained else 0)
         self.head = ActionHead(d, spec.action_space)
-        obs_dim = 0 if self.tokenizer.discrete_obs else int(self.tokenizer.obs_mean.numel())
+        sp = spec.observation_space  # the next-state target needs a flat float Box (module docstring)
+        flat = isinstance(sp, gym.spaces.Box) and np.issubdtype(sp.dtype, np.floating)
+        obs_dim = int(np.prod(sp.shape)) if flat else 0
         self.state_head = nn.Linear(d, obs_dim) if obs_dim and config.state_weight > 0 else None
         self.rtg_head = nn.Linear(d, 1) if config.rtg_weight > 0 else None
         for part in (self.tokenizer, self.head, self.state_head, self.rtg_head):  # N(0, 0.02), as DT
@@ -161,8 +170,9 @@ def refine_labels(label: torch.Tensor, earlier: torch.Tensor, alpha: torch.Tenso
 
 
 def dm_loss(pred: dict[str, torch.Tensor], batch: Batch, target: torch.Tensor, cfg: DMConfig, discrete: bool,
-            obs_norm: tuple[torch.Tensor, torch.Tensor], reward_scale: float) -> dict[str, torch.Tensor]:
-    """The DM objective. target: the (refined) action target, (B, K, A) or a distribution (B, K, n)."""
+            obs_norm: tuple[torch.Tensor, torch.Tensor] | None, reward_scale: float) -> dict[str, torch.Tensor]:
+    """The DM objective. target: the (refined) action target, (B, K, A) or a distribution (B, K, n);
+    obs_norm: the tokenizer's (mean, std), used by the next-state term (None when there is none)."""
     m = batch.mask.float()
     a = pred["action"].float()
     if discrete:
@@ -183,13 +193,12 @@ def dm_loss(pred: dict[str, torch.Tensor], batch: Batch, target: torch.Tensor, c
     return out
 
 
-class DecisionMamba(nn.Module):
+class DecisionMamba(Agent):
     Config = DMConfig
 
     def __init__(self, config: DMConfig, spec: TaskSpec):
         super().__init__()
         self.config, self.spec = config, spec
-        self.window = config.context_len
         self.net = DMNet(config, spec)
         self.earlier = copy.deepcopy(self.net).requires_grad_(False).eval() if config.pser else None
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # PSER's k, travels in checkpoints
@@ -217,41 +226,44 @@ class DecisionMamba(nn.Module):
         """Windows (B, K) -> action predictions (B, K, A), in [-1, 1] units for Box spaces."""
         return self.net(batch)["action"]
 
-    def _refresh_earlier(self) -> None:
-        """Every `pser_interval` updates, the earlier policy becomes the current one (a lerp with weight
-        0 or 1: no host sync, so CUDA graphs replay it)."""
+    def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        return windows(store, batch_size, self.config.context_len, generator)
+
+    @torch.no_grad()
+    def after_update(self) -> None:
+        """k += 1; every `pser_interval` updates the earlier policy becomes the current one (a lerp with
+        weight 0 or 1: no host sync, so CUDA graphs replay it)."""
+        self.updates += 1
+        if self.earlier is None:
+            return
         w = (self.updates % self.config.pser_interval == 0).float()
         for e, p in zip(self.earlier.parameters(), self.net.parameters()):  # (_foreach_lerp_ reads w on the host)
             e.lerp_(p.detach(), w)
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, head = self.config, self.net.head
         pred = self.net(batch)
         label = batch.act if head.discrete else (batch.act - head.center) / head.scale
         out: dict[str, torch.Tensor] = {}
         if cfg.pser:
-            updating = self.training and torch.is_grad_enabled()
-            if updating:
-                self._refresh_earlier()
             alpha = pser_alpha(self.updates, cfg.pser_alpha_T, cfg.pser_alpha_max, cfg.pser_steps)
             with torch.no_grad():
                 earlier = self.earlier(batch)["action"].float()
             target = refine_labels(label, earlier, alpha, head.discrete)
-            if updating:
-                self.updates += 1
             out["pser_alpha"] = alpha.detach()
         else:
             target = F.one_hot(label, pred["action"].shape[-1]).float() if head.discrete else label
         tok = self.net.tokenizer
-        out |= dm_loss(pred, batch, target, cfg, head.discrete, (tok.obs_mean, tok.obs_std), tok.reward_scale)
+        norm = (tok.obs_mean, tok.obs_std) if self.net.state_head is not None else None  # flat float Box only
+        out |= dm_loss(pred, batch, target, cfg, head.discrete, norm, tok.reward_scale)
         with torch.no_grad():  # the plain behaviour-cloning error, comparable with DT's loss_action
             bc = head.loss(pred["action"].detach(), batch.act, batch.mask)["loss_action"]
         out["action_error"] = bc
         return out
 
     # ----------------------------------------------------------------------------------- acting
-    def eval_conditions(self) -> list[tuple[str, dict]]:
-        return [(f"target={r:g}", {"target_return": r}) for r in self.spec.env.target_returns]
+    def eval_protocol(self) -> EvalProtocol:
+        return EvalProtocol(tuple((f"target={r:g}", {"target_return": r}) for r in self.spec.env.target_returns))
 
     def initial_state(self, n_envs: int, device: torch.device | str, target_return: float | None = None) -> DMState:
         target = self.spec.env.target_returns[0] if target_return is None else target_return

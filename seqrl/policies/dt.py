@@ -12,8 +12,13 @@ KV cache of the last 3K tokens.
 
 Departure from the paper's evaluation, on purpose: the reference code re-encodes the last K steps
 from scratch at every env step (O(K^2) per step, and the oldest token sees no history). Here each token
-attends to the 3K tokens before it, cached: O(K) per step. Training windows of K steps are the same
+attends to the 3K-1 tokens before it, cached: O(K) per step. Training windows of K steps are the same
 in both, since a window never exceeds the attention span.
+
+Training feeds the backbone the first 3K-1 tokens of a K-step window: the last action token predicts
+nothing and no earlier token attends to it, so dropping it changes no prediction, and 3K-1 tokens fit
+the attention window exactly, so training runs PyTorch's fused causal attention (`is_causal=True`)
+instead of a masked one.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from seqrl.data.store import Batch
+import torch.nn.functional as F
+
+from seqrl.data.samplers import windows
+from seqrl.data.store import Batch, ReplayStore
 from seqrl.nn.transformer import CausalTransformer, KVState, gpt2_init
-from seqrl.policies.base import ActionHead, TaskSpec
+from seqrl.policies.base import ActionHead, Agent, EvalProtocol, TaskSpec
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -42,7 +50,7 @@ class DTConfig:
     n_heads: int = 1
     """attention heads"""
     context_len: int = 20
-    """K: steps per training window, and the attention span (3K tokens) when acting"""
+    """K: steps per training window; acting attends to the last 3K-1 tokens"""
     dropout: float = 0.1
     """dropout on embeddings, attention and residual branches"""
     activation: Literal["relu", "gelu"] = "relu"
@@ -63,13 +71,12 @@ class DTState:
     target: torch.Tensor  # (n,) target return each env restarts from
 
 
-class DecisionTransformer(nn.Module):
+class DecisionTransformer(Agent):
     Config = DTConfig
 
     def __init__(self, config: DTConfig, spec: TaskSpec):
         super().__init__()
         self.config, self.spec = config, spec
-        self.window = config.context_len
         self.tokenizer = TrajectoryTokenizer(
             "R s a", spec.observation_space, spec.action_space, config.embed_dim, readout={"action": "s"},
             obs_mean=spec.obs_mean, obs_std=spec.obs_std, reward_scale=spec.env.reward_scale,
@@ -85,18 +92,23 @@ class DecisionTransformer(nn.Module):
             part.apply(functools.partial(gpt2_init, n_layers=config.n_layers))
 
     # --------------------------------------------------------------------------------- training
+    def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        return windows(store, batch_size, self.config.context_len, generator)
+
     def predict(self, batch: Batch) -> torch.Tensor:
         """Windows (B, K) -> action predictions (B, K, A), in [-1, 1] units for Box spaces."""
         tokens = self.tokenizer(batch)
-        h, _ = self.backbone(tokens.x)  # (B, 3K, d); padding is trailing, so plain causal attention
+        # the first 3K-1 tokens (see the module docstring): padding is trailing, so fused causal attention
+        h, _ = self.backbone(tokens.x[:, :-1])  # (B, 3K-1, d)
+        h = F.pad(h, (0, 0, 0, 1))  # (B, 3K, d): the dropped token's slot, read by no head
         return self.head(tokens.heads(h)["action"])
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.head.loss(self.predict(batch), batch.act, batch.mask)
 
     # ----------------------------------------------------------------------------------- acting
-    def eval_conditions(self) -> list[tuple[str, dict]]:
-        return [(f"target={r:g}", {"target_return": r}) for r in self.spec.env.target_returns]
+    def eval_protocol(self) -> EvalProtocol:
+        return EvalProtocol(tuple((f"target={r:g}", {"target_return": r}) for r in self.spec.env.target_returns))
 
     def initial_state(self, n_envs: int, device: torch.device | str, target_return: float | None = None) -> DTState:
         target = self.spec.env.target_returns[0] if target_return is None else target_return

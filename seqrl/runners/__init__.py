@@ -1,4 +1,5 @@
 from seqrl.runners.evaluate import RandomPolicy, evaluate
-from seqrl.runners.offline import OfflineRunner
+from seqrl.runners.sources import DatasetSource, EnvSource
+from seqrl.runners.trainer import Trainer
 
-__all__ = ["OfflineRunner", "RandomPolicy", "evaluate"]
+__all__ = ["DatasetSource", "EnvSource", "RandomPolicy", "Trainer", "evaluate"]

@@ -1,0 +1,307 @@
+"""Experience sources of the Trainer: where an agent's batches come from.
+
+Dimension letters: n envs, T steps per env per collection (`n_steps`), B batch.
+
+A source is picked by the agent preset's `source.kind` and has one small interface:
+
+- ``start(agent, device, seed, rank, world) -> torch.Generator``: get ready; returns the generator
+  samples are drawn with (the trainer checkpoints it).
+- ``iteration(agent, generator)``: a generator of batches, one optimiser update each. It may read back
+  each update's scalars (``scalars = yield batch``).
+- ``draw(agent, generator)`` and ``graphable``: one batch drawn inside a CUDA graph (dataset sources).
+- ``done()``, ``progress()`` (share of its own budget, for learning-rate decay), ``global_step(updates)``
+  (the TensorBoard x axis), ``scalars()`` (what it logs), ``state_dict()``/``load_state_dict()``, ``close()``.
+
+`DatasetSource` (offline): a fixed ReplayStore; each iteration is one `agent.sample(store, ...)`.
+`EnvSource` (online): a Gymnasium vector env stepped by `agent.explore` (`agent.bootstrap` reports on the
+observations it does not act on: the final one of a truncated episode, the one after the rollout); each
+iteration collects T steps of n envs into a `Rollout`, puts the finished episodes into the ReplayStore (which keeps the last
+`capacity` steps), and yields what `agent.rollout_batches(rollout)` makes of it (PPO: epochs of
+minibatches of whole sequences). A world-model agent will sample its store instead; imagination is a
+third source to come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import seqrl.envs  # noqa: F401  registers the seqrl/... env ids
+from seqrl.data.store import ReplayStore, check_spaces, flatten_obs, obs_tensor, tree_map
+from seqrl.errors import DataError, PresetError
+from seqrl.presets import DatasetSourceConfig, EnvPreset, EnvSourceConfig
+
+
+# -------------------------------------------------------------------------------------- dataset
+class DatasetSource:
+    def __init__(self, cfg: DatasetSourceConfig, store: ReplayStore):
+        self.cfg, self.store = cfg, store
+
+    def start(self, agent: Any, device: torch.device, seed: int, rank: int, world: int) -> torch.Generator:
+        if self.cfg.batch_size % world:
+            raise PresetError(f"source.batch_size {self.cfg.batch_size} is not divisible by {world} DDP ranks")
+        self.device, self.batch_size = device, self.cfg.batch_size // world
+        if self.cfg.store_on_device:
+            self.store.to(device)
+        self.graphable = device.type == "cuda" and self.cfg.store_on_device
+        gen = torch.Generator(device=device if self.cfg.store_on_device else "cpu")
+        gen.manual_seed(seed * 1_000_003 + rank)
+        return gen
+
+    def draw(self, agent: Any, generator: torch.Generator | None) -> Any:
+        return agent.sample(self.store, self.batch_size, generator).to(self.device)
+
+    def iteration(self, agent: Any, generator: torch.Generator) -> Iterator[Any]:
+        yield self.draw(agent, generator)
+
+    def done(self) -> bool:
+        return False  # the trainer's `steps` is the budget
+
+    def progress(self) -> float:
+        return 0.0
+
+    def global_step(self, updates: int) -> int:
+        return updates
+
+    def scalars(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ env
+@dataclasses.dataclass
+class Rollout:
+    """T steps of n envs, in collection order, on the training device."""
+
+    obs: Any  # (T, n, *obs_shape) the observation each action was chosen on ({leaf: (T, n, ...)} for Dict/Tuple)
+    act: torch.Tensor  # (T, n[, A]) the agent's actions in its own units (PPO: the unclipped Gaussian sample)
+    rew: torch.Tensor  # (T, n) float32
+    term: torch.Tensor  # (T, n) bool: the episode terminated at this step
+    trunc: torch.Tensor  # (T, n) bool: the episode was cut at this step (time limit), not terminated
+    first: torch.Tensor  # (T, n) bool: an episode started at this step
+    extras: dict[str, torch.Tensor]  # (T, n) each: what `explore` reported per step (PPO: logp, value)
+    final_extras: dict[str, torch.Tensor]  # (T, n): `bootstrap` at the final observation of truncated episodes
+    # (zero elsewhere)
+    last_extras: dict[str, torch.Tensor]  # (n,): `bootstrap` at the observation after the rollout
+    starts: list[Any]  # the agent's state before steps 0, L, 2L, ... (L = agent.segment)
+
+
+class EnvSource:
+    def __init__(self, cfg: EnvSourceConfig, env: EnvPreset):
+        self.cfg, self.env = cfg, env
+        self.env_steps = 0
+        self.collections = 0
+        self.envs = None
+
+    def start(self, agent: Any, device: torch.device, seed: int, rank: int, world: int) -> torch.Generator:
+        if world > 1:
+            raise PresetError("env sources run in one process; launch without torchrun")
+        cfg, env = self.cfg, self.env
+        self.device, self.seed = device, seed
+        self.envs = gym.make_vec(env.env_id, num_envs=cfg.n_envs, vectorization_mode="sync",
+                                 vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                                 max_episode_steps=env.max_episode_steps, **env.env_kwargs)
+        try:
+            check_spaces(agent.spec.observation_space, agent.spec.action_space, self.envs, "the agent")
+        except DataError:
+            self.envs.close()
+            raise
+        self.store = ReplayStore(self.envs.single_observation_space, self.envs.single_action_space,
+                                 meta={"env_id": env.env_id, "online": True}, capacity=cfg.capacity)
+        self.graphable = False
+        self._new_episodes(agent)
+        gen = torch.Generator()
+        gen.manual_seed(seed * 1_000_003)
+        return gen
+
+    def _new_episodes(self, agent: Any) -> None:
+        """Reset every env (seeded by the collections so far: a resumed run starts fresh episodes)."""
+        n = self.cfg.n_envs
+        self.obs, _ = self.envs.reset(seed=self.seed + 1_000 * self.collections)
+        self.first = np.ones(n, bool)
+        self.state = agent.initial_state(n, self.device)
+        self._ep: list[dict[str, list]] = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
+        self._log = {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
+
+    # ------------------------------------------------------------------------------- collecting
+    @torch.no_grad()
+    def collect(self, agent: Any) -> Rollout:
+        T, n, dev = self.cfg.n_steps, self.cfg.n_envs, self.device
+        L = getattr(agent, "segment", None)
+        obs_t = obs_tensor(self.obs, dev)  # (n, *obs_shape), or {leaf: (n, ...)}
+        obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t)
+        flags = {k: torch.zeros(T, n, dtype=torch.bool, device=dev) for k in ("term", "trunc", "first")}
+        rew_buf = torch.zeros(T, n, device=dev)
+        act_buf, extras, final_extras, starts = None, {}, {}, []
+        agent.eval()  # collection takes no gradient
+        for t in range(T):
+            if L and t % L == 0:
+                starts.append(self.state)  # states are never modified in place: keeping the reference is enough
+            action, env_action, ex, self.state = agent.explore(obs_t, self.state)
+            if act_buf is None:
+                act_buf = torch.zeros(T, *action.shape, dtype=action.dtype, device=dev)
+                extras = {k: torch.zeros(T, n, device=dev) for k in ex}
+                final_extras = {k: torch.zeros(T, n, device=dev) for k in ex}
+            a = env_action.cpu().numpy()
+            next_obs, rew, term, trunc, info = self.envs.step(a)
+            cut = trunc & ~term
+            if cut.any():  # a time limit, not an end: what the agent reports at the final observation
+                final = tree_map(np.array, flatten_obs(next_obs))  # a copy, {leaf: (n, ...)} for Dict/Tuple
+                for i in np.flatnonzero(cut):
+                    tree_map(lambda f, o: f.__setitem__(i, o), final, flatten_obs(info["final_obs"][i]))
+                fin = agent.bootstrap(obs_tensor(final, dev), self.state)
+                mask = torch.as_tensor(cut, device=dev)
+                for k, v in fin.items():
+                    final_extras[k][t] = torch.where(mask, v.float(), 0.0)
+            tree_map(lambda buf, o: buf[t].copy_(o), obs_buf, obs_t)
+            act_buf[t], rew_buf[t] = action, torch.as_tensor(rew, dtype=torch.float32, device=dev)
+            for k, v in ex.items():
+                extras[k][t] = v
+            flags["term"][t] = torch.as_tensor(term, device=dev)
+            flags["trunc"][t] = torch.as_tensor(cut, device=dev)
+            flags["first"][t] = torch.as_tensor(self.first, device=dev)
+            done = term | trunc
+            self._record(self.obs, a, rew, term, done, info)
+            self.state = agent.observe(self.state, rew_buf[t], torch.as_tensor(done, device=dev))
+            self.first, self.obs = done, next_obs
+            obs_t = obs_tensor(next_obs, dev)
+        last = agent.bootstrap(obs_t, self.state)
+        self.env_steps += T * n
+        self.collections += 1
+        self._log["steps"] += T * n
+        return Rollout(obs_buf, act_buf, rew_buf, flags["term"], flags["trunc"], flags["first"], extras, final_extras,
+                       last, starts)
+
+    def _record(self, obs: np.ndarray, action: np.ndarray, rew: np.ndarray, term: np.ndarray, done: np.ndarray,
+                info: dict) -> None:
+        """Keep each env's episode in flight; finished ones go to the store (stream = env index)."""
+        obs = flatten_obs(obs)  # Dict/Tuple: {leaf: (n, ...)}, each env's row kept per leaf
+        for i, ep in enumerate(self._ep):
+            ep["obs"].append(tree_map(lambda o: o[i], obs))
+            ep["act"].append(action[i])
+            ep["rew"].append(rew[i])
+        finished = []
+        final_info = info.get("final_info", {})
+        for i in np.flatnonzero(done):
+            ep = self._ep[i]
+            end = np.zeros(len(ep["rew"]), bool)
+            end[-1] = True
+            finished.append({"obs": [*ep["obs"], flatten_obs(info["final_obs"][i])], "act": np.stack(ep["act"]),
+                             "rew": np.asarray(ep["rew"], np.float32), "term": end & term[i],
+                             "trunc": end & ~term[i], "stream": i})
+            self._log["returns"].append(float(np.sum(ep["rew"])))
+            self._log["lengths"].append(len(ep["rew"]))
+            if "success" in final_info and final_info.get("_success", np.ones(len(done), bool))[i]:
+                self._log["success"].append(float(final_info["success"][i]))
+            self._ep[i] = {"obs": [], "act": [], "rew": []}
+        if finished:
+            self.store.extend(finished)
+
+    # -------------------------------------------------------------------------------- interface
+    def iteration(self, agent: Any, generator: torch.Generator) -> Iterator[Any]:
+        rollout = self.collect(agent)
+        yield from agent.rollout_batches(rollout, generator)  # `yield from` passes the trainer's scalars through
+
+    def done(self) -> bool:
+        return self.env_steps >= self.cfg.env_steps
+
+    def progress(self) -> float:
+        return self.env_steps / self.cfg.env_steps
+
+    def global_step(self, updates: int) -> int:
+        return self.env_steps
+
+    def scalars(self) -> dict[str, float]:
+        """Finished episodes' mean return, length and success rate, and env steps/s, since the last call."""
+        log, out = self._log, {}
+        if log["returns"]:
+            out |= {"episode_return": float(np.mean(log["returns"])), "episode_length": float(np.mean(log["lengths"]))}
+        if log["success"]:
+            out["success_rate"] = float(np.mean(log["success"]))
+        out["env_steps_per_s"] = log["steps"] / max(time.perf_counter() - log["t0"], 1e-9)
+        self._log = {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"env_steps": self.env_steps, "collections": self.collections}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Counters only: the envs cannot be restored mid-episode, so a resumed run starts fresh episodes."""
+        self.env_steps, self.collections = int(state["env_steps"]), int(state["collections"])
+        self.obs, _ = self.envs.reset(seed=self.seed + 1_000 * self.collections)
+        self.first[:] = True
+
+    def close(self) -> None:
+        if self.envs is not None:
+            self.envs.close()
+
+
+# ------------------------------------------------------------------------------- from the CLI
+def resolve_env(name: str, overrides: dict) -> EnvPreset:
+    """An env preset by name or path (envs/NAME.toml), else the preset of a Gymnasium id, else a bare
+    preset for any registered Gymnasium id."""
+    from seqrl.presets import ENVS_DIR, build, find_env_for_id, load_env, merge
+
+    if name.endswith(".toml") or (ENVS_DIR / f"{name}.toml").is_file():
+        return load_env(name, overrides)
+    found = find_env_for_id(name)
+    if found is not None:
+        return build(EnvPreset, merge(dataclasses.asdict(found), overrides))
+    if name in gym.registry:
+        limit = gym.registry[name].max_episode_steps or 1000
+        return build(EnvPreset, merge({"name": name, "env_id": name, "max_episode_steps": limit}, overrides))
+    known = sorted(p.stem for p in ENVS_DIR.glob("*.toml"))
+    raise PresetError(f"unknown env {name!r}: neither an env preset {known} nor a registered Gymnasium id")
+
+
+def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over: dict):
+    from seqrl.data.minari_io import check_env_matches, load_store
+    from seqrl.policies.base import TaskSpec
+    from seqrl.presets import find_env_for_dataset, load_env
+
+    if dataset is None:
+        raise PresetError(f"agent {preset.agent!r} trains offline (source.kind = 'dataset'): pass --dataset "
+                          f"(a Minari dataset id)")
+    store = load_store(dataset)
+    if env is None:
+        found = find_env_for_dataset(dataset)
+        if found is None:
+            raise PresetError(f"no env preset owns dataset {dataset!r}: pass --env NAME (a file in envs/)")
+        env = found.name
+    env_preset = load_env(env, env_over)
+    check_env_matches(store, env_preset.env_id)
+    return DatasetSource(preset.source, store), TaskSpec.from_store(store, env_preset), dataset.replace("/", "_")
+
+
+def _env_source(preset: Any, dataset: str | None, env: str | None, env_over: dict):
+    from seqrl.policies.base import TaskSpec
+
+    if dataset is not None:
+        raise PresetError(f"agent {preset.agent!r} trains online (source.kind = 'env'): pass --env, not --dataset")
+    if env is None:
+        raise PresetError(f"agent {preset.agent!r} trains online (source.kind = 'env'): pass --env (an env preset "
+                          f"such as tmaze, or a Gymnasium id such as seqrl/TMaze-v0)")
+    env_preset = resolve_env(env, env_over)
+    return EnvSource(preset.source, env_preset), TaskSpec.from_env(env_preset), env_preset.env_id.replace("/", "_")
+
+
+SOURCE_BUILDERS = {"dataset": _dataset_source, "env": _env_source}
+
+
+def build_source(preset: Any, dataset: str | None, env: str | None, env_over: dict) -> tuple[Any, Any, str]:
+    """The source the agent preset names, from the command line's --dataset / --env. Returns (source,
+    TaskSpec, a name for the run folder)."""
+    return SOURCE_BUILDERS[preset.source.kind](preset, dataset, env, env_over)

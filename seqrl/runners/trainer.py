@@ -1,0 +1,327 @@
+"""Trainer: the one training loop of every agent (DT, DM, BC, recurrent PPO; world models and in-context
+agents next). It knows optimisers, schedules, devices, AMP, CUDA graphs, torch.compile, DDP,
+TensorBoard, checkpoints, resume and evaluation, and nothing of any one agent.
+
+The loop, top to bottom:
+
+    while budget left:
+        for batch in source.iteration(agent):       # a dataset: one sampled batch; an env: a rollout's minibatches
+            terms = agent.losses(batch)             # loss_* terms and diagnostics
+            per optimiser group: backward of its loss_* terms, clip, step
+            agent.after_update()                    # the agent's own schedules
+        log, evaluate, checkpoint on their cadences (counted in updates)
+
+The experience source (seqrl/runners/sources.py) is picked by the agent preset's `source.kind`. The
+agent declares its optimiser groups (`optimizer_groups()`: parameters, the loss terms that step them, a
+learning-rate scale); each gets a fused AdamW on CUDA, weight decay on matrices only, linear warm-up
+then a constant or linearly decaying learning rate, and gradient-norm clipping of its own.
+
+CUDA graphs (`trainer.cuda_graph`, one CUDA device, a dataset source on the device): the first three
+updates run eagerly on a side stream (warm-up, as capture requires), the fourth captures sampling +
+losses + backward + clipping + AdamW + `after_update` as one graph and replays it; every update is one
+optimiser step. Learning rates live in device tensors the graph reads, and samples are drawn from the
+default CUDA generator (graph-safe) instead of the trainer's own.
+
+DDP: launched under `torchrun` (WORLD_SIZE > 1) each rank draws `batch_size / world_size` samples and
+DDP averages the ranks' gradients. Each rank's loss is a mean over its own real (unpadded) steps, so the
+update equals one process on the global batch when the ranks hold equally many real steps
+(tests/test_trainer.py checks that case), and weighs ranks equally otherwise. DDP takes agents with one
+optimiser group and dataset sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from seqrl.checkpoint import load_checkpoint, restore_rng, save_checkpoint, training_state
+from seqrl.errors import CheckpointError, PresetError
+from seqrl.io import atomic_write_json
+from seqrl.kernels.scan import kernel_status
+from seqrl.policies.base import Agent
+from seqrl.presets import AgentPreset, training_device
+from seqrl.progress import progress
+from seqrl.runners.evaluate import evaluate
+
+
+def param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and embeddings (dim >= 2); never biases, LayerNorm gains or other vectors (nanoGPT),
+    nor parameters a module marks `_no_weight_decay` (Mamba's A_log and D, as mamba-ssm marks them)."""
+    decay = [p.dim() >= 2 and not getattr(p, "_no_weight_decay", False) for p in params]
+    return [{"params": [p for p, d in zip(params, decay) if d], "weight_decay": weight_decay},
+            {"params": [p for p, d in zip(params, decay) if not d], "weight_decay": 0.0}]
+
+
+def distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+class _LossForward(nn.Module):
+    """Makes `forward` the agent's losses, so that DDP's gradient hooks see them."""
+
+    def __init__(self, agent: nn.Module):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.agent.losses(batch)
+
+
+class Trainer:
+    def __init__(self, agent: Agent, source: Any, preset: AgentPreset, run_dir: str | Path, resume: bool = False):
+        cfg = preset.trainer
+        self.cfg, self.preset, self.source, self.run_dir = cfg, preset, source, Path(run_dir)
+        device = training_device(cfg.device)
+        self.rank, self.world = distributed(device)
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = device
+        torch.manual_seed(cfg.seed)
+        self.agent = agent.to(device)
+        self.gen = source.start(agent, device, cfg.seed, self.rank, self.world)  # the sampler's generator
+        self.groups = agent.optimizer_groups()
+        if self.world > 1 and len(self.groups) > 1:
+            raise PresetError(f"agent {preset.agent!r} has {len(self.groups)} optimiser groups: DDP takes one")
+        self.use_graph = cfg.cuda_graph and device.type == "cuda" and self.world == 1 and source.graphable
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._warmups = 0  # eager updates done before the graph is captured
+        # fused AdamW on CUDA: one kernel per group; capturable, with the learning rate in a device tensor,
+        # so that a CUDA graph can replay the step and still follow the schedule
+        self.opts = {}
+        for g in self.groups:
+            lr = torch.tensor(cfg.lr * g.lr_scale, device=device) if self.use_graph else cfg.lr * g.lr_scale
+            self.opts[g.name] = torch.optim.AdamW(param_groups(g.params, cfg.weight_decay), lr=lr, betas=cfg.betas,
+                                                  eps=cfg.eps, fused=device.type == "cuda" or None,
+                                                  capturable=self.use_graph)
+        self.amp = cfg.amp and device.type == "cuda"
+        self.loss_fn = agent.losses
+        if self.world > 1:  # DDP averages the gradients of what runs through its forward()
+            ids = [device.index] if device.type == "cuda" else None
+            self.loss_fn = nn.parallel.DistributedDataParallel(_LossForward(agent), device_ids=ids)
+        if cfg.compile and device.type == "cuda":
+            self.loss_fn = torch.compile(self.loss_fn)
+        self.step = 0  # optimiser updates done
+        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        if resume:
+            if not self.ckpt_path.exists():
+                raise CheckpointError(f"nothing to resume: no checkpoint at {self.ckpt_path}")
+            self._restore(load_checkpoint(self.ckpt_path, preset.agent))
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            run = {"device": str(device), "world_size": self.world, "cuda_graph": self.use_graph, "amp": self.amp,
+                   "kernels": kernel_status(device)}
+            atomic_write_json(self.run_dir / "config.json", preset.to_dict() | {"env": dataclasses.asdict(agent.spec.env), "run": run})
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._x() or None)
+
+    # ------------------------------------------------------------------------------- one update
+    def _x(self) -> int:
+        """The TensorBoard x axis: env steps for env sources, updates otherwise."""
+        return self.source.global_step(self.step)
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up over `warmup_steps`, then constant or a linear decay to 0 over the budget."""
+        f = min(1.0, (step + 1) / max(self.cfg.warmup_steps, 1))
+        if self.cfg.schedule == "linear":
+            done = max(step / self.cfg.steps if self.cfg.steps else 0.0, self.source.progress())
+            f *= max(1.0 - done, 0.0)
+        return f
+
+    def _set_lr(self) -> None:
+        f = self.lr_factor(self.step)
+        for g in self.groups:
+            for group in self.opts[g.name].param_groups:
+                lr = self.cfg.lr * g.lr_scale * f
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+
+    def _loss_and_update(self, batch: Any) -> dict[str, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            terms = self.loss_fn(batch)
+        loss_terms = [k for k in terms if k.startswith("loss_")]
+        loss = sum(terms[k] for k in loss_terms)
+        if len(self.groups) == 1 and self.groups[0].losses is None:
+            loss.backward()
+        else:  # each optimiser's gradient comes from its own loss terms only
+            for i, g in enumerate(self.groups):
+                missing = [k for k in g.losses or () if k not in terms]
+                if missing:
+                    raise PresetError(f"optimiser group {g.name!r} names loss terms {missing} that losses() does "
+                                      f"not return; it returns {loss_terms}")
+                part = loss if g.losses is None else sum(terms[k] for k in g.losses)
+                part.backward(inputs=g.params, retain_graph=i < len(self.groups) - 1)
+        out = {k: v.detach() for k, v in terms.items()}
+        out["loss"] = loss.detach()
+        for g in self.groups:
+            norm = (nn.utils.clip_grad_norm_(g.params, self.cfg.grad_clip, foreach=True) if self.cfg.grad_clip > 0
+                    else torch.zeros((), device=loss.device))
+            out["grad_norm" if len(self.groups) == 1 else f"grad_norm_{g.name}"] = norm.detach()
+            self.opts[g.name].step()
+        self.agent.after_update()
+        return out
+
+    def _zero_grad(self) -> None:
+        for opt in self.opts.values():
+            opt.zero_grad(set_to_none=True)
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One eager update on this rank's share of the batch; returns the logged scalars (tensors)."""
+        self.agent.train()
+        self._set_lr()
+        self._zero_grad()
+        out = self._loss_and_update(batch)
+        self.step += 1
+        return out
+
+    def graph_step(self) -> dict[str, torch.Tensor]:
+        """One update that draws its own batch from the dataset source: a graph replay once captured."""
+        if self._warmups < 3:  # eager warm-up on a side stream, as graph capture requires
+            current = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                out = self.train_step(self.source.draw(self.agent, None))
+            current.wait_stream(side)
+            self._warmups += 1
+            return out
+        if self._graph is None:  # capture records the kernels without running them
+            self.agent.train()
+            self._zero_grad()  # grads are allocated inside the graph, overwritten on replay
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._graph_out = self._loss_and_update(self.source.draw(self.agent, None))
+        self._set_lr()
+        self._graph.replay()
+        self.step += 1
+        return self._graph_out
+
+    def iteration(self) -> list[dict[str, torch.Tensor]]:
+        """One iteration of the source (one sampled batch, or one rollout's minibatches): its updates' scalars.
+
+        The source may read each update's scalars back (PPO stops an epoch loop early on its KL)."""
+        if self.use_graph:
+            return [self.graph_step()]
+        outs: list[dict[str, torch.Tensor]] = []
+        it = self.source.iteration(self.agent, self.gen)
+        scalars = None
+        while self.cfg.steps == 0 or self.step < self.cfg.steps:
+            try:
+                batch = it.send(scalars)
+            except StopIteration:
+                break
+            scalars = self.train_step(batch)
+            outs.append(scalars)
+        it.close()
+        return outs
+
+    # -------------------------------------------------------------------------------------- run
+    def done(self) -> bool:
+        return (self.cfg.steps and self.step >= self.cfg.steps) or self.source.done()
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        total = cfg.steps or None
+        bar = progress(total=total, initial=self.step, desc=f"train {self.preset.agent}", unit="update",
+                       disable=self.rank != 0)
+        t0, n0 = time.perf_counter(), self.step
+        while not self.done():
+            before = self.step
+            outs = self.iteration()
+            if not outs:
+                break
+            crossed = lambda every: every and self.step // every > before // every  # noqa: E731
+            if crossed(cfg.log_every) or self.done():
+                vals = {k: float(torch.stack([o[k].float() for o in outs]).mean()) for k in outs[-1]}
+                dt = time.perf_counter() - t0
+                vals["updates_per_s"] = (self.step - n0) / max(dt, 1e-9)
+                t0, n0 = time.perf_counter(), self.step
+                self._log(vals)
+                bar.set_postfix(loss=f"{vals['loss']:.4f}")
+            bar.update(self.step - before)
+            if crossed(cfg.eval_every) and not self.done():
+                self.evaluate()
+            if crossed(cfg.checkpoint_every):
+                self.save()
+        bar.close()
+        results = self.evaluate()
+        self.save()
+        if self.writer is not None:
+            self.writer.close()
+        self.source.close()
+        return results
+
+    def _log(self, vals: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        x = self._x()
+        for k, v in vals.items():
+            self.writer.add_scalar(f"train/{k}", v, x)
+        for k, v in self.source.scalars().items():
+            self.writer.add_scalar(f"charts/{k}", v, x)
+        self.writer.add_scalar("train/lr", self.cfg.lr * self.lr_factor(self.step - 1), x)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate every condition of the agent's protocol; rank 0 only. Returns {label: summary}."""
+        if self.rank != 0 or self.cfg.eval_episodes <= 0:
+            return {}
+        spec, proto = self.agent.spec, self.agent.eval_protocol()
+        out = {}
+        for label, cond in proto.conditions:
+            res = evaluate(self.agent, spec.env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
+                           device=self.device, condition=cond, ref_scores=spec.ref_scores, episodes=proto.episodes)
+            out[label] = s = res.summary()
+            tag = f"eval/{label}/" if label else "eval/"
+            for k, v in s.items():
+                self.writer.add_scalar(tag + k, v, self._x())
+        atomic_write_json(self.run_dir / "eval.json", {"step": self.step, "global_step": self._x(), **out})
+        return out
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        save_checkpoint(self.ckpt_path, training_state(
+            self.preset, self.agent, self.opts, self.device, step=self.step, source=self.source.state_dict(),
+            generator=self.gen.get_state()))
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.agent.load_state_dict(ckpt["policy"])
+        if set(ckpt["optimizers"]) != set(self.opts):
+            raise CheckpointError(f"checkpoint {self.ckpt_path} holds optimisers {sorted(ckpt['optimizers'])}, "
+                                  f"the agent has {sorted(self.opts)}")
+        for name, opt in self.opts.items():
+            # the moments come from the checkpoint; the settings (betas, weight decay, fused/capturable,
+            # the learning-rate tensor a graph reads) stay this run's, whatever device the checkpoint saw
+            settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            opt.load_state_dict(ckpt["optimizers"][name])
+            for group, own in zip(opt.param_groups, settings):
+                group.update(own)
+            on_device = self.device.type == "cuda"  # fused/capturable AdamW keeps its step count on the device
+            for state in opt.state.values():
+                if "step" in state:
+                    state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
+        self.step = int(ckpt["step"])
+        self.source.load_state_dict(ckpt["source"])
+        restore_rng(ckpt, self.device)
+        gen_state = ckpt.get("generator")
+        if self.world == 1 and gen_state is not None and gen_state.numel() == self.gen.get_state().numel():
+            self.gen.set_state(gen_state)
+        else:  # DDP ranks, or a generator of another device: a fresh stream per (seed, step, rank)
+            self.gen.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step)
