@@ -374,6 +374,8 @@ def agent_from_dict(values: dict[str, Any]) -> AgentPreset:
     preset = AgentPreset(agent=agent, policy=build(cls.Config, values.get("policy", {}), prefix="policy."),
                          source=build(SOURCES[kind], source, prefix="source."),
                          trainer=build(TrainerConfig, values.get("trainer", {}), prefix="trainer."))
+    if preset.source.kind == "dataset" and preset.trainer.steps == 0:
+        raise PresetError("trainer.steps must be >= 1 with a dataset source: a dataset has no budget of its own")
     try:
         cls.check_preset(preset)  # what only the agent knows: e.g. PPO's sequences must tile a collection
     except ValueError as e:

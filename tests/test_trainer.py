@@ -253,6 +253,8 @@ def test_bad_presets_name_the_problem(pendulum_store, tmp_path):
         load_agent(f)
     with pytest.raises(PresetError, match="unknown key 'source.n_envs'"):
         load_agent("dt", parse_overrides(["source.n_envs=4"]))
+    with pytest.raises(PresetError, match="trainer.steps must be >= 1 with a dataset source"):
+        load_agent("dt", parse_overrides(["trainer.steps=0"]))  # it would never stop
 
     class Misnamed(TwoHeads):
         def optimizer_groups(self):
