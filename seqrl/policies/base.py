@@ -181,6 +181,11 @@ class EvalProtocol:
     conditions: tuple[tuple[str, dict[str, Any]], ...] = (("", {}),)
     episodes: int = 1
 
+    @classmethod
+    def target_returns(cls, returns: tuple[float, ...]) -> "EvalProtocol":
+        """One condition per target return (return-conditioned agents: DT, DM)."""
+        return cls(tuple((f"target={r:g}", {"target_return": r}) for r in returns))
+
 
 class Agent(nn.Module):
     """Defaults of the contract (see the module docstring); an agent overrides what it needs."""

@@ -263,7 +263,7 @@ class DecisionMamba(Agent):
 
     # ----------------------------------------------------------------------------------- acting
     def eval_protocol(self) -> EvalProtocol:
-        return EvalProtocol(tuple((f"target={r:g}", {"target_return": r}) for r in self.spec.env.target_returns))
+        return EvalProtocol.target_returns(self.spec.env.target_returns)
 
     def initial_state(self, n_envs: int, device: torch.device | str, target_return: float | None = None) -> DMState:
         target = self.spec.env.target_returns[0] if target_return is None else target_return

@@ -99,6 +99,11 @@ class Rollout:
     starts: list[Any]  # the agent's state before steps 0, L, 2L, ... (L = agent.segment)
 
 
+def _fresh_log() -> dict[str, Any]:
+    """What the env source logs, gathered since the last `scalars()`."""
+    return {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
+
+
 class EnvSource:
     def __init__(self, cfg: EnvSourceConfig, env: EnvPreset):
         self.cfg, self.env = cfg, env
@@ -122,24 +127,27 @@ class EnvSource:
         self.store = ReplayStore(self.envs.single_observation_space, self.envs.single_action_space,
                                  meta={"env_id": env.env_id, "online": True}, capacity=cfg.capacity)
         self.graphable = False
-        self._new_episodes(agent)
+        self.obs = None  # the envs start their episodes at the first collection, seeded by the count restored by then
         gen = torch.Generator()
         gen.manual_seed(seed * 1_000_003)
         return gen
 
     def _new_episodes(self, agent: Any) -> None:
-        """Reset every env (seeded by the collections so far: a resumed run starts fresh episodes)."""
+        """Reset every env, seeded by the collections so far (a resumed run starts fresh episodes), and the
+        agent's state."""
         n = self.cfg.n_envs
         self.obs, _ = self.envs.reset(seed=self.seed + 1_000 * self.collections)
         self.first = np.ones(n, bool)
         self.state = agent.initial_state(n, self.device)
         self._ep: list[dict[str, list]] = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
-        self._log = {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
+        self._log = _fresh_log()
 
     # ------------------------------------------------------------------------------- collecting
     @torch.no_grad()
     def collect(self, agent: Any) -> Rollout:
         T, n, dev = self.cfg.n_steps, self.cfg.n_envs, self.device
+        if self.obs is None:
+            self._new_episodes(agent)
         L = getattr(agent, "segment", None)
         obs_t = obs_tensor(self.obs, dev)  # (n, *obs_shape), or {leaf: (n, ...)}
         obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t)
@@ -232,7 +240,7 @@ class EnvSource:
         if log["success"]:
             out["success_rate"] = float(np.mean(log["success"]))
         out["env_steps_per_s"] = log["steps"] / max(time.perf_counter() - log["t0"], 1e-9)
-        self._log = {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
+        self._log = _fresh_log()
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -241,8 +249,6 @@ class EnvSource:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Counters only: the envs cannot be restored mid-episode, so a resumed run starts fresh episodes."""
         self.env_steps, self.collections = int(state["env_steps"]), int(state["collections"])
-        self.obs, _ = self.envs.reset(seed=self.seed + 1_000 * self.collections)
-        self.first[:] = True
 
     def close(self) -> None:
         if self.envs is not None:
