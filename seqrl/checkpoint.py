@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from seqrl.errors import CheckpointError, SeqrlError
-from seqrl.io import atomic_write
+from seqrl.io import atomic_write, remove_stale_temps
 
 FORMAT_VERSION = 2
 
@@ -32,15 +32,33 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
+def _safe_load(path: Path) -> Any:
+    """torch.load with weights_only=True; any failure is a CheckpointError in our words. PyTorch's own
+    message for a file holding Python objects advises loading with weights_only=False, which would run
+    the file's code: it is never passed on."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise CheckpointError(f"checkpoint {path} holds a Python object ({found.group(1)}) that a seqrl checkpoint "
+                                  f"never holds; seqrl does not unpickle it. The file was not written by seqrl, or was "
+                                  f"altered") from e
+        # zip, EOF, OS, key and value errors of a truncated, corrupt or foreign file
+        reason = str(e).split("\n")[0][:200]
+        if "weights_only" in reason:
+            reason = type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a checkpoint ({type(e).__name__}: "
+                              f"{reason})") from e
+
+
 def load_checkpoint(path: str | Path, agent: str | None = None) -> dict[str, Any]:
     """Read a checkpoint; `agent`, when given, must match the checkpoint's agent."""
     path = Path(path)
+    remove_stale_temps(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    ckpt = _safe_load(path)
     if isinstance(ckpt, dict) and ckpt.get("format") == 1:
         raise CheckpointError(f"checkpoint {path} has format 1 (seqrl before the one-trainer change); this seqrl "
                               f"reads format {FORMAT_VERSION}. Convert it with: seqrl convert {path} NEW.pt "
@@ -84,10 +102,7 @@ def training_state(preset, agent: torch.nn.Module, opts: dict[str, torch.optim.O
 def convert_format1(src: str | Path, dst: str | Path) -> Path:
     """Rewrite a format-1 checkpoint of dt, bc or dm (seqrl before the one trainer) as format 2."""
     src = Path(src)
-    try:
-        old = torch.load(src, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {src} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    old = _safe_load(src)
     if not isinstance(old, dict) or old.get("format") != 1:
         raise CheckpointError(f"{src} is not a format-1 seqrl checkpoint")
     if old.get("agent") not in ("dt", "bc", "dm"):

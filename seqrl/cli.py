@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import PresetError, SeqrlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reinforcement learning with sequence-model policies.")
@@ -44,6 +44,11 @@ def _split_overrides(items: list[str]) -> tuple[dict, dict]:
     return {k: v for k, v in tree.items() if k != "env"}, tree.get("env", {})
 
 
+def _num(x: float) -> str:
+    """A return rounded to a whole number, without the minus of a negative zero."""
+    return f"{round(x) + 0:.0f}"
+
+
 def _results_table(title: str, rows: list[tuple[str, dict]]) -> Table:
     table = Table(title=title, caption="mean ± std over episodes")
     for col in ("policy", "return", "normalised score", "episodes"):
@@ -63,21 +68,37 @@ def collect(
     seed: int = typer.Option(0, help="seed of training and rollouts"),
     workdir: Path = typer.Option(Path("runs/collect"), help="SB3 checkpoints live here; rerun to resume"),
     set_: list[str] = typer.Option([], "--set", help="override a preset value, e.g. collect.train_steps=300000"),
+    rebuild: bool = typer.Option(False, help="make the dataset again even if one of that id exists (replacing it "
+                                             "once the new one is complete)"),
 ) -> None:
-    """Build a D4RL-style Minari dataset locally (resumes an interrupted SB3 training)."""
+    """Build a D4RL-style Minari dataset locally (resumes an interrupted SB3 training). A dataset of that id
+    made with the same recipe is reused; one made with another recipe is an error unless --rebuild."""
     from seqrl.data.collect import collect as run_collect
     from seqrl.presets import load_env, parse_overrides
 
     preset = load_env(env, parse_overrides(set_))
-    path = run_collect(preset, quality, seed=seed, workdir=workdir)
+    path = run_collect(preset, quality, seed=seed, workdir=workdir, rebuild=rebuild)
     console.print(f"dataset [bold]{preset.dataset_id(quality)}[/] is at {path}")
 
 
 # ---------------------------------------------------------------------------------------------- train
+def default_run_dir(agent: str, name: str, seed: int, agent_over: dict, env_over: dict) -> Path:
+    """runs/AGENT/DATASET_OR_ENV/seedN, with a digest of the --set values that change the model, its data or
+    its env (not the trainer's: those a resume may change), so that two different runs never share a folder."""
+    import hashlib
+    import json
+
+    varying = {k: v for k, v in agent_over.items() if k != "trainer"} | ({"env": env_over} if env_over else {})
+    tag = f"seed{seed}"
+    if varying:
+        tag += "-" + hashlib.sha1(json.dumps(varying, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / agent / name / tag
+
+
 def train_run(agent: str, dataset: Optional[str], env_name: Optional[str], overrides: list[str], run_dir: Optional[Path],
-              resume: bool, device: Optional[str] = None) -> tuple[Path, dict]:
+              resume: bool, device: Optional[str] = None) -> tuple[Path, dict, Any]:
     """Load the presets, build the source the agent preset names (a dataset or an env), train through the
-    one Trainer, evaluate. Returns (run folder, evaluation summary)."""
+    one Trainer, evaluate. Returns (run folder, evaluation summary, agent preset)."""
     import torch
 
     from seqrl.policies import policy_class
@@ -91,9 +112,12 @@ def train_run(agent: str, dataset: Optional[str], env_name: Optional[str], overr
     preset = load_agent(agent, agent_over)
     source, spec, name = build_source(preset, dataset, env_name, env_over)
     torch.manual_seed(preset.trainer.seed)  # initial weights follow the seed too
-    run_dir = run_dir or Path("runs") / agent / name / f"seed{preset.trainer.seed}"
-    policy = policy_class(preset.agent)(preset.policy, spec)
-    return run_dir, Trainer(policy, source, preset, run_dir, resume=resume).run()
+    run_dir = run_dir or default_run_dir(agent, name, preset.trainer.seed, agent_over, env_over)
+    try:
+        policy = policy_class(preset.agent)(preset.policy, spec)
+    except (ValueError, ArithmeticError) as e:  # a combination of values the preset checks did not foresee
+        raise PresetError(f"agent {agent!r}: its preset does not build a network ({type(e).__name__}: {e})") from e
+    return run_dir, Trainer(policy, source, preset, run_dir, resume=resume).run(), preset
 
 
 @app.command()
@@ -113,10 +137,11 @@ def train(
     then evaluate it."""
     import torch.distributed as dist
 
-    run_dir, results = train_run(agent, dataset, env, set_, run_dir, resume, device)
+    run_dir, results, preset = train_run(agent, dataset, env, set_, run_dir, resume, device)
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun, rank 0 evaluates and reports
         return
-    console.print(_results_table(f"{agent} on {dataset or env}", [(f"{agent} {k}".strip(), v) for k, v in results.items()]))
+    rows = [(f"{agent} {k}".strip(), v | {"episodes": preset.trainer.eval_episodes}) for k, v in results.items()]
+    console.print(_results_table(f"{agent} on {dataset or env}", rows))
     for k, v in results.items():
         if "success_rate" in v:
             console.print(f"{agent} {k}".strip() + f" success rate: {v['success_rate']:.2f}")
@@ -130,20 +155,37 @@ def eval_(
     checkpoint: Path = typer.Argument(..., help="a checkpoint.pt written by `seqrl train`"),
     episodes: int = typer.Option(50, help="trials, run together in a vector env (each as many episodes as the "
                                           "agent's protocol asks)"),
-    seed: int = typer.Option(0, help="env i is seeded seed+i"),
+    seed: int = typer.Option(0, help="env i is seeded seed+i (training evaluated at trainer.seed + 10000)"),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    env: Optional[str] = typer.Option(None, help="evaluate on this env (a preset or Gymnasium id, module:Id to import "
+                                                 "a module first) instead of the checkpoint's; same spaces"),
 ) -> None:
     """Evaluate a checkpoint at every condition of its agent's protocol (DT: target returns)."""
-    from seqrl.checkpoint import policy_from_checkpoint
-    from seqrl.runners.evaluate import evaluate
+    import dataclasses
 
-    policy, preset, _ = policy_from_checkpoint(checkpoint, device=device)
+    from seqrl.checkpoint import policy_from_checkpoint
+    from seqrl.cpu import set_threads
+    from seqrl.presets import training_device
+    from seqrl.runners.evaluate import evaluate
+    from seqrl.runners.sources import checkpoint_env, resolve_env
+
+    if episodes < 1:
+        raise PresetError(f"--episodes must be >= 1, got {episodes}")
+    dev = training_device(device)
+    set_threads(0)
+    policy, preset, _ = policy_from_checkpoint(checkpoint, device=dev)
     spec, proto = policy.spec, policy.eval_protocol()
+    env_preset = spec.env
+    if env is not None:
+        named = resolve_env(env, {})
+        env_preset = dataclasses.replace(spec.env, env_id=named.env_id, env_kwargs=named.env_kwargs)
+    else:
+        checkpoint_env(env_preset.env_id, checkpoint)
     rows = []
     for label, cond in proto.conditions:
-        s = evaluate(policy, spec.env, episodes, seed, device, cond, spec.ref_scores, proto.episodes).summary()
+        s = evaluate(policy, env_preset, episodes, seed, dev, cond, spec.ref_scores, proto.episodes).summary()
         rows.append((f"{preset.agent} {label}".strip(), s | {"episodes": episodes}))
-    console.print(_results_table(f"{checkpoint} on {spec.env.env_id}", rows))
+    console.print(_results_table(f"{checkpoint} on {env_preset.env_id}", rows))
     for name, s in rows:
         if "success_rate" in s:
             console.print(f"{name} success rate: {s['success_rate']:.2f}")
@@ -165,7 +207,8 @@ def convert(
 @app.command()
 @_friendly
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), help="TensorBoard logs and checkpoints go here"),
+    out: Optional[Path] = typer.Option(None, help="TensorBoard logs and checkpoints go here (default: runs/quickstart, "
+                                                  "or runs/quickstart-2, -3, ... when it is taken)"),
     episodes: int = typer.Option(50, help="evaluation episodes per policy, run together"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
 ) -> None:
@@ -182,13 +225,20 @@ def quickstart(
     run_collect(env, "mixed")
     store = load_store(dataset)
     r = store.return_stats()
-    console.print(f"     {store.num_episodes} episodes, {len(store)} steps, returns {r['min']:.0f} .. {r['max']:.0f}")
+    console.print(f"     {store.num_episodes} episodes, {len(store)} steps, returns {_num(r['min'])} .. {_num(r['max'])}")
     ref = env.ref_scores
+    if out is None:  # a fresh numbered folder: a second quickstart never trains over the first
+        out, n = Path("runs/quickstart"), 1
+        while out.exists() and any(out.iterdir()):
+            n += 1
+            out = Path(f"runs/quickstart-{n}")
+    elif out.exists() and any(out.iterdir()):
+        raise PresetError(f"{out} is not empty: pass a new --out folder (seqrl never trains over a run)")
     seed = load_agent("dt_small").trainer.seed + 10_000  # the evaluation seeds the trainer uses: same starts for all
     rows = [("random", evaluate(RandomPolicy(store.action_space), env, episodes, seed, "cpu", None, ref).summary())]
     for i, agent in enumerate(("bc_small", "dt_small"), start=2):
         console.print(f"[bold]{i}/4[/] training {agent}")
-        run_dir, results = train_run(agent, dataset, "pendulum",
+        run_dir, results, _ = train_run(agent, dataset, "pendulum",
                                      [f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
                                      out / agent, resume=False, device=device)
         rows += [(f"{agent.split('_')[0].upper()} {k}".strip(), v) for k, v in results.items()]
@@ -197,7 +247,7 @@ def quickstart(
         s["episodes"] = episodes
     console.print(_results_table(f"{dataset} -> {env.env_id}", rows))
     console.print(f"checkpoints: {out}/*/checkpoint.pt   TensorBoard: tensorboard --logdir {out}")
-    console.print(f"evaluate again: seqrl eval {out / 'dt_small' / 'checkpoint.pt'} --episodes 50")
+    console.print(f"evaluate again: seqrl eval {out / 'dt_small' / 'checkpoint.pt'} --episodes {episodes} --seed {seed}")
 
 
 def main() -> None:  # python -m seqrl.cli

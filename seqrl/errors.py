@@ -18,3 +18,11 @@ class DataError(SeqrlError, ValueError):
 
 class CheckpointError(SeqrlError, ValueError):
     """A checkpoint that is corrupt, truncated or belongs to another agent."""
+
+
+class TrainingError(SeqrlError, RuntimeError):
+    """Training that cannot go on: a non-finite loss, a checkpoint that cannot be written."""
+
+
+class WriteError(SeqrlError, OSError):
+    """A file seqrl could not write (permissions, a full disk): names the path and the reason."""

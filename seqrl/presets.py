@@ -9,6 +9,7 @@ naming the key. Parsing is the standard library's `tomllib`; this module only ch
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -42,6 +43,14 @@ def require_at_least(config: Any, minimum: float, names: tuple[str, ...]) -> Non
             raise ValueError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
 
 
+def require_in(config: Any, low: float, high: float, names: tuple[str, ...], high_open: bool = True) -> None:
+    """ValueError naming the first field of `names` outside [low, high) (or [low, high] with high_open=False)."""
+    for name in names:
+        v = getattr(config, name)
+        if not (low <= v < high if high_open else low <= v <= high):
+            raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {v}")
+
+
 def require_device(device: str) -> None:
     try:
         import torch
@@ -52,14 +61,28 @@ def require_device(device: str) -> None:
 
 
 def training_device(device: str):
-    """trainer.device as a torch.device, for a trainer about to train on it: CUDA on a machine without
-    it is a PresetError (the config check above only knows the name is a device)."""
+    """A device name as a torch.device, for training or evaluating on it: an unknown name, or CUDA on a
+    machine without it, is a PresetError (the config check above only knows the name is a device)."""
     import torch
 
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise PresetError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PresetError(f"trainer.device={device!r}, but this machine has no CUDA device")
     return dev
+
+
+def differences(old: Any, new: Any, prefix: str = "", names: tuple[str, str] = ("there", "asked")) -> list[str]:
+    """'key: OLD there, NEW asked' for each leaf where two nested dicts differ (tuples compare as lists)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in differences(old.get(k), new.get(k), f"{prefix}{k}.", names)]
+    norm = lambda x: [norm(v) for v in x] if isinstance(x, (list, tuple)) else x  # noqa: E731
+    if norm(old) == norm(new):
+        return []
+    return [f"{prefix.rstrip('.')}: {old!r} {names[0]}, {new!r} {names[1]}"]
 
 
 # -------------------------------------------------------------------------------------------- trainer
@@ -95,6 +118,10 @@ class TrainerConfig:
     """updates between checkpoints (a final one is always written)"""
     seed: int = 0
     """seeds torch, the sampler, the envs and the evaluation envs"""
+    threads: int = 0
+    """CPU threads of torch; 0: as many as the cores this process may use that are idle when training
+    starts (one when the machine is busy: two runs sharing two cores each at 2 threads are many times
+    slower than at 1)"""
     device: str = "cpu"
     """torch device for training and evaluation: cpu, cuda, cuda:1, ..."""
     amp: bool = True
@@ -106,10 +133,14 @@ class TrainerConfig:
     backward, clipping, AdamW) as one CUDA graph and replay it: small models are otherwise bound by launches"""
 
     def __post_init__(self):
-        require_at_least(self, 0, ("steps", "warmup_steps", "eval_every", "eval_episodes", "checkpoint_every"))
+        require_at_least(self, 0, ("steps", "warmup_steps", "eval_every", "eval_episodes", "checkpoint_every",
+                                   "threads", "grad_clip", "weight_decay"))
         require_at_least(self, 1, ("log_every",))
-        if not self.lr > 0 or self.grad_clip < 0 or self.weight_decay < 0 or not self.eps > 0:
-            raise ValueError("lr and eps must be > 0, grad_clip and weight_decay >= 0")
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
         require_device(self.device)
 
 
@@ -211,8 +242,9 @@ class EnvPreset:
             raise ValueError("ref_max_score must differ from ref_min_score")
         if not self.target_returns:
             raise ValueError("target_returns needs at least one return")
-        if self.max_episode_steps < 1:
-            raise ValueError("max_episode_steps must be >= 1")
+        require_at_least(self, 1, ("max_episode_steps",))
+        if not self.reward_scale > 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
 
     def dataset_id(self, quality: str) -> str:
         if quality not in self.qualities:
@@ -262,6 +294,8 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PresetError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise PresetError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -279,7 +313,9 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass `cls` from a (nested) dict, checking every key and type."""
+    """Instantiate dataclass `cls` from a (nested) dict, checking every key, type and range."""
+    if not isinstance(values, dict):
+        raise PresetError(f"{prefix.rstrip('.') or cls.__name__}: expected a table, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
@@ -288,7 +324,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {k: _check(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as e:  # __post_init__ validation: messages start with the field name
+    except (ValueError, TypeError, ArithmeticError) as e:  # __post_init__: messages start with the field name
         raise PresetError(f"{prefix}{e}") from e
 
 

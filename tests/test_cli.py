@@ -40,7 +40,7 @@ def test_train_eval_resume(dataset, tmp_path):
     (["train", "--agent", "dtx", "--dataset", "seqrl/pendulum/cli-v0"], "unknown agent preset 'dtx'"),
     (["train", "--agent", "dt", "--dataset", "seqrl/hopper/medium-v0"], "seqrl collect --env hopper --quality medium"),
     (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "trainer.nope=1"], "unknown key 'trainer.nope'"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--env", "hopper"], "does not match Hopper-v5"),
+    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--env", "hopper"], "was recorded on Pendulum-v1, not on Hopper-v5"),
     (["eval", "missing.pt"], "no checkpoint at missing.pt"),
     (["collect", "--env", "pendulum", "--quality", "superb"], "unknown quality 'superb'"),
     (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "trainer.log_every=0"],

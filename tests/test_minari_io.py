@@ -1,3 +1,4 @@
+import gymnasium as gym
 import minari
 import numpy as np
 import pytest
@@ -10,7 +11,12 @@ from seqrl.errors import DataError
 
 
 def pendulum_episodes(lengths, seed=0):
-    return make_episodes(lengths, obs_dim=3, act_dim=1, seed=seed)
+    """Random episodes inside Pendulum-v1's spaces (cos, sin in [-1, 1]; torque in [-2, 2])."""
+    eps = make_episodes(lengths, obs_dim=3, act_dim=1, seed=seed)
+    for e in eps:
+        e["obs"][:, :2] = np.clip(e["obs"][:, :2], -1, 1)
+        e["act"] = np.clip(e["act"], -2, 2)
+    return eps
 
 
 def test_write_then_load(minari_root):
@@ -52,8 +58,12 @@ def test_spaces_must_match_the_env(minari_root):
     write_dataset("seqrl/pendulum/sp-v0", pendulum_episodes([4]), "Pendulum-v1", 0.0, 1.0, "t", "t")
     store = load_store("seqrl/pendulum/sp-v0")
     check_env_matches(store, "Pendulum-v1")
-    with pytest.raises(DataError, match="observation space .* does not match CartPole-v1"):
+    with pytest.raises(DataError, match="recorded on Pendulum-v1, not on CartPole-v1"):  # the ids first
         check_env_matches(store, "CartPole-v1")
+    env = gym.make("CartPole-v1")
+    with pytest.raises(DataError, match="observation space .* does not match CartPole-v1"):
+        check_env_matches(store, env)  # an env object: its spaces
+    env.close()
 
 
 def test_bad_episodes_are_refused_and_leave_no_dataset(minari_root):

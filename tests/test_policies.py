@@ -111,7 +111,7 @@ def test_infinite_action_bounds_are_refused():
 
 
 def test_discrete_dt():
-    obs_space, act_space = gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(3)
+    obs_space, act_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), gym.spaces.Discrete(3)
     rng = np.random.default_rng(0)
     eps = [{"obs": rng.standard_normal((11, 2)).astype(np.float32), "act": rng.integers(0, 3, 10),
             "rew": np.ones(10), "term": np.eye(10, dtype=bool)[-1], "trunc": np.zeros(10, bool)} for _ in range(3)]

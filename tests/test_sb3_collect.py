@@ -13,7 +13,7 @@ import pytest
 import torch
 from stable_baselines3 import SAC
 
-from seqrl.data.sb3 import medium_step, replay_episodes, sb3_episodes, train
+from seqrl.data.sb3 import _refill, medium_step, replay_episodes, sb3_episodes, train
 from seqrl.errors import DataError, PresetError
 from seqrl.presets import load_env
 
@@ -113,12 +113,13 @@ def test_medium_replay_stops_at_medium_checkpoint(trained):
 def test_resume_continues_from_newest_checkpoint(tmp_path):
     run = train(tiny_env(train_steps=200), 0, tmp_path)  # "interrupted" after step 200
     before = files(run)
-    assert sorted(before) == ["chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip", "replay_200.pkl"]
+    assert sorted(before) == ["chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip"]
     assert train(tiny_env(), 0, tmp_path) == run
     after = files(run)
     assert {n: after[n] for n in ("chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip")} == \
            {n: before[n] for n in ("chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip")}
-    assert "replay_200.pkl" not in after and "replay_300.pkl" in after  # newest checkpoint only
+    assert sorted(after) == ["chunk_100.npz", "chunk_200.npz", "chunk_300.npz", "model_100.zip", "model_200.zip",
+                             "model_300.zip"]  # no SB3 replay file: it holds all buffer_size rows
     assert SAC.load(run / "model_300.zip").num_timesteps == 300
     with np.load(run / "chunk_300.npz") as z:  # only the last 100 steps were collected again
         assert len(z["step"]) == 100 and z["step"].min() == 201 and z["step"].max() == 300
@@ -137,14 +138,16 @@ def test_corrupt_newest_checkpoint_is_skipped(trained, tmp_path):
     with pytest.warns(UserWarning) as caught:
         assert train(tiny_env(), 0, tmp_path) == run
     messages = " | ".join(str(w.message) for w in caught)
-    assert "model_300.zip: corrupt checkpoint" in messages and "refilling it from the recorded chunks" in messages
+    assert "model_300.zip: corrupt checkpoint" in messages
     new = files(run)
     assert all(new[n] == old[n] for n in ("model_100.zip", "model_200.zip", "chunk_100.npz", "chunk_200.npz"))
     assert new["model_300.zip"] != old["model_300.zip"] and new["chunk_300.npz"] != old["chunk_300.npz"]
     assert SAC.load(run / "model_300.zip").num_timesteps == 300
     buffer = SAC.load(run / "model_300.zip")
-    buffer.load_replay_buffer(run / "replay_300.pkl")  # 200 refilled from the chunks + 100 new
+    _refill(buffer, run, 300)  # what a resume from step 300 would do: every recorded transition, in order
     assert buffer.replay_buffer.pos == 300
+    with np.load(run / "chunk_300.npz") as z:
+        assert np.array_equal(buffer.replay_buffer.observations[200:300, 0], z["obs"])
 
 
 def test_bad_input(tmp_path):

@@ -110,10 +110,10 @@ def test_checkpoint_of_another_agent_or_corrupt(pendulum_store, tmp_path):
         trainer(dt, pendulum_store, dt_preset, tmp_path, resume=True)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
         load_checkpoint(path)
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
         policy_from_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")

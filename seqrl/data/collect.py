@@ -11,28 +11,30 @@ Gymnasium vector env and keeps whole episodes; `collect` builds the datasets of 
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
-from seqrl.data.minari_io import dataset_exists, dataset_path, read_episodes, write_dataset
+from seqrl.data.minari_io import dataset_exists, dataset_path, dataset_recipe, read_episodes, write_dataset
 from seqrl.data.store import flatten_obs, tree_map
-from seqrl.errors import PresetError
-from seqrl.presets import EnvPreset
+from seqrl.errors import DataError, PresetError
+from seqrl.presets import EnvPreset, differences
 from seqrl.progress import progress
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
 def rollout(policy: PolicyFn, env_id: str, n_steps: int, n_envs: int, seed: int, desc: str = "rollout",
-            max_episode_steps: int | None = None) -> list[dict[str, np.ndarray]]:
+            max_episode_steps: int | None = None, env_kwargs: dict | None = None) -> list[dict[str, np.ndarray]]:
     """Run `policy` until at least `n_steps` transitions of finished episodes are gathered.
 
     Returns episodes as dicts with obs (T+1 rows: the final observation included), act, rew, term, trunc.
     """
-    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    kwargs = dict(env_kwargs or {}) | ({} if max_episode_steps is None else {"max_episode_steps": max_episode_steps})
     envs = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kwargs)
     obs, _ = envs.reset(seed=seed)
@@ -62,6 +64,15 @@ def rollout(policy: PolicyFn, env_id: str, n_steps: int, n_envs: int, seed: int,
             obs = nxt
     envs.close()
     return done_eps
+
+
+def random_policy(space: gym.Space, seed: int, n_envs: int) -> PolicyFn:
+    """Uniformly random actions of any action space for `n_envs` envs (a Box: uniform in its bounds, float32)."""
+    if isinstance(space, gym.spaces.Box):
+        rng = np.random.default_rng(seed)
+        return lambda obs: rng.uniform(space.low, space.high, (n_envs, *space.shape)).astype(np.float32)
+    space.seed(seed)
+    return lambda obs: np.stack([space.sample() for _ in range(n_envs)])
 
 
 # ------------------------------------------------------------------------------ scripted Pendulum
@@ -97,19 +108,43 @@ def _scripted_episodes(env: EnvPreset, quality: str, seed: int) -> list[dict[str
     seed = seed + 1000 * ("random", "medium", "expert").index(quality)  # each quality its own initial states
     policy = SCRIPTED[env.env_id](eps, seed)
     return rollout(policy, env.env_id, env.collect.n_steps, env.collect.n_envs, seed, desc=f"{env.name}/{quality}",
-                   max_episode_steps=env.max_episode_steps)
+                   max_episode_steps=env.max_episode_steps, env_kwargs=env.env_kwargs)
 
 
-def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "runs/collect") -> Path:
-    """Build dataset `env.dataset_id(quality)` (and the ones it is made of) unless it already exists."""
+def recipe(env: EnvPreset, quality: str, seed: int) -> dict:
+    """What makes a dataset of `collect`: kept in its metadata and compared before an existing one is reused."""
+    return {"env_id": env.env_id, "env_kwargs": dict(env.env_kwargs), "max_episode_steps": env.max_episode_steps,
+            "quality": quality, "seed": seed, "ref_min_score": env.ref_min_score, "ref_max_score": env.ref_max_score,
+            "collect": dataclasses.asdict(env.collect)}
+
+
+def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "runs/collect",
+            rebuild: bool = False) -> Path:
+    """Build dataset `env.dataset_id(quality)` (and the ones it is made of), or return the existing one when
+    its recorded recipe is this one. DataError when it was made otherwise, unless `rebuild`, which makes
+    it again and replaces it once the new one is complete. A dataset without a recipe (made by an older
+    seqrl) is reused as it is, with a warning."""
     dataset_id = env.dataset_id(quality)
-    if dataset_exists(dataset_id):
-        return dataset_path(dataset_id)
+    want = recipe(env, quality, seed)
+    exists = dataset_exists(dataset_id)
+    if exists:
+        have = dataset_recipe(dataset_id)
+        if have is None and not rebuild:
+            warnings.warn(f"dataset {dataset_id!r} records no recipe (made before seqrl kept them); reusing it as "
+                          f"it is. `seqrl collect ... --rebuild` makes it again", stacklevel=2)
+            return dataset_path(dataset_id)
+        if have == want and not rebuild:
+            return dataset_path(dataset_id)
+        if not rebuild:
+            diff = "; ".join(differences(have, want))
+            raise DataError(f"dataset {dataset_id!r} exists but was made with another recipe ({diff}). Pass "
+                            f"--rebuild to make it again and replace it, or set MINARI_DATASETS_PATH to another "
+                            f"folder to keep both")
     composite = {"mixed": ("random", "medium", "expert"), "medium-expert": ("medium", "expert")}
     if quality in composite:
         parts = [env.dataset_id(q) for q in composite[quality]]
         for q in composite[quality]:
-            collect(env, q, seed, workdir)
+            collect(env, q, seed, workdir, rebuild)
         episodes = [ep for pid in parts for ep in read_episodes(pid)[0]]
         description = f"{' + '.join(parts)}, concatenated"
         algo = "concatenation"
@@ -123,4 +158,5 @@ def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "
         episodes = sb3_episodes(env, quality, seed, Path(workdir) / env.name)
         description = f"{quality} data from stable-baselines3 {env.collect.algo} ({env.env_id}), D4RL recipe"
         algo = f"sb3-{env.collect.algo}"
-    return write_dataset(dataset_id, episodes, env.env_id, env.ref_min_score, env.ref_max_score, algo, description)
+    return write_dataset(dataset_id, episodes, env.env_id, env.ref_min_score, env.ref_max_score, algo, description,
+                         recipe=want, replace=exists)

@@ -34,7 +34,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
-from seqrl.data.store import COMPOSITE, ReplayStore, check_spaces, episode_extras, obs_columns, unflatten_obs
+from seqrl.data.store import (COMPOSITE, ReplayStore, check_box_bounds, check_spaces, episode_extras, obs_columns,
+                              unflatten_obs)
 from seqrl.errors import DataError
 from seqrl.io import atomic_write
 
@@ -59,7 +60,11 @@ def _missing_message(dataset_id: str) -> str:
     env = find_env_for_dataset(dataset_id)
     if env is not None:
         quality = dataset_id[len(env.dataset_prefix) + 1 :].rsplit("-v", 1)[0]
-        msg += f" Create it here with: seqrl collect --env {env.name} --quality {quality}"
+        if quality in env.qualities and dataset_id == env.dataset_id(quality):
+            msg += f" Create it here with: seqrl collect --env {env.name} --quality {quality}"
+        else:
+            msg += (f" Env preset {env.name!r} makes {[env.dataset_id(q) for q in env.qualities]} "
+                    f"(seqrl collect --env {env.name} --quality Q)")
     else:
         msg += f" With network access: minari download {dataset_id}"
     return msg
@@ -95,11 +100,20 @@ def load_store(dataset_id: str) -> ReplayStore:
     metadata = ds.storage.metadata
     meta = {"dataset_id": dataset_id, "env_id": env_id, "ref_min_score": metadata.get("ref_min_score"),
             "ref_max_score": metadata.get("ref_max_score")}
-    return ReplayStore.from_episodes(episodes, ds.observation_space, ds.action_space, meta)
+    store = ReplayStore.from_episodes(episodes, ds.observation_space, ds.action_space, meta)  # checks observations
+    if isinstance(ds.action_space, gym.spaces.Box):
+        check_box_bounds("actions", np.concatenate([np.asarray(e["act"], np.float32).reshape(len(e["act"]), -1)
+                                                    for e in episodes]), ds.action_space, dataset_id)
+    return store
 
 
 def check_env_matches(store: ReplayStore, env_or_id: gym.Env | str) -> None:
-    """Raise DataError when the store's spaces differ from the environment's."""
+    """Raise DataError when the store was recorded on another env id (its Minari env_spec), or when its
+    spaces differ from the environment's."""
+    recorded, name = store.meta.get("env_id"), store.meta.get("dataset_id", "store")
+    if isinstance(env_or_id, str) and recorded and recorded != env_or_id:
+        raise DataError(f"dataset {name!r} was recorded on {recorded}, not on {env_or_id}: evaluate it on the env "
+                        f"it was recorded on (--env {recorded} or its preset)")
     env = gym.make(env_or_id) if isinstance(env_or_id, str) else env_or_id
     try:
         check_spaces(store.observation_space, store.action_space, env, store.meta.get("dataset_id", "store"))
@@ -131,13 +145,17 @@ def write_dataset(
     algorithm_name: str,
     description: str,
     observation_space: gym.Space | None = None,
+    recipe: Mapping[str, Any] | None = None,
+    replace: bool = False,
 ) -> Path:
     """Write episodes (obs with T+1 rows, act, rew, term, trunc; optionally stream, an int, and meta, a
     JSON-able dict) as a Minari HDF5 dataset, atomically. `observation_space` defaults to the env's (made
     once, only when it is needed: for Dict/Tuple observations).
 
     The dataset is first created under a temporary root beside the real one and moved into place only
-    once complete, so an interrupted write never leaves a half-made dataset holding the id.
+    once complete, so an interrupted write never leaves a half-made dataset holding the id. `recipe` (a
+    JSON-able dict of what made the data) is kept in the dataset's metadata (`dataset_recipe` reads it back).
+    `replace`: an existing dataset of that id is swapped for the new one once the new one is complete.
     """
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -145,7 +163,7 @@ def write_dataset(
     if not episodes:
         raise DataError(f"{dataset_id}: no episodes to write")
     final = dataset_path(dataset_id)
-    if final.exists():
+    if final.exists() and not replace:
         raise DataError(f"dataset {dataset_id!r} already exists at {final}")
     buffers, ep_meta = [], []
     space = observation_space
@@ -180,12 +198,15 @@ def write_dataset(
     tmp_root = Path(tempfile.mkdtemp(prefix=f".seqrl-tmp-{os.getpid()}-", dir=root))
     try:
         with _minari_root(tmp_root):
-            minari.create_dataset_from_buffers(
+            storage = minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env_id, eval_env=env_id, algorithm_name=algorithm_name, author="seqrl",
                 author_email="seqrl@localhost", code_permalink="https://github.com/seqrl/seqrl",
                 ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score),
                 description=description, data_format="hdf5", jpeg_encoding=False, observation_space=space,
-            ).storage.update_episode_metadata(ep_meta, range(len(ep_meta)))
+            ).storage
+            storage.update_episode_metadata(ep_meta, range(len(ep_meta)))
+            if recipe is not None:
+                storage.update_metadata({"seqrl_recipe": json.dumps(recipe, sort_keys=True)})
         # namespace metadata files (seqrl/, seqrl/hopper/) first, then the dataset folder in one rename
         for path in (tmp_root / dataset_id).rglob("*"):  # on disk before the rename makes them visible
             if path.is_file():
@@ -196,6 +217,8 @@ def write_dataset(
             if not target.exists():
                 atomic_write(target, lambda f, m=meta: f.write(m.read_bytes()))
         final.parent.mkdir(parents=True, exist_ok=True)
+        if replace and final.exists():  # the old one moves aside only now that the new one is complete
+            os.replace(final, tmp_root / "replaced")
         try:
             os.replace(tmp_root / dataset_id, final)
         except OSError as e:  # another process made it since the check above
@@ -203,6 +226,18 @@ def write_dataset(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return final
+
+
+def dataset_recipe(dataset_id: str) -> dict[str, Any] | None:
+    """The recipe `write_dataset` recorded for a local dataset (None for datasets made without one)."""
+    import minari
+
+    try:
+        raw = minari.load_dataset(dataset_id).storage.metadata.get("seqrl_recipe")
+        return None if raw is None else json.loads(raw)
+    except Exception as e:  # as read_episodes: h5py, json and key errors of a broken dataset
+        raise DataError(f"dataset {dataset_id!r} at {dataset_path(dataset_id)} is corrupt or truncated "
+                        f"({type(e).__name__}: {e})") from e
 
 
 def _env_observation_space(env_id: str) -> gym.Space:

@@ -16,13 +16,14 @@ Rollouts sample the policy's stochastic actions, as D4RL did; checkpoints are ra
 
 Everything lives in workdir/sb3/{env_id}_{algo}_seed{seed}_len{max_episode_steps}/, each file written
 atomically (temp name, then os.replace):
-  chunk_{step}.npz   transitions collected since the previous checkpoint (for medium-replay)
-  replay_{step}.pkl  the off-policy replay buffer, newest checkpoint only
+  chunk_{step}.npz   transitions collected since the previous checkpoint (for medium-replay, and to refill
+                     an off-policy learner's replay buffer on resume)
   model_{step}.zip   the SB3 model after `step` env steps; written last, it marks a complete checkpoint
   evals.json         {step: mean deterministic return}, a cache
 A new call after an interruption resumes from the newest readable model (`reset_num_timesteps=False`) and
-deletes whatever was written after it. A corrupt model zip is skipped with a warning; if the checkpoint
-resumed from has lost its replay buffer that way, the buffer is refilled from the chunks.
+deletes whatever was written after it; an off-policy learner's replay buffer is refilled from the chunks
+(SB3's own buffer file holds all `buffer_size` rows however few are filled: 200 MB for 150 transitions).
+A corrupt model zip is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-from seqrl.data.collect import rollout
+from seqrl.data.collect import random_policy, rollout
 from seqrl.errors import DataError, PresetError
 from seqrl.io import atomic_write, atomic_write_json
 from seqrl.presets import EnvPreset
@@ -59,14 +60,12 @@ def sb3_episodes(env: EnvPreset, quality: str, seed: int, workdir: Path) -> list
     _check(env)
     c = env.collect
     roll = dict(n_steps=c.n_steps, n_envs=c.n_envs, seed=seed, desc=f"{env.name}/{quality}",
-                max_episode_steps=env.max_episode_steps)
+                max_episode_steps=env.max_episode_steps, env_kwargs=env.env_kwargs)
     if quality == "random":
-        probe = gym.make(env.env_id)
+        probe = gym.make(env.env_id, **env.env_kwargs)
         space = probe.action_space
         probe.close()
-        rng = np.random.default_rng(seed)
-        return rollout(lambda obs: rng.uniform(space.low, space.high, (len(obs), *space.shape)).astype(np.float32),
-                       env.env_id, **roll)
+        return rollout(random_policy(space, seed, c.n_envs), env.env_id, **roll)
     run = train(env, seed, workdir)
     step = final_step(env, run) if quality == "expert" else medium_step(env, seed, run)
     if quality == "medium-replay":
@@ -90,16 +89,12 @@ def train(env: EnvPreset, seed: int, workdir: Path) -> Path:
         return run
     _prune(run, after=start)
     venv = make_vec_env(env.env_id, n_envs=1, seed=seed + start,
-                        env_kwargs={"max_episode_steps": env.max_episode_steps})
+                        env_kwargs={**env.env_kwargs, "max_episode_steps": env.max_episode_steps})
     if start:
         model = ALGOS[c.algo].load(ckpts[start], env=venv)  # num_timesteps == start; the env is reset
         model.set_random_seed(seed + start)
         if isinstance(model, OffPolicyAlgorithm):
-            if (run / f"replay_{start}.pkl").is_file():
-                model.load_replay_buffer(run / f"replay_{start}.pkl")
-            else:
-                warnings.warn(f"{run}: no replay buffer for step {start}; refilling it from the recorded chunks")
-                _refill(model, run, start)
+            _refill(model, run, start)
     else:
         model = ALGOS[c.algo]("MlpPolicy", venv, seed=seed)
     recorder = _Recorder(run, c.checkpoint_every, c.train_steps, desc=f"{env.name}: {c.algo} training")
@@ -190,12 +185,7 @@ class _Recorder(BaseCallback):
         if self.rows:
             chunk = {k: np.concatenate([r[k] for r in self.rows]) for k in self.rows[0]}
             atomic_write(self.run / f"chunk_{step}.npz", lambda f: np.savez(f, **chunk))
-        if isinstance(self.model, OffPolicyAlgorithm):
-            atomic_write(self.run / f"replay_{step}.pkl", self.model.save_replay_buffer)
         atomic_write(self.run / f"model_{step}.zip", self.model.save)
-        for p in self.run.glob("replay_*.pkl"):
-            if _step(p) < step:
-                p.unlink()
         self.rows, self.next = [], (step // self.every + 1) * self.every
 
 
@@ -231,7 +221,7 @@ def _checkpoints(run: Path) -> dict[int, Path]:
 
 def _prune(run: Path, after: int) -> None:
     """Delete what an interrupted run wrote after checkpoint `after`, so that training redoes it."""
-    for p in [*run.glob("model_*.zip"), *run.glob("replay_*.pkl"), *run.glob("chunk_*.npz")]:
+    for p in [*run.glob("model_*.zip"), *run.glob("chunk_*.npz")]:
         if _step(p) > after:
             p.unlink()
     for p in run.glob(".*.tmp"):  # left by a process killed inside atomic_write

@@ -286,8 +286,10 @@ def _field_layout(space: gym.Space, action: bool) -> tuple[tuple[int, ...], np.d
     return tuple(space.shape), np.dtype(space.dtype)  # MultiDiscrete, MultiBinary: their own integer dtype
 
 
-def _to_column(name: str, x: Any, space: gym.Space, shape: tuple, dtype: np.dtype, where: str) -> np.ndarray:
-    """Rows of one field in the store's layout; DataError for a wrong shape, NaN/inf or a value out of range."""
+def _to_column(name: str, x: Any, space: gym.Space, shape: tuple, dtype: np.dtype, where: str,
+               bounds: bool = False) -> np.ndarray:
+    """Rows of one field in the store's layout; DataError for a wrong shape, NaN/inf or a value out of range
+    (integers: the space's range; floats of a Box: its finite bounds when `bounds`)."""
     x = np.asarray(x)
     if x.dtype == object:
         raise DataError(f"{where}: {name} are Python objects, not numbers (the space is {space})")
@@ -302,6 +304,8 @@ def _to_column(name: str, x: Any, space: gym.Space, shape: tuple, dtype: np.dtyp
     if np.issubdtype(dtype, np.floating):
         x = x.astype(dtype, copy=False)
         _check_finite(name, x, where)  # float64 beyond float32's range
+        if bounds:
+            check_box_bounds(name, x, space, where)
         return x
     if np.issubdtype(x.dtype, np.floating) and (x != np.round(x)).any():
         raise DataError(f"{where}: {name} are not whole numbers, the space holds {dtype.name}")
@@ -317,6 +321,25 @@ def _to_column(name: str, x: Any, space: gym.Space, shape: tuple, dtype: np.dtyp
         what = dtype.name if isinstance(space, gym.spaces.Box) else str(space)
         raise DataError(f"{where}: {name} outside {what}: range [{x.min()}, {x.max()}]")
     return x.astype(dtype, copy=False)
+
+
+def check_box_bounds(name: str, x: np.ndarray, space: gym.Space, where: str) -> None:
+    """DataError when rows x (n, *shape) leave a Box's finite bounds by more than a rounding slack (1e-4
+    relative): finite garbage (a flipped byte turning 0.5 into -3e38) passes every NaN check but not this."""
+    if not isinstance(space, gym.spaces.Box) or not x.size:
+        return
+    low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).reshape(-1)
+    high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).reshape(-1)
+    if not (np.isfinite(low).any() or np.isfinite(high).any()):
+        return
+    flat = x.reshape(len(x), -1)
+    slack = 1e-4 * np.maximum(1.0, np.maximum(np.abs(np.nan_to_num(low, posinf=0, neginf=0)),
+                                              np.abs(np.nan_to_num(high, posinf=0, neginf=0))))
+    bad = (flat < low - slack) | (flat > high + slack)
+    if bad.any():
+        t, j = np.argwhere(bad)[0]
+        raise DataError(f"{where}: {name} outside the space's bounds: {flat[t, j]:.6g} at step {t}, element {j}, "
+                        f"bounds [{low[j]:.6g}, {high[j]:.6g}] (corrupt data, or recorded on another env)")
 
 
 def _check_finite(name: str, x: np.ndarray, where: str) -> None:
@@ -591,7 +614,7 @@ class ReplayStore:
         for suf, sp in self._obs_leaves.items():
             x = obs[suf[1:]] if suf else obs
             name = f"observations {suf[1:]!r}" if suf else "observations"
-            out[col + suf] = _to_column(name, x, sp, *_field_layout(sp, False), where)
+            out[col + suf] = _to_column(name, x, sp, *_field_layout(sp, False), where, bounds=True)
         return out
 
     def _obs_tree(self, ring: _Ring, col: str) -> Any:

@@ -15,6 +15,7 @@ import torch.nn as nn
 from seqrl.data.samplers import windows
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.policies.base import ActionHead, Agent, TaskSpec
+from seqrl.presets import require_at_least, require_in
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -26,6 +27,10 @@ class BCConfig:
     """hidden layers (the tokenizer's embedding is the first)"""
     dropout: float = 0.0
     """dropout after each hidden layer"""
+
+    def __post_init__(self):
+        require_at_least(self, 1, ("hidden_dim", "n_layers"))
+        require_in(self, 0.0, 1.0, ("dropout",))
 
 
 @dataclass

@@ -36,6 +36,7 @@ from seqrl.data.samplers import windows
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.nn.transformer import CausalTransformer, KVState, gpt2_init
 from seqrl.policies.base import ActionHead, Agent, EvalProtocol, TaskSpec
+from seqrl.presets import require_at_least, require_in
 from seqrl.tokenizer import TrajectoryTokenizer
 
 
@@ -57,10 +58,10 @@ class DTConfig:
     """MLP nonlinearity (the reference code uses ReLU)"""
 
     def __post_init__(self):
+        require_at_least(self, 1, ("embed_dim", "n_layers", "n_heads", "context_len"))
+        require_in(self, 0.0, 1.0, ("dropout",))
         if self.embed_dim % self.n_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by n_heads {self.n_heads}")
-        if self.context_len < 1:
-            raise ValueError("context_len must be >= 1")
 
 
 @dataclass

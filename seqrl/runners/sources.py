@@ -24,6 +24,7 @@ third source to come.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from typing import Any, Iterator
 
@@ -258,11 +259,21 @@ class EnvSource:
 # ------------------------------------------------------------------------------- from the CLI
 def resolve_env(name: str, overrides: dict) -> EnvPreset:
     """An env preset by name or path (envs/NAME.toml), else the preset of a Gymnasium id, else a bare
-    preset for any registered Gymnasium id."""
+    preset for any registered Gymnasium id. `module:EnvId` (Gymnasium's form) imports the module first,
+    which registers its envs: the name given on the command line is the only way seqrl imports a module
+    for an env (a checkpoint's env id never does, see `checkpoint_env`)."""
     from seqrl.presets import ENVS_DIR, build, find_env_for_id, load_env, merge
 
     if name.endswith(".toml") or (ENVS_DIR / f"{name}.toml").is_file():
         return load_env(name, overrides)
+    if ":" in name:
+        module, name = name.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise PresetError(f"--env {module}:{name}: cannot import module {module!r} ({e})") from e
+        if name not in gym.registry:
+            raise PresetError(f"--env {module}:{name}: importing {module!r} registered no env {name!r}")
     found = find_env_for_id(name)
     if found is not None:
         return build(EnvPreset, merge(dataclasses.asdict(found), overrides))
@@ -273,10 +284,22 @@ def resolve_env(name: str, overrides: dict) -> EnvPreset:
     raise PresetError(f"unknown env {name!r}: neither an env preset {known} nor a registered Gymnasium id")
 
 
+def checkpoint_env(env_id: str, where: Any) -> None:
+    """PresetError unless a checkpoint's env id can be made without importing anything: a `module:Id` id
+    would make Gymnasium import that module, so a checkpoint could run code by naming one. The user
+    names such an env on the command line instead (--env), and ids registered by a module must be."""
+    if ":" in env_id:
+        raise PresetError(f"{where} names env {env_id!r}, which would import module {env_id.split(':')[0]!r}; "
+                          f"seqrl imports only modules named on the command line: pass --env {env_id} to allow it")
+    if env_id not in gym.registry:
+        raise PresetError(f"{where} names env {env_id!r}, which is not registered here: pass --env MODULE:{env_id} "
+                          f"(the module that registers it) or --env with another id of the same spaces")
+
+
 def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over: dict):
     from seqrl.data.minari_io import check_env_matches, load_store
     from seqrl.policies.base import TaskSpec
-    from seqrl.presets import find_env_for_dataset, load_env
+    from seqrl.presets import find_env_for_dataset
 
     if dataset is None:
         raise PresetError(f"agent {preset.agent!r} trains offline (source.kind = 'dataset'): pass --dataset "
@@ -287,7 +310,7 @@ def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over:
         if found is None:
             raise PresetError(f"no env preset owns dataset {dataset!r}: pass --env NAME (a file in envs/)")
         env = found.name
-    env_preset = load_env(env, env_over)
+    env_preset = resolve_env(env, env_over)
     check_env_matches(store, env_preset.env_id)
     return DatasetSource(preset.source, store), TaskSpec.from_store(store, env_preset), dataset.replace("/", "_")
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,12 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from seqrl.checkpoint import load_checkpoint, restore_rng, save_checkpoint, training_state
-from seqrl.errors import CheckpointError, PresetError
+from seqrl.cpu import set_threads
+from seqrl.errors import CheckpointError, PresetError, TrainingError, WriteError
 from seqrl.io import atomic_write_json
 from seqrl.kernels.scan import kernel_status
 from seqrl.policies.base import Agent
-from seqrl.presets import AgentPreset, training_device
+from seqrl.presets import AgentPreset, differences, training_device
 from seqrl.progress import progress
 from seqrl.runners.evaluate import evaluate
 
@@ -89,6 +91,10 @@ class Trainer:
         if device.type == "cuda" and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.device = device
+        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        if self.rank == 0:
+            self._check_run_dir(resume)
+        self.threads = set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.agent = agent.to(device)
         self.gen = source.start(agent, device, cfg.seed, self.rank, self.world)  # the sampler's generator
@@ -114,18 +120,21 @@ class Trainer:
         if cfg.compile and device.type == "cuda":
             self.loss_fn = torch.compile(self.loss_fn)
         self.step = 0  # optimiser updates done
-        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        self.saved_step: int | None = None  # the update of the newest checkpoint on disk
+        self._finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the last check was finite
+        self._checked = 0  # the update at which the losses were last found finite
         if resume:
-            if not self.ckpt_path.exists():
-                raise CheckpointError(f"nothing to resume: no checkpoint at {self.ckpt_path}")
-            self._restore(load_checkpoint(self.ckpt_path, preset.agent))
+            ckpt = load_checkpoint(self.ckpt_path, preset.agent)
+            self._check_resumable(ckpt)
+            self._restore(ckpt)
+            self.saved_step = self._checked = self.step
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             run = {"device": str(device), "world_size": self.world, "cuda_graph": self.use_graph, "amp": self.amp,
-                   "kernels": kernel_status(device)}
+                   "threads": self.threads, "kernels": kernel_status(device)}
             atomic_write_json(self.run_dir / "config.json", preset.to_dict() | {"env": dataclasses.asdict(agent.spec.env), "run": run})
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._x() or None)
 
@@ -171,7 +180,7 @@ class Trainer:
         out["loss"] = loss.detach()
         for g in self.groups:
             norm = (nn.utils.clip_grad_norm_(g.params, self.cfg.grad_clip, foreach=True) if self.cfg.grad_clip > 0
-                    else torch.zeros((), device=loss.device))
+                    else nn.utils.get_total_norm([p.grad for p in g.params if p.grad is not None], foreach=True))
             out["grad_norm" if len(self.groups) == 1 else f"grad_norm_{g.name}"] = norm.detach()
             self.opts[g.name].step()
         self.agent.after_update()
@@ -236,6 +245,14 @@ class Trainer:
         return (self.cfg.steps and self.step >= self.cfg.steps) or self.source.done()
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            self.source.close()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         total = cfg.steps or None
         bar = progress(total=total, initial=self.step, desc=f"train {self.preset.agent}", unit="update",
@@ -246,8 +263,11 @@ class Trainer:
             outs = self.iteration()
             if not outs:
                 break
+            for o in outs:  # on the device, no synchronisation: read at the next log or checkpoint
+                self._finite &= torch.isfinite(o["loss"])
             crossed = lambda every: every and self.step // every > before // every  # noqa: E731
             if crossed(cfg.log_every) or self.done():
+                self.check_finite()
                 vals = {k: float(torch.stack([o[k].float() for o in outs]).mean()) for k in outs[-1]}
                 dt = time.perf_counter() - t0
                 vals["updates_per_s"] = (self.step - n0) / max(dt, 1e-9)
@@ -260,12 +280,22 @@ class Trainer:
             if crossed(cfg.checkpoint_every):
                 self.save()
         bar.close()
+        self.check_finite()
         results = self.evaluate()
         self.save()
-        if self.writer is not None:
-            self.writer.close()
-        self.source.close()
         return results
+
+    def check_finite(self) -> None:
+        """TrainingError when a loss since the last check was NaN or inf: the weights it stepped are not
+        saved, and the message names the last good checkpoint."""
+        if bool(self._finite):
+            self._checked = self.step
+            return
+        kept = (f"the last good checkpoint is {self.ckpt_path} (update {self.saved_step})" if self.saved_step is not None
+                else "no checkpoint was written")
+        raise TrainingError(f"training stopped: the loss became NaN or inf between updates {self._checked} and "
+                            f"{self.step}; nothing after it was saved and {kept}. Lower trainer.lr (now "
+                            f"{self.cfg.lr:g}) or set trainer.grad_clip > 0 (now {self.cfg.grad_clip:g})")
 
     def _log(self, vals: dict[str, float]) -> None:
         if self.writer is None:
@@ -295,13 +325,64 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        """Write the checkpoint atomically, after checking that the losses since the last check were finite.
+        A write that fails (a full disk) stops training and says which checkpoint is kept."""
         if self.rank != 0:
             return
-        save_checkpoint(self.ckpt_path, training_state(
-            self.preset, self.agent, self.opts, self.device, step=self.step, source=self.source.state_dict(),
-            generator=self.gen.get_state()))
+        self.check_finite()
+        try:
+            save_checkpoint(self.ckpt_path, training_state(
+                self.preset, self.agent, self.opts, self.device, step=self.step, source=self.source.state_dict(),
+                generator=self.gen.get_state()))
+        except WriteError as e:
+            kept = (f"the checkpoint of update {self.saved_step} is kept" if self.saved_step is not None
+                    else "no checkpoint was written")
+            raise TrainingError(f"training stopped at update {self.step}: {e}; {kept}") from e
+        self.saved_step = self.step
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
+    # ------------------------------------------------------------------------------ run folders
+    def _check_run_dir(self, resume: bool) -> None:
+        """Before anything is built: never train over another run's checkpoint, and fail now, not at the
+        first checkpoint, when the folder cannot be written."""
+        if resume and not self.ckpt_path.is_file():
+            raise CheckpointError(f"nothing to resume: no checkpoint at {self.ckpt_path}")
+        if not resume and self.ckpt_path.exists():
+            raise PresetError(f"run folder {self.run_dir} already holds a checkpoint: continue that run with --resume, "
+                              f"or pass a fresh --run-dir (seqrl never trains over a run)")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.run_dir):
+                pass
+        except OSError as e:
+            raise WriteError(f"cannot write to the run folder {self.run_dir}: {e.strerror or e}") from e
+
+    def _check_resumable(self, ckpt: dict[str, Any]) -> None:
+        """CheckpointError naming every difference between the run in the checkpoint and this one that
+        resuming cannot carry over: the agent's config, the source's, the env, the dataset and its spaces
+        and normalisation. The trainer's settings may change (a longer budget is what resuming is for)."""
+        now, spec = self.preset.to_dict(), self.agent.spec.to_dict()
+        then, spec_then = ckpt["preset"], ckpt["spec"]
+        names = ("in the checkpoint", "now")
+        diffs = differences(then.get("policy"), now["policy"], "policy.", names)
+        src_then = {k: v for k, v in then.get("source", {}).items() if k != "env_steps"}
+        diffs += differences(src_then, {k: v for k, v in now["source"].items() if k != "env_steps"}, "source.", names)
+        env_keys = ("env_id", "env_kwargs", "max_episode_steps", "reward_scale")
+        diffs += differences({k: spec_then["env"].get(k) for k in env_keys}, {k: spec["env"][k] for k in env_keys},
+                             "env.", names)
+        diffs += differences(spec_then["meta"].get("dataset_id"), spec["meta"].get("dataset_id"), "dataset.", names)
+        for key in ("observation_space", "action_space"):
+            if spec_then[key] != spec[key]:
+                diffs.append(f"{key}: {spec_then[key]} in the checkpoint, {spec[key]} now")
+        if not diffs:
+            for key in ("obs_mean", "obs_std"):  # same dataset id, other data: it was rebuilt since
+                if not _close(spec_then[key], spec[key]):
+                    diffs.append(f"the dataset's observation {key.split('_')[1]} differs from the checkpoint's "
+                                 f"(the dataset changed since)")
+        if diffs:
+            raise CheckpointError(f"cannot resume {self.ckpt_path}: " + "; ".join(diffs) + ". Resume with the "
+                                  f"agent preset, dataset and env it was trained with, or start a fresh --run-dir")
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:  # after _check_resumable
         self.agent.load_state_dict(ckpt["policy"])
         if set(ckpt["optimizers"]) != set(self.opts):
             raise CheckpointError(f"checkpoint {self.ckpt_path} holds optimisers {sorted(ckpt['optimizers'])}, "
@@ -325,3 +406,13 @@ class Trainer:
             self.gen.set_state(gen_state)
         else:  # DDP ranks, or a generator of another device: a fresh stream per (seed, step, rank)
             self.gen.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step)
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Normalisation statistics (lists, or dicts of lists by leaf) equal to float32 rounding."""
+    import numpy as np
+
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
