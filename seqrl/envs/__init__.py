@@ -3,18 +3,39 @@
 
 - ``seqrl/TMaze-v0``: remember a cue across a corridor of ``length`` steps (`seqrl.envs.memory.TMaze`).
 - ``seqrl/RepeatPrevious-v0``: say the symbol seen ``k`` steps ago (`seqrl.envs.memory.RepeatPrevious`).
+
+Task families for in-context RL (a task id fixes the task, ``reset(options={"task": id})`` switches it,
+``env.tasks("train")``/``env.tasks("test")`` give a fixed split; `seqrl.envs.bandits`, `seqrl.envs.darkroom`):
+
+- ``seqrl/GaussianBandit-v0``: ``arms`` Gaussian arms, 500 pulls (DPT) (`seqrl.envs.bandits.GaussianBandit`).
+- ``seqrl/BernoulliBandit-v0``: the same means, Bernoulli rewards (`seqrl.envs.bandits.BernoulliBandit`).
+- ``seqrl/LinearBandit-v0``: arms with features, reward linear in them (`seqrl.envs.bandits.LinearBandit`).
+- ``seqrl/DarkRoom-v0``: find an invisible goal; DPT's 10x10 by default, AD's 9x9 by arguments
+  (`seqrl.envs.darkroom.DarkRoom`).
+- ``seqrl/KeyToDoor-v0``: AD's Dark Key-to-Door, an invisible key then an invisible door
+  (`seqrl.envs.darkroom.KeyToDoor`).
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 
+from seqrl.envs.bandits import BernoulliBandit, GaussianBandit, LinearBandit
+from seqrl.envs.darkroom import DarkRoom, KeyToDoor
 from seqrl.envs.memory import RepeatPrevious, TMaze
 
-_IDS = {"seqrl/TMaze-v0": "seqrl.envs.memory:TMaze", "seqrl/RepeatPrevious-v0": "seqrl.envs.memory:RepeatPrevious"}
+_IDS = {
+    "seqrl/TMaze-v0": "seqrl.envs.memory:TMaze",
+    "seqrl/RepeatPrevious-v0": "seqrl.envs.memory:RepeatPrevious",
+    "seqrl/GaussianBandit-v0": "seqrl.envs.bandits:GaussianBandit",
+    "seqrl/BernoulliBandit-v0": "seqrl.envs.bandits:BernoulliBandit",
+    "seqrl/LinearBandit-v0": "seqrl.envs.bandits:LinearBandit",
+    "seqrl/DarkRoom-v0": "seqrl.envs.darkroom:DarkRoom",
+    "seqrl/KeyToDoor-v0": "seqrl.envs.darkroom:KeyToDoor",
+}
 
 for _id, _entry in _IDS.items():
     if _id not in gym.registry:  # importing twice (reload, subprocess re-import) must not warn
         gym.register(id=_id, entry_point=_entry)
 
-__all__ = ["RepeatPrevious", "TMaze"]
+__all__ = ["BernoulliBandit", "DarkRoom", "GaussianBandit", "KeyToDoor", "LinearBandit", "RepeatPrevious", "TMaze"]
