@@ -84,11 +84,15 @@ def collect(
 # ---------------------------------------------------------------------------------------------- train
 def default_run_dir(agent: str, name: str, seed: int, agent_over: dict, env_over: dict) -> Path:
     """runs/AGENT/DATASET_OR_ENV/seedN, with a digest of the --set values that change the model, its data or
-    its env (not the trainer's: those a resume may change), so that two different runs never share a folder."""
+    its env, so that two different runs never share a folder. Budgets and the trainer's settings
+    (trainer.*, source.env_steps) are left out: a resume may change them."""
     import hashlib
     import json
 
     varying = {k: v for k, v in agent_over.items() if k != "trainer"} | ({"env": env_over} if env_over else {})
+    if isinstance(varying.get("source"), dict):
+        varying["source"] = {k: v for k, v in varying["source"].items() if k != "env_steps"}
+    varying = {k: v for k, v in varying.items() if v != {}}
     tag = f"seed{seed}"
     if varying:
         tag += "-" + hashlib.sha1(json.dumps(varying, sort_keys=True).encode()).hexdigest()[:8]

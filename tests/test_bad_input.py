@@ -71,9 +71,9 @@ def test_default_run_folders_differ_when_the_model_data_or_env_differ():
     base = default_run_dir("gtrxl", "seqrl_TMaze-v0", 0, {}, {})
     longer = default_run_dir("gtrxl", "seqrl_TMaze-v0", 0, {}, {"env_kwargs": {"length": 100}})
     wider = default_run_dir("gtrxl", "seqrl_TMaze-v0", 0, {"policy": {"d_model": 128}}, {})
-    longer_run = default_run_dir("gtrxl", "seqrl_TMaze-v0", 0, {"trainer": {"steps": 10}}, {})
+    longer_run = default_run_dir("gtrxl", "seqrl_TMaze-v0", 0, {"trainer": {"steps": 10}, "source": {"env_steps": 9}}, {})
     assert base.name == "seed0" and len({base, longer, wider}) == 3
-    assert longer_run == base  # trainer settings (a longer budget) keep the folder: that is how a run resumes
+    assert longer_run == base  # trainer settings and budgets keep the folder: that is how a run resumes
 
 
 @pytest.mark.parametrize("change,message", [
