@@ -86,6 +86,11 @@ def policy_from_checkpoint(path: str | Path, agent: str | None = None, device: s
         policy.load_state_dict(ckpt["policy"])
     except (SeqrlError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not rebuild its policy ({type(e).__name__}: {e})") from e
+    for name, t in policy.state_dict().items():  # training never saves these: the file was altered or corrupted
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"checkpoint {path}: its weights hold NaN or inf ({name})")
+        if name.endswith("obs_std") and not (t > 0).all():
+            raise CheckpointError(f"checkpoint {path}: its observation std ({name}) is not positive")
     return policy.to(device), preset, ckpt
 
 

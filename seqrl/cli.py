@@ -1,4 +1,4 @@
-"""The `seqrl` command: quickstart, collect, train, eval.
+"""The `seqrl` command: quickstart, collect, train, eval, icrl.
 
 Built on Typer (already a dependency of Minari) for argument parsing and help, Rich for tables and
 tqdm for progress bars. Bad input ends with one line naming the problem and exit code 2.
@@ -63,8 +63,11 @@ def _results_table(title: str, rows: list[tuple[str, dict]]) -> Table:
 @app.command()
 @_friendly
 def collect(
-    env: str = typer.Option(..., help="env preset: envs/NAME.toml (hopper, halfcheetah, walker2d, pendulum)"),
-    quality: str = typer.Option(..., help="random, medium, expert, medium-replay, medium-expert (mixed for pendulum)"),
+    env: str = typer.Option(..., help="env preset: envs/NAME.toml (hopper, halfcheetah, walker2d, pendulum), or an "
+                                      "in-context family (gaussian-bandit, bernoulli-bandit, linear-bandit, darkroom, "
+                                      "keytodoor)"),
+    quality: str = typer.Option(..., help="random, medium, expert, medium-replay, medium-expert (mixed for pendulum); "
+                                          "in-context: dpt, ad-ucb, ad-thompson, ad-linucb, ad-q, ad-noisy"),
     seed: int = typer.Option(0, help="seed of training and rollouts"),
     workdir: Path = typer.Option(Path("runs/collect"), help="SB3 checkpoints live here; rerun to resume"),
     set_: list[str] = typer.Option([], "--set", help="override a preset value, e.g. collect.train_steps=300000"),
@@ -74,8 +77,13 @@ def collect(
     """Build a D4RL-style Minari dataset locally (resumes an interrupted SB3 training). A dataset of that id
     made with the same recipe is reused; one made with another recipe is an error unless --rebuild."""
     from seqrl.data.collect import collect as run_collect
+    from seqrl.data.icrl_collect import collect_icrl, is_icrl_env
     from seqrl.presets import load_env, parse_overrides
 
+    if is_icrl_env(env):  # in-context task families: seqrl.data.icrl_collect (--quality dpt, ad-ucb, ad-q, ...)
+        path = collect_icrl(env, quality, {"seed": seed} | parse_overrides(set_), rebuild=rebuild)
+        console.print(f"dataset [bold]{path.relative_to(path.parents[2])}[/] is at {path}")
+        return
     preset = load_env(env, parse_overrides(set_))
     path = run_collect(preset, quality, seed=seed, workdir=workdir, rebuild=rebuild)
     console.print(f"dataset [bold]{preset.dataset_id(quality)}[/] is at {path}")
@@ -175,6 +183,8 @@ def eval_(
 
     if episodes < 1:
         raise PresetError(f"--episodes must be >= 1, got {episodes}")
+    if seed < 0:
+        raise PresetError(f"--seed must be >= 0 (env i is seeded seed+i), got {seed}")
     dev = training_device(device)
     set_threads(0)
     policy, preset, _ = policy_from_checkpoint(checkpoint, device=dev)
@@ -205,6 +215,57 @@ def convert(
     from seqrl.checkpoint import convert_format1
 
     console.print(f"wrote {convert_format1(old, new)}")
+
+
+# ----------------------------------------------------------------------------------------------- icrl
+@app.command()
+@_friendly
+def icrl(
+    checkpoints: list[Path] = typer.Argument(..., help="checkpoints of in-context agents (dpt, ad) of one task family"),
+    name: list[str] = typer.Option([], help="a name per checkpoint in the table (default AGENT-BACKBONE)"),
+    tasks: int = typer.Option(20, help="held-out tasks: the first N of the env's test split"),
+    seeds: int = typer.Option(3, help="seeds per task (reward noise, action draws): seeds 0..N-1"),
+    episodes: Optional[int] = typer.Option(None, help="episodes per trial (default: the agent's trial_episodes)"),
+    mode: list[str] = typer.Option(["online"], help="online, online-episode, offline (repeat the option for several)"),
+    baselines: bool = typer.Option(True, help="run the family's classic learners on the same tasks and seeds"),
+    set_: list[str] = typer.Option([], "--set", help="override the env's constructor kwargs, e.g. horizon=200"),
+    extrapolate: bool = typer.Option(False, help="let a Mamba model act past the context length it was trained on"),
+    allow_overlap: bool = typer.Option(False, help="run even when evaluation tasks were training tasks (warns)"),
+    out: Path = typer.Option(Path("runs/icrl"), help="results.json, results.md and curves.png go here"),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+) -> None:
+    """In-context evaluation on held-out tasks: online (context across episodes), online-episode (the last
+    episode as the context) and offline (a fixed random context), beside Thompson sampling, UCB, ... on the
+    same tasks and seeds. Cumulative regret (bandits) or return per episode (grids), mean ± 95% interval."""
+    import datetime
+    import platform
+
+    from seqrl.cpu import set_threads
+    from seqrl.data.icrl_collect import make_env, FAMILIES
+    from seqrl.presets import parse_overrides, training_device
+    from seqrl.runners.icrl import evaluate_icrl, load_icrl_agents, report
+
+    if tasks < 1 or seeds < 1 or (episodes is not None and episodes < 1):
+        raise PresetError("--tasks, --seeds and --episodes must be >= 1")
+    dev = training_device(device)
+    set_threads(0)
+    agents, family, kw = load_icrl_agents(checkpoints, name, dev)
+    kw = kw | parse_overrides(set_)
+    try:
+        probe = make_env(FAMILIES[family], kw)
+    except (TypeError, ValueError) as e:
+        raise PresetError(f"env kwargs {kw}: {e}") from e
+    test = probe.tasks("test")[:tasks]
+    E = episodes or max(a.config.trial_episodes for a in agents.values())
+    curves = evaluate_icrl(agents, family, kw, test, list(range(seeds)), E, mode, baselines, extrapolate,
+                           allow_overlap, dev)
+    meta = {"command": " ".join(sys.argv), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "env_kwargs": kw,
+            "tasks": [int(t) for t in test], "n_tasks": len(test), "seeds": list(range(seeds)), "episodes": E,
+            "modes": list(mode), "checkpoints": {k: str(c) for k, c in zip(agents, checkpoints)}}
+    report(curves, family, out, meta)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    console.print(f"written: {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
 
 
 # ------------------------------------------------------------------------------------------ quickstart

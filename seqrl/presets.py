@@ -134,7 +134,7 @@ class TrainerConfig:
 
     def __post_init__(self):
         require_at_least(self, 0, ("steps", "warmup_steps", "eval_every", "eval_episodes", "checkpoint_every",
-                                   "threads", "grad_clip", "weight_decay"))
+                                   "threads", "grad_clip", "weight_decay", "seed"))
         require_at_least(self, 1, ("log_every",))
         for name in ("lr", "eps"):
             if not getattr(self, name) > 0:

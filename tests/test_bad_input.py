@@ -21,7 +21,7 @@ from seqrl.errors import DataError, WriteError
 runner = CliRunner()
 TINY = ["--set", "trainer.steps=4", "--set", "trainer.eval_episodes=0", "--set", "policy.embed_dim=16",
         "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "source.batch_size=4",
-        "--set", "env.max_episode_steps=30", "--set", "trainer.warmup_steps=1"]
+        "--set", "env.max_episode_steps=50", "--set", "trainer.warmup_steps=1"]
 DATASET = "seqrl/pendulum/bad-v0"
 
 
@@ -78,7 +78,7 @@ def test_default_run_folders_differ_when_the_model_data_or_env_differ():
 
 @pytest.mark.parametrize("change,message", [
     (["--set", "policy.embed_dim=32"], "policy.embed_dim: 16 in the checkpoint, 32 now"),
-    (["--set", "env.max_episode_steps=40"], "env.max_episode_steps: 30 in the checkpoint, 40 now"),
+    (["--set", "env.max_episode_steps=60"], "env.max_episode_steps: 50 in the checkpoint, 60 now"),
     (["--set", "source.batch_size=8"], "source.batch_size: 4 in the checkpoint, 8 now"),
 ])
 def test_resume_says_what_differs(dataset, trained, change, message):
@@ -243,6 +243,39 @@ def test_missing_dataset_hint_names_only_commands_that_exist(minari_root):
 ])
 def test_eval_values(trained, args, message):
     refused(invoke("eval", trained / "checkpoint.pt", *args), message)
+
+
+def test_eval_seed_must_not_be_negative(trained):
+    refused(invoke("eval", trained / "checkpoint.pt", "--seed", "-5"), "--seed must be >= 0")
+
+
+@pytest.mark.parametrize("alter,message", [
+    (lambda sd: sd.__setitem__(next(k for k, v in sd.items() if v.is_floating_point()),
+                               torch.full_like(next(v for v in sd.values() if v.is_floating_point()), float("nan"))),
+     "its weights hold NaN or inf"),
+    (lambda sd: [sd.__setitem__(k, torch.zeros_like(v)) for k, v in list(sd.items()) if k.endswith("obs_std")],
+     "observation std"),
+])
+def test_an_altered_checkpoint_is_refused(trained, tmp_path, alter, message):
+    ckpt = load_checkpoint(trained / "checkpoint.pt")
+    alter(ckpt["policy"])
+    save_checkpoint(tmp_path / "c.pt", {k: v for k, v in ckpt.items() if k != "format"})
+    refused(invoke("eval", tmp_path / "c.pt", "--episodes", "1"), message)
+
+
+def test_episodes_longer_than_the_env_limit_are_refused(dataset, tmp_path):
+    res = invoke("train", "--agent", "dt", "--dataset", dataset, "--run-dir", tmp_path / "r", *TINY,
+                 "--set", "env.max_episode_steps=5")
+    refused(res, "has episodes of 50 steps, longer than env.max_episode_steps=5")
+
+
+def test_collect_into_an_unwritable_datasets_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(blocker))
+    res = invoke("collect", "--env", "pendulum", "--quality", "random", "--set", "collect.n_steps=50",
+                 "--set", "collect.n_envs=1")
+    refused(res, f"cannot write datasets to {blocker} (MINARI_DATASETS_PATH)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -10,7 +10,7 @@ from seqrl.data.minari_io import write_dataset
 runner = CliRunner()
 TINY = ["--set", "trainer.steps=4", "--set", "trainer.eval_episodes=2", "--set", "policy.embed_dim=16",
         "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "source.batch_size=4",
-        "--set", "env.max_episode_steps=30"]
+        "--set", "env.max_episode_steps=50"]
 
 
 @pytest.fixture

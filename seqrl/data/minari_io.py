@@ -36,7 +36,7 @@ import numpy as np
 
 from seqrl.data.store import (COMPOSITE, ReplayStore, check_box_bounds, check_spaces, episode_extras, obs_columns,
                               unflatten_obs)
-from seqrl.errors import DataError
+from seqrl.errors import DataError, WriteError
 from seqrl.io import atomic_write
 
 
@@ -193,9 +193,19 @@ def write_dataset(
                                      rewards=np.asarray(e["rew"], np.float64),
                                      terminations=np.asarray(e["term"], bool), truncations=np.asarray(e["trunc"], bool)))
     root = datasets_root()
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_roots(root)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".seqrl-tmp-{os.getpid()}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_roots(root)
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".seqrl-tmp-{os.getpid()}-", dir=root))
+    except OSError as e:
+        raise WriteError(f"cannot write datasets to {root} (MINARI_DATASETS_PATH): {e.strerror or e}") from e
+    size = sum(np.asarray(x).nbytes for b in buffers for x in (b.actions, b.rewards))
+    size += sum(sum(np.asarray(x).nbytes for x in leaves_of(b.observations)) for b in buffers)
+    free = shutil.disk_usage(root).free
+    if free < 2 * size:  # h5py can crash the process on a full disk; the old dataset would survive, this one not
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise WriteError(f"not enough free disk space in {root} for dataset {dataset_id!r}: about {size / 1e6:.0f} MB "
+                         f"needed twice over, {free / 1e6:.0f} MB free")
     try:
         with _minari_root(tmp_root):
             storage = minari.create_dataset_from_buffers(
@@ -238,6 +248,15 @@ def dataset_recipe(dataset_id: str) -> dict[str, Any] | None:
     except Exception as e:  # as read_episodes: h5py, json and key errors of a broken dataset
         raise DataError(f"dataset {dataset_id!r} at {dataset_path(dataset_id)} is corrupt or truncated "
                         f"({type(e).__name__}: {e})") from e
+
+
+def leaves_of(obs: Any) -> list[Any]:
+    """The arrays of an observation column (an array, or nested dicts/tuples of arrays)."""
+    if isinstance(obs, Mapping):
+        return [x for v in obs.values() for x in leaves_of(v)]
+    if isinstance(obs, tuple):
+        return [x for v in obs for x in leaves_of(v)]
+    return [obs]
 
 
 def _env_observation_space(env_id: str) -> gym.Space:

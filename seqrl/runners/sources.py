@@ -312,6 +312,11 @@ def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over:
         env = found.name
     env_preset = resolve_env(env, env_over)
     check_env_matches(store, env_preset.env_id)
+    longest = int(store.episode_lengths.max())
+    if longest > env_preset.max_episode_steps:
+        raise PresetError(f"dataset {dataset!r} has episodes of {longest} steps, longer than env.max_episode_steps="
+                          f"{env_preset.max_episode_steps} (the evaluation episodes' limit and the size of the "
+                          f"timestep embedding): set env.max_episode_steps >= {longest}")
     return DatasetSource(preset.source, store), TaskSpec.from_store(store, env_preset), dataset.replace("/", "_")
 
 
