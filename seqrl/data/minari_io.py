@@ -207,16 +207,20 @@ def write_dataset(
         raise WriteError(f"not enough free disk space in {root} for dataset {dataset_id!r}: about {size / 1e6:.0f} MB "
                          f"needed twice over, {free / 1e6:.0f} MB free")
     try:
-        with _minari_root(tmp_root):
-            storage = minari.create_dataset_from_buffers(
-                dataset_id, buffers, env=env_id, eval_env=env_id, algorithm_name=algorithm_name, author="seqrl",
-                author_email="seqrl@localhost", code_permalink="https://github.com/seqrl/seqrl",
-                ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score),
-                description=description, data_format="hdf5", jpeg_encoding=False, observation_space=space,
-            ).storage
-            storage.update_episode_metadata(ep_meta, range(len(ep_meta)))
-            if recipe is not None:
-                storage.update_metadata({"seqrl_recipe": json.dumps(recipe, sort_keys=True)})
+        try:
+            with _minari_root(tmp_root):
+                storage = minari.create_dataset_from_buffers(
+                    dataset_id, buffers, env=env_id, eval_env=env_id, algorithm_name=algorithm_name, author="seqrl",
+                    author_email="seqrl@localhost", code_permalink="https://github.com/seqrl/seqrl",
+                    ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score),
+                    description=description, data_format="hdf5", jpeg_encoding=False, observation_space=space,
+                ).storage
+                storage.update_episode_metadata(ep_meta, range(len(ep_meta)))
+                if recipe is not None:
+                    storage.update_metadata({"seqrl_recipe": json.dumps(recipe, sort_keys=True)})
+        except (OSError, RuntimeError) as e:  # h5py reports a failed write (a full disk) as RuntimeError
+            raise WriteError(f"cannot write dataset {dataset_id!r} under {root}: {str(e).splitlines()[0][:200]}; "
+                             f"any previous dataset of that id is unchanged") from e
         # namespace metadata files (seqrl/, seqrl/hopper/) first, then the dataset folder in one rename
         for path in (tmp_root / dataset_id).rglob("*"):  # on disk before the rename makes them visible
             if path.is_file():
