@@ -199,6 +199,17 @@ def test_offline_training_accepts_a_gymnasium_id(dataset, tmp_path):
     assert re.search(r"│\s+1\s+│\n", res.output)  # the episodes column is filled
 
 
+def test_reference_scores_set_on_the_command_line_win_over_the_dataset(dataset):
+    from seqrl.runners.sources import build_source
+    from seqrl.presets import load_agent
+
+    preset = load_agent("bc_small")
+    _, spec, _ = build_source(preset, dataset, None, {})
+    assert spec.ref_scores == (-1226.0, -149.7)  # the dataset's
+    _, spec, _ = build_source(preset, dataset, None, {"ref_min_score": -2000.0})
+    assert spec.ref_scores[0] == -2000.0
+
+
 def test_collect_keeps_its_recipe_and_refuses_another(minari_root):
     small = ["--set", "collect.n_steps=100", "--set", "collect.n_envs=2"]
     assert invoke("collect", "--env", "pendulum", "--quality", "random", *small).exit_code == 0

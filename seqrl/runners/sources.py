@@ -317,7 +317,11 @@ def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over:
         raise PresetError(f"dataset {dataset!r} has episodes of {longest} steps, longer than env.max_episode_steps="
                           f"{env_preset.max_episode_steps} (the evaluation episodes' limit and the size of the "
                           f"timestep embedding): set env.max_episode_steps >= {longest}")
-    return DatasetSource(preset.source, store), TaskSpec.from_store(store, env_preset), dataset.replace("/", "_")
+    spec = TaskSpec.from_store(store, env_preset)
+    if {"ref_min_score", "ref_max_score"} & set(env_over):  # scores named on the command line win over the dataset's
+        spec = dataclasses.replace(spec, meta=spec.meta | {"ref_min_score": env_preset.ref_min_score,
+                                                           "ref_max_score": env_preset.ref_max_score})
+    return DatasetSource(preset.source, store), spec, dataset.replace("/", "_")
 
 
 def _env_source(preset: Any, dataset: str | None, env: str | None, env_over: dict):
