@@ -12,7 +12,7 @@ work=$(mktemp -d)
 export MINARI_DATASETS_PATH="$work/minari"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-seqrl collect --env pendulum --quality mixed > /dev/null 2>&1
+seqrl collect --env pendulum --quality mixed > "$work/collect.log" 2>&1 || { tail -20 "$work/collect.log"; exit 1; }
 
 run() {  # label, then the command
     local label=$1; shift

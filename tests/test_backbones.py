@@ -28,6 +28,7 @@ from conftest import step_through
 from seqrl.nn.gtrxl import GTrXL
 from seqrl.nn.lstm import LSTM
 from seqrl.nn.mamba import MambaBackbone
+from seqrl.nn.s4 import S4Backbone
 from seqrl.nn.transformer import CausalTransformer
 
 D, B = 16, 4  # model width; envs (each gets its own reset pattern, see `resets`)
@@ -38,6 +39,13 @@ BACKBONES = [  # name -> factory of a small model; windows and memories shorter 
     pytest.param(lambda: MambaBackbone(D, n_layers=2, d_state=4, d_conv=3, expand=2), id="mamba"),
     pytest.param(lambda: MambaBackbone(D, n_layers=2, d_state=4, d_conv=3, expand=2, fine_group=3), id="mamba-fine3"),
     pytest.param(lambda: LSTM(D, n_layers=2), id="lstm"),
+    # S4: the scan path only (segments here are shorter than the default fft_min_len); with fft_min_len=1 the FFT
+    # path wherever a segment has no episode start after its first step, the scan path elsewhere
+    pytest.param(lambda: S4Backbone(D, n_layers=2, d_state=8, kind="s4d"), id="s4d-zoh"),
+    pytest.param(lambda: S4Backbone(D, n_layers=2, d_state=8, kind="s4d", discretization="bilinear", s4d_init="inv",
+                                    fft_min_len=1), id="s4d-bilinear-fft"),
+    pytest.param(lambda: S4Backbone(D, n_layers=2, d_state=8, kind="s5", discretization="bilinear", blocks=2,
+                                    fft_min_len=1), id="s5-bilinear-fft"),
 ]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 import seqrl.kernels
 from seqrl.kernels import scan as scan_mod
-from seqrl.kernels.scan import (KernelFallbackWarning, kernel_status, linear_scan, linear_scan_ref, selective_scan,
-                                selective_scan_ref, selective_step)
+from seqrl.kernels.scan import (KernelFallbackWarning, kernel_status, linear_scan, linear_scan_ref, linear_step,
+                                selective_scan, selective_scan_ref, selective_step)
 
 CUDA = torch.cuda.is_available()
 # each name a different code path (see `paths`) of the recurrences it parametrises
@@ -292,6 +292,110 @@ def test_linear_scan_gradcheck(complex_):
 def test_linear_scan_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="must both be"):
         linear_scan(torch.rand(2, 3, 4), torch.rand(2, 3, 5))
+
+
+def complex_inputs(b, d, l, seed, layout="bdl"):
+    """a (|a| < 1), x, h0 complex128; "ldb": a and x (b, d, l) views of time-major (l, b, d) memory, as S4Layer
+    builds them; "expanded": a one decay per channel, expanded over b and l (stride 0)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.complex128)  # noqa: E731
+    a = torch.rand(b, d, l, generator=g, dtype=torch.float64) * 0.9 * torch.exp(1j * r(b, d, l).real)
+    x, h0 = r(b, d, l), r(b, d)
+    if layout == "ldb":
+        a, x = a.permute(2, 0, 1).contiguous().permute(1, 2, 0), x.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    elif layout == "expanded":
+        a = a[:1, :, :1].expand(b, d, l)
+    return a, x, h0
+
+
+@pytest.mark.parametrize("layout", ["bdl", "ldb", "expanded"])
+def test_linear_scan_sequential_path_on_any_layout(layout, monkeypatch):
+    """The step-by-step CPU path (time-major copies, none for time-major views or an expanded decay): values and
+    gradients against the loop; gradcheck on a short one."""
+    monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0)
+    a, x, h0 = complex_inputs(2, 3, 40, seed=8, layout=layout)
+    leaves = [t.detach().requires_grad_() for t in (a, x, h0)]  # detach keeps the layout (and the expansion)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (a, x, h0)]
+    out, ref = linear_scan(*leaves), linear_scan_ref(*ref_leaves)
+    close(out, ref, "cpu", "h")
+    w = torch.randn(ref.shape, dtype=ref.dtype)
+    grads = torch.autograd.grad((out * w.conj()).real.sum(), leaves)
+    for name, gr, gr_ref in zip("a x h0".split(), grads, torch.autograd.grad((ref * w.conj()).real.sum(), ref_leaves)):
+        close(gr, gr_ref, "cpu", f"grad of {name}")
+    a, x, h0 = complex_inputs(1, 2, 6, seed=9, layout=layout)
+    if layout == "expanded":  # gradcheck perturbs elements one by one: give it the decays, expand them inside
+        a = a[:, :, :1].contiguous()
+    f = lambda a, x, h0: linear_scan(a.expand(x.shape), x, h0)  # noqa: E731
+    assert torch.autograd.gradcheck(f, [t.detach().requires_grad_() for t in (a, x, h0)])
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_linear_step_is_one_step_of_the_scan(complex_):
+    """Steps from h0 give the scan's states; h is cast to x's dtype (a float32 state into a float64 step)."""
+    g = torch.Generator().manual_seed(10)
+    dtype = torch.complex128 if complex_ else torch.float64
+    a = torch.rand(2, 3, 5, generator=g, dtype=torch.float64).to(dtype)
+    x, h = torch.randn(2, 3, 5, generator=g, dtype=dtype), torch.randn(2, 3, generator=g, dtype=dtype)
+    ref = linear_scan_ref(a, x, h)
+    for t in range(5):
+        h = linear_step(h, a[..., t], x[..., t])
+        torch.testing.assert_close(h, ref[..., t], rtol=1e-12, atol=1e-12)
+    h32 = torch.randn(2, 3, generator=g).to(dtype.to_real() if complex_ else torch.float32)
+    out = linear_step(h32, a[..., 0], x[..., 0])
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, a[..., 0] * h32.to(dtype) + x[..., 0])
+
+
+def test_linear_step_rejects_bad_inputs():
+    h, a = torch.zeros(2, 3), torch.rand(2, 3)
+    with pytest.raises(ValueError, match="must both be"):
+        linear_step(h, a, torch.rand(2, 4))
+    with pytest.raises(ValueError, match="must both be"):
+        linear_step(h[0], a[0], a[0])
+    with pytest.raises(ValueError, match="they must match"):
+        linear_step(h, a, a.double())
+    with pytest.raises(ValueError, match=r"h \(3, 2\) must be \(b, d\)"):
+        linear_step(h.T, a, a)
+    with pytest.raises(ValueError, match="complex state needs complex"):
+        linear_step(h.to(torch.complex64), a, a)
+
+
+class _PairsOnly(torch.autograd.Function):
+    """A stand-in for the Triton linear scan: like the kernels, it reads every complex tensor as float pairs
+    (view_as_real, which refuses a lazily conjugated tensor), in the forward and in the backward."""
+
+    @staticmethod
+    def forward(ctx, a, x, h0):
+        for t in (a, x, h0):
+            torch.view_as_real(t.contiguous())
+        ctx.save_for_backward(a, x, h0)
+        return linear_scan_ref(a, x, h0)
+
+    @staticmethod
+    def backward(ctx, g):
+        torch.view_as_real(g.contiguous())
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in ctx.saved_tensors]
+            return torch.autograd.grad(linear_scan_ref(*leaves), leaves, g)
+
+
+def test_linear_scan_hands_the_kernels_no_conjugate_views(monkeypatch):
+    """A conjugated input and a gradient through a downstream .conj() reach the kernels resolved: the values and
+    gradients are the loop's. Without the resolution the stand-in fails, as the Triton kernels would."""
+    stand_in = types.SimpleNamespace(linear_scan_triton=_PairsOnly.apply)
+    monkeypatch.setattr(scan_mod, "_kernels", lambda name, device: stand_in)
+    a, x, h0 = complex_inputs(2, 3, 7, seed=11)
+    with pytest.raises(RuntimeError, match="conjugated"):
+        stand_in.linear_scan_triton(a.conj(), x, h0)
+    leaves = [t.detach().requires_grad_() for t in (a, x, h0)]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (a, x, h0)]
+    w = torch.randn(2, 3, 7, dtype=torch.complex128)
+    out = linear_scan(leaves[0].conj(), *leaves[1:])
+    ref = linear_scan_ref(ref_leaves[0].conj(), *ref_leaves[1:])
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad((out.conj() * w).real.sum(), leaves)
+    for gr, gr_ref in zip(grads, torch.autograd.grad((ref.conj() * w).real.sum(), ref_leaves)):
+        torch.testing.assert_close(gr, gr_ref)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
