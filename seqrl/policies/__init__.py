@@ -12,9 +12,10 @@ def policy_class(agent: str) -> type:
     from seqrl.policies.bc import BC
     from seqrl.policies.dm import DecisionMamba
     from seqrl.policies.dt import DecisionTransformer
+    from seqrl.policies.icrl import AD, DPT
     from seqrl.policies.ppo import RecurrentPPO
 
-    classes = {"dt": DecisionTransformer, "bc": BC, "dm": DecisionMamba, "ppo": RecurrentPPO}
+    classes = {"dt": DecisionTransformer, "bc": BC, "dm": DecisionMamba, "ppo": RecurrentPPO, "dpt": DPT, "ad": AD}
     if agent not in classes:
         raise PresetError(f"unknown agent {agent!r}; known agents: {sorted(classes)}")
     return classes[agent]

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# In-context RL at a reduced size (docs/icrl.md): DPT and AD, each on the transformer and the Mamba backbone,
+# on the 5-arm Gaussian bandit (regret at step 500 beside Thompson sampling and UCB in the same run) and on
+# Dark Room 10x10, H=100 (return per episode over held-out goals). Two pipelines run side by side, one CPU
+# thread each. Every size is a variable: the full-size GPU run sets them, e.g.
+#   OUT=runs/icrl_full DEVICE=cuda BANDIT_TASKS=100000 STEPS=100000 K_BANDIT=500 K_ROOM=400 EMBED=128 LAYERS=4 \
+#   HEADS=4 THREADS=0 bash experiments/icrl_cpu.sh
+set -euo pipefail
+OUT=${OUT:-runs/icrl_cpu}
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-1}                # per pipeline (two run side by side)
+BANDIT_TASKS=${BANDIT_TASKS:-2000}   # training bandits (DPT pretrains on 100,000)
+ROOM_DPT_EPISODES=${ROOM_DPT_EPISODES:-50}   # random-walk contexts per training goal (80 goals)
+ROOM_AD_EPISODES=${ROOM_AD_EPISODES:-40}     # Q-learning episodes per training goal
+STEPS=${STEPS:-2000}                 # updates per model
+BATCH=${BATCH:-32}
+K_BANDIT=${K_BANDIT:-50}             # context transitions per training sample
+K_ROOM=${K_ROOM:-100}
+BANDIT_TOKENS=${BANDIT_TOKENS:-"s ar"}  # policy.tokens on the bandits (docs/icrl.md: "s a r" learned far slower there)
+ROOM_TOKENS=${ROOM_TOKENS:-"s a r"}
+EMBED=${EMBED:-32}
+LAYERS=${LAYERS:-2}
+HEADS=${HEADS:-2}
+TEST_TASKS=${TEST_TASKS:-20}         # held-out tasks (Dark Room has 20)
+SEEDS=${SEEDS:-5}
+ROOM_EPISODES=${ROOM_EPISODES:-20}   # episodes per in-context trial on Dark Room
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+# absolute: Minari 0.5.4 fails to write a dataset under a relative MINARI_DATASETS_PATH
+export MINARI_DATASETS_PATH=$(realpath -m "${MINARI_DATASETS_PATH:-$OUT/minari}")
+
+common=(--set "policy.embed_dim=$EMBED" --set "policy.n_layers=$LAYERS" --set "policy.n_heads=$HEADS"
+        --set "trainer.steps=$STEPS" --set "source.batch_size=$BATCH" --set "trainer.threads=$THREADS"
+        --set "trainer.checkpoint_every=$STEPS" --device "$DEVICE")
+mamba=(--set policy.expand=1 --set policy.d_state=8)   # CPU-sized Mamba (as agents/dm_small.toml)
+
+train() {  # agent dataset env K run-name [extra --set ...]
+  local agent=$1 ds=$2 env=$3 k=$4 name=$5; shift 5
+  seqrl train --agent "$agent" --dataset "$ds" --env "$env" --run-dir "$OUT/$name" "${common[@]}" \
+    --set "policy.context_len=$k" "$@" > "$OUT/$name.log" 2>&1
+  grep -o "[0-9]*/$STEPS update.*" "$OUT/$name.log" | tail -1 | sed "s|^|$name: |"
+}
+
+bandit() {
+  seqrl collect --env gaussian-bandit --quality dpt --set "tasks=$BANDIT_TASKS"
+  seqrl collect --env gaussian-bandit --quality ad-ucb --set "tasks=$BANDIT_TASKS"
+  local env=seqrl/GaussianBandit-v0 tok=(--set "policy.tokens=\"$BANDIT_TOKENS\"")
+  train dpt seqrl/gaussian-bandit/dpt-v0 $env "$K_BANDIT" bandit_dpt "${tok[@]}"
+  train ad seqrl/gaussian-bandit/ad-ucb-v0 $env "$K_BANDIT" bandit_ad "${tok[@]}"
+  train dpt_mamba seqrl/gaussian-bandit/dpt-v0 $env "$K_BANDIT" bandit_dpt_mamba "${mamba[@]}" "${tok[@]}"
+  train ad_mamba seqrl/gaussian-bandit/ad-ucb-v0 $env "$K_BANDIT" bandit_ad_mamba "${mamba[@]}" "${tok[@]}"
+  # Mamba acts past its trained context (500 pulls > K): --extrapolate, labelled so in docs/icrl.md
+  seqrl icrl "$OUT"/bandit_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
+    --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
+    --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_bandit" > "$OUT/eval_bandit.log" 2>&1
+}
+
+room() {
+  seqrl collect --env darkroom --quality dpt --set tasks=80 --set "episodes=$ROOM_DPT_EPISODES"
+  seqrl collect --env darkroom --quality ad-q --set tasks=80 --set "episodes=$ROOM_AD_EPISODES"
+  local env=seqrl/DarkRoom-v0 tok=(--set "policy.tokens=\"$ROOM_TOKENS\"")
+  # two at a time (Dark Room's longer contexts make these the slow half)
+  { train dpt seqrl/darkroom/dpt-v0 $env "$K_ROOM" room_dpt "${tok[@]}"
+    train ad_mamba seqrl/darkroom/ad-q-v0 $env "$K_ROOM" room_ad_mamba "${mamba[@]}" "${tok[@]}"; } &
+  { train ad seqrl/darkroom/ad-q-v0 $env "$K_ROOM" room_ad "${tok[@]}"
+    train dpt_mamba seqrl/darkroom/dpt-v0 $env "$K_ROOM" room_dpt_mamba "${mamba[@]}" "${tok[@]}"; } &
+  wait
+  seqrl icrl "$OUT"/room_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
+    --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds 3 --episodes "$ROOM_EPISODES" --mode online \
+    --mode online-episode --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_room" \
+    > "$OUT/eval_room.log" 2>&1
+}
+
+start=$(date +%s)
+echo "start $(date -u +%FT%TZ) on $(nproc) cores: $(python -c 'import platform; print(platform.processor() or platform.machine())')"
+PARTS=${PARTS:-"bandit room"}        # which pipelines to run (side by side)
+for part in $PARTS; do
+  $part > "$OUT/$part.out" 2>&1 &
+done
+status=0
+for part in $PARTS; do wait -n || status=$?; done
+for part in $PARTS; do cat "$OUT/$part.out"; done
+echo "wall $(( $(date +%s) - start )) s, exit $status"
+for part in $PARTS; do cat "$OUT/eval_$part/results.md" || true; done
+exit $status
