@@ -1,4 +1,4 @@
-"""The `seqrl` command: quickstart, collect, train, eval, icrl.
+"""The `seqrl` command: quickstart, collect, train, eval, icrl, imagine.
 
 Built on Typer (already a dependency of Minari) for argument parsing and help, Rich for tables and
 tqdm for progress bars. Bad input ends with one line naming the problem and exit code 2.
@@ -83,6 +83,16 @@ def collect(
     if is_icrl_env(env):  # in-context task families: seqrl.data.icrl_collect (--quality dpt, ad-ucb, ad-q, ...)
         path = collect_icrl(env, quality, {"seed": seed} | parse_overrides(set_), rebuild=rebuild)
         console.print(f"dataset [bold]{path.relative_to(path.parents[2])}[/] is at {path}")
+        return
+    if env in ("distracting-memory", "seqrl/DistractingMemory-v0"):  # the world models' image memory task
+        from seqrl.data.minari_io import dataset_path
+        from seqrl.data.wm_collect import build_distracting_memory
+
+        over = parse_overrides(set_)
+        if quality != "random" or set(over) - {"width", "n_steps"}:
+            raise PresetError(f"--env {env}: --quality random, and --set width=W / n_steps=N only")
+        did = build_distracting_memory(over.get("width", 16), over.get("n_steps", 20_000), seed, rebuild)
+        console.print(f"dataset [bold]{did}[/] is at {dataset_path(did)}")
         return
     preset = load_env(env, parse_overrides(set_))
     path = run_collect(preset, quality, seed=seed, workdir=workdir, rebuild=rebuild)
@@ -266,6 +276,36 @@ def icrl(
     report(curves, family, out, meta)
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
     console.print(f"written: {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
+
+
+# -------------------------------------------------------------------------------------------- imagine
+@app.command()
+@_friendly
+def imagine(
+    checkpoint: Path = typer.Argument(..., help="a world model's checkpoint (agents s4wm, rssm, twm)"),
+    context: int = typer.Option(4, help="real steps read through the posterior before imagining"),
+    horizon: int = typer.Option(16, help="steps imagined by the prior under the dataset's actions (open loop)"),
+    dataset: Optional[str] = typer.Option(None, help="Minari id of the episodes to imagine from (default: the "
+                                                     "checkpoint's dataset)"),
+    sequences: int = typer.Option(8, help="episodes imagined (each from its first step)"),
+    seed: int = typer.Option(0, help="which episodes"),
+    out: Path = typer.Option(Path("runs/imagine"), help="strip.png, error.png, imagine.json (and imagine.gif)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+) -> None:
+    """Imagine with a world model: a context of real steps, then the prior rolled forward recurrently;
+    writes a strip of real above imagined frames, the error against the horizon and JSON."""
+    from seqrl.presets import training_device
+    from seqrl.runners.imagine import imagine_checkpoint
+
+    try:
+        result = imagine_checkpoint(checkpoint, context, horizon, out, dataset, sequences, seed=seed,
+                                    device=str(training_device(device)))
+    except ValueError as e:  # argument checks of imagine_checkpoint (context, horizon >= 1)
+        if isinstance(e, SeqrlError):
+            raise
+        raise PresetError(str(e)) from e
+    console.print({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
+    console.print(f"written to {out}")
 
 
 # ------------------------------------------------------------------------------------------ quickstart

@@ -25,6 +25,7 @@ import torch
 
 import seqrl.nn
 from conftest import step_through
+from seqrl.nn.gru import GRU
 from seqrl.nn.gtrxl import GTrXL
 from seqrl.nn.lstm import LSTM
 from seqrl.nn.mamba import MambaBackbone
@@ -39,6 +40,7 @@ BACKBONES = [  # name -> factory of a small model; windows and memories shorter 
     pytest.param(lambda: MambaBackbone(D, n_layers=2, d_state=4, d_conv=3, expand=2), id="mamba"),
     pytest.param(lambda: MambaBackbone(D, n_layers=2, d_state=4, d_conv=3, expand=2, fine_group=3), id="mamba-fine3"),
     pytest.param(lambda: LSTM(D, n_layers=2), id="lstm"),
+    pytest.param(lambda: GRU(D, n_layers=2), id="gru"),
     # S4: the scan path only (segments here are shorter than the default fft_min_len); with fft_min_len=1 the FFT
     # path wherever a segment has no episode start after its first step, the scan path elsewhere
     pytest.param(lambda: S4Backbone(D, n_layers=2, d_state=8, kind="s4d"), id="s4d-zoh"),

@@ -3,6 +3,8 @@
 
 - ``seqrl/TMaze-v0``: remember a cue across a corridor of ``length`` steps (`seqrl.envs.memory.TMaze`).
 - ``seqrl/RepeatPrevious-v0``: say the symbol seen ``k`` steps ago (`seqrl.envs.memory.RepeatPrevious`).
+- ``seqrl/DistractingMemory-v0``: 32x32 RGB frames; a cue colour, a hallway of ``width`` frames with random
+  distractors, then doors: reward by the cue (`seqrl.envs.image_memory.DistractingMemory`; world models).
 
 Task families for in-context RL (a task id fixes the task, ``reset(options={"task": id})`` switches it,
 ``env.tasks("train")``/``env.tasks("test")`` give a fixed split; `seqrl.envs.bandits`, `seqrl.envs.darkroom`):
@@ -22,11 +24,13 @@ import gymnasium as gym
 
 from seqrl.envs.bandits import BernoulliBandit, GaussianBandit, LinearBandit
 from seqrl.envs.darkroom import DarkRoom, KeyToDoor
+from seqrl.envs.image_memory import DistractingMemory
 from seqrl.envs.memory import RepeatPrevious, TMaze
 
 _IDS = {
     "seqrl/TMaze-v0": "seqrl.envs.memory:TMaze",
     "seqrl/RepeatPrevious-v0": "seqrl.envs.memory:RepeatPrevious",
+    "seqrl/DistractingMemory-v0": "seqrl.envs.image_memory:DistractingMemory",
     "seqrl/GaussianBandit-v0": "seqrl.envs.bandits:GaussianBandit",
     "seqrl/BernoulliBandit-v0": "seqrl.envs.bandits:BernoulliBandit",
     "seqrl/LinearBandit-v0": "seqrl.envs.bandits:LinearBandit",
@@ -38,4 +42,4 @@ for _id, _entry in _IDS.items():
     if _id not in gym.registry:  # importing twice (reload, subprocess re-import) must not warn
         gym.register(id=_id, entry_point=_entry)
 
-__all__ = ["BernoulliBandit", "DarkRoom", "GaussianBandit", "KeyToDoor", "LinearBandit", "RepeatPrevious", "TMaze"]
+__all__ = ["BernoulliBandit", "DarkRoom", "DistractingMemory", "GaussianBandit", "KeyToDoor", "LinearBandit", "RepeatPrevious", "TMaze"]

@@ -1,0 +1,310 @@
+"""World models (seqrl/policies/world_model.py): imagination by `step` equals one `forward` over the same latents
+(S4, GRU, transformer, float64); KL balancing and free bits against a hand computation; episode starts reset the
+backbone (one sequence with a reset equals two sequences); the loss falls through the real Trainer on image data;
+vector and image observations; imagine_checkpoint's files; bad inputs."""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_episodes
+from seqrl.data.store import ReplayStore
+from seqrl.errors import CheckpointError, DataError, PresetError
+from seqrl.policies.base import TaskSpec
+from seqrl.policies.world_model import (WorldModel, WorldModelConfig, imagine, kl_terms, latent_kl,
+                                        world_model_loss)
+from seqrl.presets import EnvPreset, load_agent
+from seqrl.runners.sources import DatasetSource
+from seqrl.runners.trainer import Trainer
+
+BACKBONES = ["s4", "gru", "transformer"]
+TINY = dict(d_model=16, n_layers=1, d_state=8, n_heads=2, embed_dim=16, hidden=16, z_dim=4, z_groups=3, z_classes=4,
+            seq_len=12)
+
+
+def vector_store(lengths=(20, 15, 25), act="box"):
+    eps = make_episodes(list(lengths), obs_dim=3, act_dim=2, seed=0)
+    space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    if act == "discrete":
+        for ep in eps:
+            ep["act"] = (ep["act"][:, 0] > 0).astype(np.int64)
+        space = gym.spaces.Discrete(2)
+    return ReplayStore.from_episodes(eps, gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), space,
+                                     meta={"dataset_id": "seqrl/unit/vector-v0"})
+
+
+def image_store(width=4, n_steps=240, seed=0):
+    from seqrl.data.wm_collect import distracting_memory_episodes
+
+    eps = distracting_memory_episodes(width, n_steps, seed, n_envs=2)
+    return ReplayStore.from_episodes(eps, gym.spaces.Box(0, 255, (32, 32, 3), np.uint8), gym.spaces.Discrete(2),
+                                     meta={"dataset_id": "seqrl/unit/dm-v0"})
+
+
+ENV = EnvPreset(name="unit", env_id="seqrl/DistractingMemory-v0", max_episode_steps=50, env_kwargs={"width": 4})
+
+
+def model(store, **kw):
+    torch.manual_seed(0)
+    return WorldModel(WorldModelConfig(**(TINY | kw)), TaskSpec.from_store(store, ENV))
+
+
+def f64(m):
+    """The model in float64 and eval mode; the tokenizer's embedding stays float32 (it casts its input)."""
+    m = m.double().eval()
+    m.encoder.float()
+    return m
+
+
+# ------------------------------------------------------------------------------------- imagination
+@pytest.mark.parametrize("latent", ["gaussian", "categorical"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_imagination_by_step_equals_forward(backbone, latent):
+    store = vector_store()
+    # C + H = 18: the S4 recomputation takes its FFT path (>= 16 steps), the context its scan, imagination `step`;
+    # the transformer's window of 5 slides inside it
+    m = f64(model(store, backbone=backbone, latent=latent, window=5))
+    C, H = 10, 8
+    from seqrl.data.samplers import windows_at
+
+    b = windows_at(store, [0, 35], C + H)  # the first and third episodes: 20 and 25 steps
+    torch.manual_seed(1)
+    out = imagine(m, b.obs[:, :C], b.act, H, sample=True)
+    first = torch.zeros(2, C + H, dtype=torch.bool)
+    first[:, 0] = True
+    again, _ = m.hidden(out["z"], m.action_input(b.act), first)  # one parallel pass over the same latents
+    assert out["h"].dtype == torch.float64 and out["h"].shape == (2, C + H, 16)
+    torch.testing.assert_close(out["h"], again, rtol=0, atol=1e-10)
+    # the imagined latents came from the prior: they are not the posterior of the real observations
+    post = m.posterior_pass(b.obs, b.act, first, sample=False)["z"]
+    assert (out["z"][:, C:] - post[:, C:]).abs().max() > 1e-3
+    assert out["obs"].shape == (2, H, 3) and out["reward"].shape == (2, H) and out["recon"].shape == (2, C, 3)
+
+
+# --------------------------------------------------------------------------------------- KL terms
+def test_kl_balance_and_free_bits_by_hand():
+    cfg = WorldModelConfig(**TINY, kl_dyn=0.5, kl_rep=0.1, free_bits=1.0)
+    g = torch.Generator().manual_seed(0)
+    post = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    prior = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    prior[0, 0] = post[0, 0] + 1e-3  # a step whose KL is under the free bits
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False
+    # hand: Gaussians with std = softplus(raw) + 0.1, KL summed over 4 dims
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    kl = np.zeros((2, 3))
+    for i in range(2):
+        for t in range(3):
+            for k in range(4):
+                mq, sq = post[i, t, k].item(), sp(post[i, t, 4 + k].item()) + 0.1
+                mp, s_p = prior[i, t, k].item(), sp(prior[i, t, 4 + k].item()) + 0.1
+                kl[i, t] += math.log(s_p / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * s_p ** 2) - 0.5
+    assert kl[0, 0] < 1.0 < kl[0, 1]
+    clipped = np.maximum(kl, 1.0)[mask.numpy()].mean()
+    terms = kl_terms(post, prior, mask, cfg)
+    assert terms["loss_kl_dyn"].item() == pytest.approx(0.5 * clipped, rel=1e-12)
+    assert terms["loss_kl_rep"].item() == pytest.approx(0.1 * clipped, rel=1e-12)
+    assert terms["kl"].item() == pytest.approx(kl[mask.numpy()].mean(), rel=1e-12)
+    # balancing: the dyn term trains only the prior, the rep term only the posterior; free bits stop gradients
+    for name, trains, frozen in (("loss_kl_dyn", 1, 0), ("loss_kl_rep", 0, 1)):
+        p, q = post.clone().requires_grad_(), prior.clone().requires_grad_()
+        kl_terms(p, q, mask, cfg)[name].backward()
+        grads = (p.grad, q.grad)
+        assert grads[frozen] is None or not grads[frozen].any()
+        assert grads[trains][0, 1].abs().sum() > 0 and not grads[trains][0, 0].any()  # under free bits: no gradient
+        assert not grads[trains][1, 2].any()  # masked step
+
+
+def test_categorical_kl_with_unimix_by_hand():
+    cfg = WorldModelConfig(**TINY, latent="categorical", unimix=0.01)  # 3 groups of 4 classes
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(12, generator=g, dtype=torch.float64), torch.randn(12, generator=g, dtype=torch.float64)
+    kl = 0.0
+    for grp in range(3):
+        pa = np.exp(a[4 * grp : 4 * grp + 4].numpy()); pa = 0.99 * pa / pa.sum() + 0.01 / 4  # noqa: E702
+        pb = np.exp(b[4 * grp : 4 * grp + 4].numpy()); pb = 0.99 * pb / pb.sum() + 0.01 / 4  # noqa: E702
+        kl += float((pa * np.log(pa / pb)).sum())
+    assert latent_kl(a, b, cfg).item() == pytest.approx(kl, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------- episode starts
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_an_episode_start_resets_like_two_sequences(backbone):
+    store = vector_store()
+    m = f64(model(store, backbone=backbone, window=20))
+    from seqrl.data.samplers import windows_at
+
+    x, y = windows_at(store, [0], 7), windows_at(store, [20], 5)  # two episodes' beginnings
+    obs, act = torch.cat([x.obs, y.obs], 1), torch.cat([x.act, y.act], 1)
+    first = torch.zeros(1, 12, dtype=torch.bool)
+    first[0, 0] = first[0, 7] = True
+    joined = m.posterior_pass(obs, act, first, sample=False)
+    apart = [m.posterior_pass(b.obs, b.act, b.first, sample=False) for b in (x, y)]
+    for k in ("h", "z", "prior"):
+        torch.testing.assert_close(joined[k], torch.cat([apart[0][k], apart[1][k]], 1), rtol=0, atol=1e-10)
+    # without the flag the second part sees the first: the check above can fail
+    first[0, 7] = False
+    carried = m.posterior_pass(obs, act, first, sample=False)
+    assert (carried["h"][:, 7:] - apart[1]["h"]).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------ training, observations
+def test_loss_falls_through_the_trainer_on_images(tmp_path):
+    store = image_store()
+    preset = load_agent("s4wm_small", {"policy": {"d_model": 32, "embed_dim": 32, "hidden": 32, "d_state": 8,
+                                                   "seq_len": 12},
+                                        "source": {"batch_size": 4},
+                                        "trainer": {"steps": 30, "log_every": 1, "warmup_steps": 1, "lr": 2e-3,
+                                                    "threads": 1}})
+    torch.manual_seed(0)
+    agent = WorldModel(preset.policy, TaskSpec.from_store(store, ENV))
+    tr = Trainer(agent, DatasetSource(preset.source, store), preset, tmp_path)
+    losses = []
+    orig = tr._log
+    tr._log = lambda vals: (losses.append(vals["loss"]), orig(vals))
+    assert tr.run() == {}  # eval_episodes = 0: no evaluation
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert store.observation_space.dtype == np.uint8
+
+
+@pytest.mark.parametrize("backbone,latent,act", [("gru", "categorical", "discrete"), ("transformer", "gaussian", "box")])
+def test_vector_observations_train(backbone, latent, act):
+    store = vector_store(act=act)
+    m = model(store, backbone=backbone, latent=latent, free_bits=0.0)  # free bits would stop the prior's gradient
+    b = m.sample(store, 4, torch.Generator().manual_seed(0))
+    terms = world_model_loss(m, b)
+    assert {"loss_recon", "loss_reward", "loss_cont", "loss_kl_dyn", "loss_kl_rep"} <= set(terms)
+    sum(v for k, v in terms.items() if k.startswith("loss_")).backward()
+    for part in (m.prior[0], m.posterior[0], m.decoder[0], m.reward_head[0], m.cont_head[0], m.inp[0]):
+        assert part.weight.grad.abs().sum() > 0
+    # rewards are regressed as symlog(r) in the env's units (not the env preset's return-token reward_scale)
+    with torch.no_grad():
+        m.reward_head[-1].weight.zero_(), m.reward_head[-1].bias.zero_()
+    want = (torch.sign(b.rew) * torch.log1p(b.rew.abs())).square().mean()
+    assert world_model_loss(m, b)["loss_reward"].item() == pytest.approx(want.item(), rel=1e-5) and want > 0.1
+    with pytest.raises(TypeError, match="world model"):
+        m.act(b.obs[:, 0], None)
+    with pytest.raises(PresetError, match="set trainer.eval_episodes = 0"):
+        load_agent("s4wm_small", {"trainer": {"eval_episodes": 5}})
+
+
+# --------------------------------------------------------------------------------- imagine_checkpoint
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    store = image_store(width=3, n_steps=120)
+    path = tmp_path_factory.mktemp("wm")
+    preset = load_agent("twm_small", {"policy": {"d_model": 16, "embed_dim": 16, "hidden": 16, "seq_len": 8},
+                                       "source": {"batch_size": 2}, "trainer": {"steps": 2, "threads": 1}})
+    agent = WorldModel(preset.policy, TaskSpec.from_store(store, ENV))
+    Trainer(agent, DatasetSource(preset.source, store), preset, path).run()
+    return path / "checkpoint.pt", store
+
+
+def test_imagine_checkpoint_writes_strip_plot_json_gif(trained, tmp_path):
+    from seqrl.runners.imagine import imagine_checkpoint
+
+    ckpt, store = trained
+    res = imagine_checkpoint(ckpt, context=2, horizon=3, out=tmp_path, dataset=store, sequences=3, show=3)
+    for name in ("strip.png", "error.png", "imagine.json", "imagine.gif"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "imagine.json").read_text())
+    assert saved["backbone"] == "transformer" and len(saved["mse_per_step"]) == 3 and saved["sequences"] == 3
+    assert saved["reward_steps"] == 3 and 0 <= saved["reward_accuracy"] <= 1  # the doors step is step 4 of 5
+    assert res["mse_mean"] == pytest.approx(np.mean(saved["mse_per_step"]))
+
+
+def test_bad_inputs(trained, tmp_path):
+    from seqrl.runners.imagine import imagine_checkpoint
+
+    ckpt, store = trained
+    with pytest.raises(DataError, match="longer than every episode"):  # episodes have 5 steps
+        imagine_checkpoint(ckpt, context=6, horizon=1, out=tmp_path, dataset=store)
+    with pytest.raises(DataError, match=r"context 3 \+ horizon 3 = 6 steps is longer"):
+        imagine_checkpoint(ckpt, context=3, horizon=3, out=tmp_path, dataset=store)
+    for h in (0, -2):
+        with pytest.raises(ValueError, match="horizon must be an integer >= 1"):
+            imagine_checkpoint(ckpt, context=2, horizon=h, out=tmp_path, dataset=store)
+    # frames of another shape than the model's (and the env's)
+    eps = [{k: (v[:, :16, :16] if k == "obs" else v) for k, v in ep.items()}
+           for ep in __import__("seqrl.data.wm_collect", fromlist=["x"]).distracting_memory_episodes(3, 20, 0, n_envs=1)]
+    small = ReplayStore.from_episodes(eps, gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), gym.spaces.Discrete(2))
+    with pytest.raises(DataError, match=r"frames \(16, 16, 3\) against \(32, 32, 3\)"):
+        imagine_checkpoint(ckpt, context=2, horizon=1, out=tmp_path, dataset=small)
+    from seqrl.data.wm_collect import check_frames
+
+    with pytest.raises(DataError, match=r"frames \(16, 16, 3\) uint8 differ from env"):
+        check_frames(small.observation_space, store.observation_space, "x", "seqrl/DistractingMemory-v0")
+    m = WorldModel(load_agent("twm_small").policy, TaskSpec.from_store(store, ENV))
+    with pytest.raises(DataError, match="differ from the world model's"):
+        m.sample(small, 2)
+    # NaN in decoded frames: named by step
+    with torch.no_grad():
+        m.decoder.fc.bias[0] = float("nan")
+    b = __import__("seqrl.data.samplers", fromlist=["x"]).windows_at(store, [0], 5)
+    with pytest.raises(FloatingPointError, match="imagined step 0 \\(step 2 of the sequence"):
+        imagine(m, b.obs[:, :2], b.act, 3)
+    # a checkpoint of an agent that is not a world model
+    bad = torch.load(ckpt, weights_only=False)
+    bad["agent"] = "dt"
+    torch.save(bad, tmp_path / "dt.pt")
+    with pytest.raises(CheckpointError, match="holds agent 'dt', not a world model"):
+        imagine_checkpoint(tmp_path / "dt.pt", context=2, horizon=1, out=tmp_path, dataset=store)
+
+
+# ------------------------------------------------------------------------------------ env and dataset
+def test_distracting_memory_pays_by_the_cue():
+    import seqrl.envs  # noqa: F401
+    from seqrl.envs.image_memory import CUE_COLOURS
+
+    env = gym.make("seqrl/DistractingMemory-v0", width=5)
+    for seed, pick_cue in ((0, True), (1, False)):
+        obs, info = env.reset(seed=seed)
+        assert obs.shape == (32, 32, 3) and obs.dtype == np.uint8
+        assert (obs[16, 16] == CUE_COLOURS[info["cue"]]).all()  # the cue, shown at the first step only
+        for t in range(6):  # hallway and the step onto the doors: actions do nothing, no reward
+            obs, r, term, trunc, _ = env.step(1 - info["cue"])
+            assert r == 0.0 and not term
+            assert not any((obs[16, 16] == c).all() for c in CUE_COLOURS[:2]) or t == 5
+        obs, r, term, _, end = env.step(info["cue"] if pick_cue else 1 - info["cue"])
+        assert term and r == (1.0 if pick_cue else -1.0) and end["success"] == pick_cue
+
+
+def test_dataset_keeps_uint8_frames(minari_root):
+    from seqrl.data.wm_collect import build_distracting_memory, load_image_store
+
+    did = build_distracting_memory(3, 60, seed=0)
+    store = load_image_store(did, env_kwargs={"width": 3})
+    assert store.observation_space.dtype == np.uint8 and store.episode_lengths.tolist()[0] == 5
+    b = WorldModel(load_agent("s4wm_small").policy, TaskSpec.from_store(store, ENV)).sample(store, 2)
+    assert b.obs.dtype == torch.uint8 and b.obs.shape == (2, 32, 32, 32, 3) and b.first.any()
+    assert build_distracting_memory(3, 60, seed=0) == did  # the same recipe: reused
+    with pytest.raises(DataError, match="another recipe"):
+        build_distracting_memory(3, 90, seed=0)
+
+
+def test_collect_train_imagine_through_the_cli(minari_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from seqrl.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["collect", "--env", "distracting-memory", "--quality", "random", "--set", "width=4",
+                              "--set", "n_steps=200"])
+    assert res.exit_code == 0, res.output
+    did = res.output.split("dataset ")[1].split(" is at")[0].strip()
+    run = tmp_path / "wm"
+    res = runner.invoke(app, ["train", "--agent", "s4wm_small", "--dataset", did, "--env", "seqrl/DistractingMemory-v0",
+                              "--run-dir", str(run), "--set", "trainer.steps=2", "--set", "source.batch_size=2",
+                              "--set", "policy.d_model=16", "--set", "policy.embed_dim=16", "--set", "policy.hidden=16"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["imagine", str(run / "checkpoint.pt"), "--context", "2", "--horizon", "3",
+                              "--sequences", "2", "--out", str(tmp_path / "im")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "im" / "strip.png").stat().st_size > 1000 and (tmp_path / "im" / "imagine.json").is_file()
+    res = runner.invoke(app, ["imagine", str(run / "checkpoint.pt"), "--horizon", "0", "--out", str(tmp_path / "im")])
+    assert res.exit_code == 2 and "horizon must be an integer >= 1" in " ".join(res.output.split())
