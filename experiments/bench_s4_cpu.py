@@ -45,7 +45,7 @@ def timed(fn, reps: int) -> float:
 
 def one(cfg: dict, reps: int) -> dict:
     """Time one configuration: {"layer": kind, "T": T, "path": "scan" | "fft"} or {"backbone": name, "resets": bool}."""
-    from seqrl.nn.lstm import LSTM
+    from seqrl.nn.rnn import LSTM
     from seqrl.nn.mamba import MambaBackbone
     from seqrl.nn.s4 import S4Backbone, S4Layer
 

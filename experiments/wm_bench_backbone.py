@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from seqrl.nn.gru import GRU
+from seqrl.nn.rnn import GRU
 from seqrl.nn.s4 import S4Backbone
 from seqrl.nn.transformer import CausalTransformer
 

@@ -25,9 +25,9 @@ import torch
 
 import seqrl.nn
 from conftest import step_through
-from seqrl.nn.gru import GRU
+from seqrl.nn.rnn import GRU
 from seqrl.nn.gtrxl import GTrXL
-from seqrl.nn.lstm import LSTM
+from seqrl.nn.rnn import LSTM
 from seqrl.nn.mamba import MambaBackbone
 from seqrl.nn.s4 import S4Backbone
 from seqrl.nn.transformer import CausalTransformer

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from seqrl.data.store import tree_map
 from seqrl.nn.gtrxl import GTrXL
-from seqrl.nn.lstm import LSTM
+from seqrl.nn.rnn import LSTM
 from seqrl.nn.mamba import MambaBackbone
 from seqrl.policies.base import ActionHead, Agent, TaskSpec
 from seqrl.presets import require_at_least

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from seqrl.data.samplers import sequences
 from seqrl.data.store import Batch, ReplayStore, is_image, same_space
 from seqrl.errors import DataError
-from seqrl.nn.gru import GRU
+from seqrl.nn.rnn import GRU
 from seqrl.nn.s4 import S4Backbone
 from seqrl.nn.transformer import CausalTransformer
 from seqrl.policies.base import Agent, EvalProtocol, TaskSpec

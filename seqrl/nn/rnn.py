@@ -1,0 +1,105 @@
+"""LSTM and GRU backbones with the backbone contract (`forward`, `step`, `initial_state`, `reset`): the
+LSTM is the memory of the in-house recurrent PPO baseline (`lstm_ppo`), the GRU the recurrent model of the
+RSSM world model (`policies/world_model.py` with `backbone = "gru"`, DreamerV3's deterministic path).
+
+Dimension letters: B batch (or envs), T steps in a segment, d width, L layers.
+
+A segment without episode starts after its first step runs through `nn.LSTM`/`nn.GRU` in one call (cuDNN on
+CUDA); a segment with resets inside runs step by step, zeroing the state of an env where its new episode
+starts (as CleanRL's LSTM PPO does). Both paths give the same numbers as repeated `step` calls. Weights are
+orthogonal and biases zero (CleanRL's LSTM init). DreamerV3's GRU adds a LayerNorm inside the cell and an
+update-gate bias of -1; this is PyTorch's plain GRU (our choice: cuDNN, and one less custom cell).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class LSTMState:
+    h: torch.Tensor  # (B, L, d) hidden state per layer (batch first, as every seqrl state)
+    c: torch.Tensor  # (B, L, d) cell state per layer
+
+
+@dataclass
+class GRUState:
+    h: torch.Tensor  # (B, L, d) hidden state per layer
+
+
+class _Recurrent(nn.Module):
+    """What the LSTM and the GRU share: their init, and forward/step over the subclass's `_run`."""
+
+    def __init__(self, d_model: int, n_layers: int):
+        super().__init__()
+        self.d_model, self.n_layers = d_model, n_layers
+
+    def _make(self, module: type[nn.RNNBase]) -> nn.RNNBase:
+        rnn = module(self.d_model, self.d_model, self.n_layers, batch_first=True)
+        for name, p in rnn.named_parameters():
+            nn.init.orthogonal_(p) if "weight" in name else nn.init.zeros_(p)
+        return rnn
+
+    def _zeros(self, batch: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.zeros(batch, self.n_layers, self.d_model, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state=None, reset: torch.Tensor | None = None):
+        """x (B, T, d) -> y (B, T, d); reset (B, T) bool: a new episode starts at that step."""
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device, x.dtype)
+        if reset is not None and x.shape[1]:
+            state = self.reset(state, reset[:, 0])
+        if reset is None or not bool(reset[:, 1:].any()):
+            return self._run(x, state)
+        ys = []
+        for t in range(x.shape[1]):
+            state = self.reset(state, reset[:, t])
+            y, state = self._run(x[:, t : t + 1], state)
+            ys.append(y)
+        return torch.cat(ys, 1), state
+
+    def step(self, x: torch.Tensor, state):
+        """x (B, d) -> y (B, d)."""
+        y, state = self._run(x[:, None], state)
+        return y[:, 0], state
+
+
+class LSTM(_Recurrent):
+    def __init__(self, d_model: int, n_layers: int = 1):
+        super().__init__(d_model, n_layers)
+        self.lstm = self._make(nn.LSTM)  # the attribute names the weights in checkpoints: lstm.*
+
+    def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> LSTMState:
+        return LSTMState(self._zeros(batch, device, dtype), self._zeros(batch, device, dtype))
+
+    @staticmethod
+    def reset(state: LSTMState, done: torch.Tensor) -> LSTMState:
+        """Zero the state of the envs where `done` (B,) is True."""
+        keep = (~done).to(state.h.dtype)[:, None, None]
+        return LSTMState(state.h * keep, state.c * keep)
+
+    def _run(self, x: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        hc = (state.h.transpose(0, 1).contiguous(), state.c.transpose(0, 1).contiguous())  # (L, B, d) for nn.LSTM
+        y, (h, c) = self.lstm(x, hc)
+        return y, LSTMState(h.transpose(0, 1), c.transpose(0, 1))
+
+
+class GRU(_Recurrent):
+    def __init__(self, d_model: int, n_layers: int = 1):
+        super().__init__(d_model, n_layers)
+        self.gru = self._make(nn.GRU)
+
+    def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> GRUState:
+        return GRUState(self._zeros(batch, device, dtype))
+
+    @staticmethod
+    def reset(state: GRUState, done: torch.Tensor) -> GRUState:
+        """Zero the state of the envs where `done` (B,) is True."""
+        return GRUState(state.h * (~done).to(state.h.dtype)[:, None, None])
+
+    def _run(self, x: torch.Tensor, state: GRUState) -> tuple[torch.Tensor, GRUState]:
+        y, h = self.gru(x, state.h.transpose(0, 1).contiguous())  # h (L, B, d) for nn.GRU
+        return y, GRUState(h.transpose(0, 1))
