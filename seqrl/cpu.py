@@ -59,6 +59,6 @@ def set_threads(requested: int = 0) -> int:
 
     if not _DEFAULT:
         _DEFAULT.append(torch.get_num_threads())
-    n = requested if requested > 0 else min(idle_cores(), _DEFAULT[0])
+    n = requested if requested > 0 else 1 if _DEFAULT[0] <= 1 else min(idle_cores(), _DEFAULT[0])  # no sampling for 1
     torch.set_num_threads(n)
     return n

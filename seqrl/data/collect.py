@@ -12,17 +12,16 @@ Gymnasium vector env and keeps whole episodes; `collect` builds the datasets of 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
-from seqrl.data.minari_io import dataset_exists, dataset_path, dataset_recipe, read_episodes, write_dataset
+from seqrl.data.minari_io import dataset_exists, dataset_path, read_episodes, reuse_dataset, write_dataset
 from seqrl.data.store import flatten_obs, tree_map
-from seqrl.errors import DataError, PresetError
-from seqrl.presets import EnvPreset, differences
+from seqrl.errors import PresetError
+from seqrl.presets import EnvPreset
 from seqrl.progress import progress
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
@@ -126,20 +125,8 @@ def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "
     seqrl) is reused as it is, with a warning."""
     dataset_id = env.dataset_id(quality)
     want = recipe(env, quality, seed)
-    exists = dataset_exists(dataset_id)
-    if exists:
-        have = dataset_recipe(dataset_id)
-        if have is None and not rebuild:
-            warnings.warn(f"dataset {dataset_id!r} records no recipe (made before seqrl kept them); reusing it as "
-                          f"it is. `seqrl collect ... --rebuild` makes it again", stacklevel=2)
-            return dataset_path(dataset_id)
-        if have == want and not rebuild:
-            return dataset_path(dataset_id)
-        if not rebuild:
-            diff = "; ".join(differences(have, want))
-            raise DataError(f"dataset {dataset_id!r} exists but was made with another recipe ({diff}). Pass "
-                            f"--rebuild to make it again and replace it, or set MINARI_DATASETS_PATH to another "
-                            f"folder to keep both")
+    if reuse_dataset(dataset_id, want, rebuild, legacy_ok=True):
+        return dataset_path(dataset_id)
     composite = {"mixed": ("random", "medium", "expert"), "medium-expert": ("medium", "expert")}
     if quality in composite:
         parts = [env.dataset_id(q) for q in composite[quality]]
@@ -159,4 +146,4 @@ def collect(env: EnvPreset, quality: str, seed: int = 0, workdir: str | Path = "
         description = f"{quality} data from stable-baselines3 {env.collect.algo} ({env.env_id}), D4RL recipe"
         algo = f"sb3-{env.collect.algo}"
     return write_dataset(dataset_id, episodes, env.env_id, env.ref_min_score, env.ref_max_score, algo, description,
-                         recipe=want, replace=exists)
+                         recipe=want, replace=dataset_exists(dataset_id))

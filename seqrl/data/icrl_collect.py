@@ -43,9 +43,9 @@ import numpy as np
 
 import seqrl.envs  # noqa: F401  registers the families
 from seqrl.data import learners as L
-from seqrl.data.minari_io import dataset_exists, dataset_path, dataset_recipe, write_dataset
+from seqrl.data.minari_io import dataset_exists, dataset_path, reuse_dataset, write_dataset
 from seqrl.errors import DataError, PresetError
-from seqrl.presets import build, differences
+from seqrl.presets import build
 
 FAMILIES = {
     "gaussian-bandit": "seqrl/GaussianBandit-v0",
@@ -252,13 +252,8 @@ def collect_icrl(env: str, kind: str, overrides: dict[str, Any] | None = None, r
         raise PresetError(f"tasks={cfg.tasks}: {family} has {len(train)} training tasks with {cfg.env_kwargs}")
     tasks = np.asarray(train[: cfg.tasks], np.int64)
     did, want = dataset_id(family, kind), recipe(family, kind, cfg, env_id, tasks)
-    exists = dataset_exists(did)
-    if exists and not rebuild:
-        have = dataset_recipe(did)
-        if have == want:
-            return dataset_path(did)
-        raise DataError(f"dataset {did!r} exists but was made with another recipe "
-                        f"({'; '.join(differences(have, want)) or 'none recorded'}). Pass --rebuild to replace it")
+    if reuse_dataset(did, want, rebuild):
+        return dataset_path(did)
     eps = _episodes(family, kind, cfg, env_id, tasks)
     algo = {"dpt": "random-context"}.get(kind, kind)
     desc = f"in-context RL {kind} data: {cfg.tasks} training tasks of {env_id} {cfg.env_kwargs}"
@@ -267,4 +262,4 @@ def collect_icrl(env: str, kind: str, overrides: dict[str, Any] | None = None, r
         warnings.warn(f"{env_id} with {cfg.env_kwargs} has other spaces than its default: Minari records the "
                       f"default's action space", stacklevel=2)
     return write_dataset(did, eps, env_id, 0.0, 1.0, algo, desc, observation_space=probe.observation_space,
-                         recipe=want, replace=exists)
+                         recipe=want, replace=dataset_exists(did))

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -38,6 +39,7 @@ from seqrl.data.store import (COMPOSITE, ReplayStore, check_box_bounds, check_sp
                               unflatten_obs)
 from seqrl.errors import DataError, WriteError
 from seqrl.io import atomic_write
+from seqrl.presets import differences
 
 
 def datasets_root() -> Path:
@@ -167,6 +169,7 @@ def write_dataset(
         raise DataError(f"dataset {dataset_id!r} already exists at {final}")
     buffers, ep_meta = [], []
     space = observation_space
+    size = 0  # bytes of the episodes' arrays, for the free-space check
     for i, e in enumerate(episodes):
         T, name = len(e["rew"]), f"{dataset_id}: episode {i}"
         obs = e["obs"]
@@ -192,6 +195,7 @@ def write_dataset(
         buffers.append(EpisodeBuffer(id=i, observations=obs, actions=np.asarray(e["act"]),
                                      rewards=np.asarray(e["rew"], np.float64),
                                      terminations=np.asarray(e["term"], bool), truncations=np.asarray(e["trunc"], bool)))
+        size += sum(x.nbytes for x in leaves.values()) + buffers[-1].actions.nbytes + buffers[-1].rewards.nbytes
     root = datasets_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -199,8 +203,6 @@ def write_dataset(
         tmp_root = Path(tempfile.mkdtemp(prefix=f".seqrl-tmp-{os.getpid()}-", dir=root))
     except OSError as e:
         raise WriteError(f"cannot write datasets to {root} (MINARI_DATASETS_PATH): {e.strerror or e}") from e
-    size = sum(np.asarray(x).nbytes for b in buffers for x in (b.actions, b.rewards))
-    size += sum(sum(np.asarray(x).nbytes for x in leaves_of(b.observations)) for b in buffers)
     free = shutil.disk_usage(root).free
     if free < 2 * size:  # h5py can crash the process on a full disk; the old dataset would survive, this one not
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -242,6 +244,24 @@ def write_dataset(
     return final
 
 
+def reuse_dataset(dataset_id: str, recipe: Mapping[str, Any], rebuild: bool, legacy_ok: bool = False) -> bool:
+    """Whether a local dataset of that id, made with `recipe`, is there to reuse. False: build it (replacing
+    the one there, if any, which `rebuild` allows). DataError when one was made with another recipe and not
+    `rebuild`. `legacy_ok`: one that records no recipe (made before seqrl kept them) is reused, with a warning."""
+    if rebuild or not dataset_exists(dataset_id):
+        return False
+    have = dataset_recipe(dataset_id)
+    if have is None and legacy_ok:
+        warnings.warn(f"dataset {dataset_id!r} records no recipe (made before seqrl kept them); reusing it as "
+                      f"it is. `seqrl collect ... --rebuild` makes it again", stacklevel=3)
+        return True
+    if have == recipe:
+        return True
+    diff = "no recipe recorded" if have is None else "; ".join(differences(have, dict(recipe)))
+    raise DataError(f"dataset {dataset_id!r} exists but was made with another recipe ({diff}). Pass --rebuild "
+                    f"to make it again and replace it, or set MINARI_DATASETS_PATH to another folder to keep both")
+
+
 def dataset_recipe(dataset_id: str) -> dict[str, Any] | None:
     """The recipe `write_dataset` recorded for a local dataset (None for datasets made without one)."""
     import minari
@@ -252,15 +272,6 @@ def dataset_recipe(dataset_id: str) -> dict[str, Any] | None:
     except Exception as e:  # as read_episodes: h5py, json and key errors of a broken dataset
         raise DataError(f"dataset {dataset_id!r} at {dataset_path(dataset_id)} is corrupt or truncated "
                         f"({type(e).__name__}: {e})") from e
-
-
-def leaves_of(obs: Any) -> list[Any]:
-    """The arrays of an observation column (an array, or nested dicts/tuples of arrays)."""
-    if isinstance(obs, Mapping):
-        return [x for v in obs.values() for x in leaves_of(v)]
-    if isinstance(obs, tuple):
-        return [x for v in obs for x in leaves_of(v)]
-    return [obs]
 
 
 def _env_observation_space(env_id: str) -> gym.Space:

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from seqrl.data.collect import random_policy, rollout
-from seqrl.data.minari_io import dataset_exists, dataset_path, dataset_recipe, write_dataset
+from seqrl.data.minari_io import dataset_exists, reuse_dataset, write_dataset
 from seqrl.data.store import ReplayStore, same_space
 from seqrl.errors import DataError
 
@@ -41,14 +41,12 @@ def build_distracting_memory(width: int, n_steps: int, seed: int = 0, rebuild: b
     did = dataset_id(width)
     recipe = {"env_id": ENV_ID, "env_kwargs": {"width": width, **env_kwargs}, "n_steps": n_steps, "seed": seed,
               "policy": "uniform random"}
-    exists = dataset_exists(did)
-    if exists and not rebuild:
-        if dataset_recipe(did) == recipe:
-            return did
-        raise DataError(f"dataset {did!r} exists at {dataset_path(did)} with another recipe; pass rebuild=True")
+    if reuse_dataset(did, recipe, rebuild):
+        return did
     eps = distracting_memory_episodes(width, n_steps, seed, **env_kwargs)
     write_dataset(did, eps, ENV_ID, -1.0, 1.0, "scripted-random",
-                  f"DistractingMemory width {width}: uniformly random actions", recipe=recipe, replace=exists)
+                  f"DistractingMemory width {width}: uniformly random actions", recipe=recipe,
+                  replace=dataset_exists(did))
     return did
 
 
