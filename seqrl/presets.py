@@ -172,9 +172,17 @@ class EnvSourceConfig:
     """steps per env per collection; each collection is one iteration of the agent's updates"""
     capacity: int = 1_000_000
     """steps the store keeps; the oldest whole episodes are evicted beyond it"""
+    # agents that replay the store (world-model agents); agents that learn from each rollout (PPO) ignore these
+    batch_size: int = 16
+    """replay: sequences per update, drawn with the agent's `sample`"""
+    train_ratio: float = 32.0
+    """replay: steps replayed per env step (DreamerV3's train ratio); updates per collection follow from it"""
+    learning_starts: int = 1024
+    """replay: stored steps before the first update"""
 
     def __post_init__(self):
-        require_at_least(self, 1, ("env_steps", "n_envs", "n_steps", "capacity"))
+        require_at_least(self, 1, ("env_steps", "n_envs", "n_steps", "capacity", "batch_size"))
+        require_at_least(self, 0, ("train_ratio", "learning_starts"))
 
 
 SOURCES = {"dataset": DatasetSourceConfig, "env": EnvSourceConfig}

@@ -9,7 +9,8 @@ import torch
 from seqrl.checkpoint import load_checkpoint, policy_from_checkpoint
 from seqrl.errors import DataError, PresetError
 from seqrl.policies import TaskSpec, policy_class
-from seqrl.policies.ppo import gae, index_state, ppo_loss, sequences, stack_states
+from seqrl.nn import index_state, stack_states
+from seqrl.policies.ppo import gae, ppo_loss, sequences
 from seqrl.presets import EnvPreset, load_agent, load_env, parse_overrides
 from seqrl.runners.sources import EnvSource
 from seqrl.runners.trainer import Trainer
@@ -148,8 +149,9 @@ def test_run_logs_stores_checkpoints_and_resumes(tmp_path):
     assert store.num_episodes >= 4 * 128 // 4 // 4 - 4 and set(store.episode_lengths) == {4}
     assert set(np.round(store.episode_returns, 6)) <= {-1.0, 1.0} and store.column("term").sum() == store.num_episodes
     assert (tmp_path / "tb").is_dir() and (tmp_path / "eval.json").is_file()
+    assert not (tmp_path / "replay.npz").exists()  # PPO learns from its rollouts: no replay is kept
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt", "ppo")
-    assert ckpt["step"] == 8 and ckpt["source"] == {"env_steps": 128, "collections": 2}
+    assert ckpt["step"] == 8 and ckpt["source"] == {"env_steps": 128, "collections": 2, "credit": 0.0}
     # resume: counters and weights restored, then training continues to the new budget
     policy2, preset2 = make("gtrxl", tmaze(3), ["source.env_steps=192", "trainer.seed=5"])
     t2 = start(policy2, preset2, tmaze(3), tmp_path, resume=True)

@@ -36,6 +36,15 @@ def runs_of(store):
     return torch.tensor(out)
 
 
+def stream_order(store):
+    """{stream: its stored rows in storage order}, by a plain loop."""
+    out = {}
+    starts = list(store.ep_start)
+    for k, s in enumerate(store.stream):
+        out.setdefault(int(s), []).extend(range(starts[k], starts[k + 1]))
+    return out
+
+
 def check_against_columns(store, b):
     """Every real position of every field equals the store's columns at that step; padding is zero.
     Returns the stored row (B, K) and the stored episode (B, K) of every position (0 at padding)."""
@@ -61,6 +70,8 @@ def check_against_columns(store, b):
 STORES = {  # lengths, streams, capacity, chunks
     "plain": ([3, 8, 2, 11, 1, 6, 4, 5], [0, 0, 0, 1, 1, 2, 0, 0], None, 1),
     "evicted": ([3, 8, 2, 11, 1, 6, 4, 5, 9, 2, 7, 3], [0, 0, 1, 1, 1, 2, 2, 0, 0, 0, 3, 3], 30, 5),
+    "interleaved": ([3, 4, 2, 5, 3, 2, 4, 1, 3], [0, 1, 2, 0, 1, 2, 0, 1, 2], None, 3),  # an online store: envs
+    # finish episodes in turn
 }
 SAMPLERS = {
     "windows": lambda s, g: windows(s, 512, 6, g),
@@ -89,6 +100,15 @@ def test_no_sample_crosses_a_boundary_unmasked(spaces, kind, sampler):
         assert ((row[:, :-1] != row[:, -1:]) | ~m[:, :-1]).all()  # the query is never in its context
         return
     assert m[:, 0].all() and (m[:, 1:] <= m[:, :-1]).all()  # real steps form a prefix
+    if sampler == "sequences":
+        assert m.all()
+        by_stream = stream_order(store)
+        for w in range(len(row)):  # a slice of its stream's steps in the order stored, across episode ends
+            steps = by_stream[int(store.stream[ep[w, 0]])]
+            at = steps.index(int(row[w, 0]))
+            assert row[w].tolist() == steps[at : at + 5]
+        assert b.first[:, 1:].any()  # episode starts inside are marked
+        return
     ep_end = torch.from_numpy(store.ep_start[1:])
     run_end = torch.tensor([max(ep_end[k] for k in range(len(ep_end)) if runs[k] == r) for r in runs])  # (E,)
     for w in range(len(row)):
@@ -98,9 +118,7 @@ def test_no_sample_crosses_a_boundary_unmasked(spaces, kind, sampler):
         assert (unit[w][m[w]] == unit[w, 0]).all()  # inside the first step's episode (windows) or run
         if not m[w].all():  # padding starts exactly where the episode or run ends
             assert real[-1] + 1 == end[w, 0]
-    if sampler == "sequences":
-        assert m.all()
-    if sampler.startswith("histories"):
+    if sampler.startswith("histories") and kind != "interleaved":  # interleaved runs are single episodes
         assert b.first[:, 1:].any()  # episode starts inside histories are marked
     if sampler == "histories_from_episode_starts":
         assert (b.timestep[:, 0] == 0).all()
@@ -137,10 +155,10 @@ def test_draws_are_uniform(spaces):
     g = torch.Generator().manual_seed(0)
     starts = windows(store, 12000, 2, g).obs[:, 0, 0].long()
     assert torch.bincount(starts, minlength=12).min() > 800  # 12 steps, 1000 each expected
-    # sequences of 3: starts 0..3 in run 0 (steps 0-5) and 6..9 in run 1 (steps 6-11), never 4, 5, 10, 11
+    # sequences of 3: starts 0..3 in stream 0 (steps 0-5) and 6..9 in stream 1 (steps 6-11), never 4, 5, 10, 11
     counts = torch.bincount(sequences(store, 8000, 3, g).obs[:, 0, 0].long(), minlength=12)
     assert (counts[[4, 5, 10, 11]] == 0).all() and counts[[0, 1, 2, 3, 6, 7, 8, 9]].min() > 800
-    with pytest.raises(DataError, match="sequences of 7 steps: no stream run in the store is that long "
+    with pytest.raises(DataError, match="sequences of 7 steps: no stream in the store has that many steps "
                                         "\\(the longest has 6 steps\\)"):
         sequences(store, 4, 7, g)
 

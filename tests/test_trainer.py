@@ -245,8 +245,8 @@ def test_gradients_of_each_group_come_from_its_own_losses(pendulum_store, tmp_pa
 def test_bad_presets_name_the_problem(pendulum_store, tmp_path):
     with pytest.raises(PresetError, match=r"source.kind: 'replay' is not a source; known: \['dataset', 'env'\]"):
         load_agent("dt", parse_overrides(["source.kind=replay"]))
-    with pytest.raises(PresetError, match="unknown key 'source.batch_size'"):  # dt.toml's batch_size, for an env
-        load_agent("dt", parse_overrides(["source.kind=env"]))
+    with pytest.raises(PresetError, match="unknown key 'source.store_on_device'"):  # a dataset key, for an env
+        load_agent("dt", parse_overrides(["source.kind=env", "source.store_on_device=true"]))
     f = tmp_path / "dt_online.toml"
     f.write_text('agent = "dt"\n[source]\nkind = "env"\n')
     with pytest.raises(PresetError, match=r"agent 'dt' trains from source.kind \['dataset'\], not 'env'"):

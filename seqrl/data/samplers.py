@@ -8,10 +8,11 @@ Dimension letters: B batch, K steps per sample, C context transitions, P step sl
 - `histories(store, B, K, episode_start=False)`: windows that run on across consecutive episodes of one
   stream (a run), padded where the run ends; `first` marks the episode starts inside. With
   `episode_start=True` each starts at the first step of a uniformly drawn episode. AD, in-context RL.
-- `sequences(store, B, K)`: world-model training sequences. Like histories they run across episodes of
-  a run, with `first` (is_first) True at each episode start, but starts are drawn uniformly among the
-  steps from which K steps fit inside their run, so every position is real (mask all True). Runs
-  shorter than K are never drawn; when no run has K steps it is a DataError.
+- `sequences(store, B, K)`: world-model training sequences. They run across the episodes of one stream in
+  the order they were stored, wherever they lie (an online store interleaves its envs' episodes; each
+  env is a stream), with `first` (is_first) True at each episode start; starts are drawn uniformly among
+  the positions from which K steps fit inside their stream, so every position is real (mask all True).
+  Streams shorter than K are never drawn; when no stream has K steps it is a DataError.
 - `context_query(store, B, C)`: DPT. Row b is a Batch of length C+1: positions 0..C-1 are a context of C
   transitions drawn uniformly, with replacement, from all stored steps of one stream id (a task, wherever
   its episodes lie in the store), and position C is the query: a uniformly drawn step of the store, whose
@@ -20,7 +21,7 @@ Dimension letters: B batch, K steps per sample, C context transitions, P step sl
 
 Every sample reads logical step indices; `_batch` gathers them from the store's ring slots (every leaf of
 a Dict/Tuple observation alike: `obs` and `next_obs` are then dicts of leaves). Nothing crosses an
-episode (windows) or a run/stream (the others) unmasked.
+episode (windows), a run (histories) or a stream (sequences, context_query) unmasked.
 
 Graph capture: with the store on a CUDA device and `generator=None`, a sampler does no host
 synchronisation (integer draws on the device with Python-int bounds known to the store, gathers,
@@ -114,18 +115,23 @@ def histories(store: ReplayStore, batch_size: int, length: int, generator: torch
 
 
 def sequences(store: ReplayStore, batch_size: int, length: int, generator: torch.Generator | None = None) -> Batch:
-    """B sequences of K steps that fit inside one run each, starts uniform among those that fit."""
+    """B sequences of K steps of one stream in the order its episodes were stored, starts uniform among the
+    positions from which K steps fit inside the stream."""
     v = store.view()
-    total = int(np.maximum(v.runs_len - length + 1, 0).sum())  # host: starts that fit, over all runs
+    total = int(np.maximum(v.streams_len - length + 1, 0).sum())  # host: starts that fit, over all streams
     if total == 0:
-        raise DataError(f"sequences of {length} steps: no stream run in the store is that long "
-                        f"(the longest has {int(v.runs_len.max())} steps)")
+        raise DataError(f"sequences of {length} steps: no stream in the store has that many steps "
+                        f"(the longest has {int(v.streams_len.max())} steps)")
     u = _draw(v, total, (batch_size,), generator)  # (B,) which fitting start
-    fit = (v.idx["runs_hi"] - v.idx["runs_lo"] - length + 1).clamp(min=0)  # (R,) fitting starts per run
-    cum = fit.cumsum(0)  # (R,)
-    r = torch.searchsorted(cum, u, right=True)  # (B,) run of each draw
-    start = v.idx["runs_lo"][r] + u - (cum[r] - fit[r])
-    return _window(v, start, length, v.idx["runs_hi"][r])
+    lo, hi = v.idx["streams_lo"], v.idx["streams_hi"]  # (G,) in stream order
+    fit = (hi - lo - length + 1).clamp(min=0)  # (G,) fitting starts per stream
+    cum = fit.cumsum(0)  # (G,)
+    g = torch.searchsorted(cum, u, right=True)  # (B,) stream of each draw
+    p = (lo[g] + u - (cum[g] - fit[g]))[:, None] + torch.arange(length, device=v.device)  # (B, K) positions
+    j = torch.searchsorted(v.idx["cum"], p, right=True) - 1  # (B, K) index into episodes sorted by stream
+    ep = v.ep_head + v.idx["order"][j]  # (B, K) logical episodes
+    i = v.ep["start"][ep % v.Q] + p - v.idx["cum"][j]  # (B, K) logical steps
+    return _batch(v, i, torch.ones_like(i, dtype=torch.bool))
 
 
 def context_query(store: ReplayStore, batch_size: int, context: int,

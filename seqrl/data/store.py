@@ -452,12 +452,13 @@ class StoreView:
     ep: dict[str, Any]  # (Q+1, ...) start length stream final_obs (final_obs: {leaf: ...} for Dict/Tuple)
     idx: dict[str, torch.Tensor]  # run_of (E,) run of episode k; runs_lo, runs_hi (R,) step range of each run;
     #   order (E,) episodes k sorted by stream; cum (E+1,) step positions of `order` laid end to end; pos (E,)
-    #   position of episode k's first step; task_lo, task_hi (E,) positions of episode k's stream group
+    #   position of episode k's first step; task_lo, task_hi (E,) positions of episode k's stream group;
+    #   streams_lo, streams_hi (G,) positions of each stream group
     head: int
     n: int
     ep_head: int
     E: int
-    runs_len: np.ndarray  # (R,) host copy of the run lengths (for draws whose range depends on them)
+    streams_len: np.ndarray  # (G,) host copy of the stream groups' lengths (for draws whose range depends on them)
     device: torch.device
 
     @property
@@ -640,7 +641,8 @@ class ReplayStore:
         task_hi = np.r_[task_lo[1:], cum[-1]]
         task_of = (np.cumsum(new_task) - 1)[rank]
         self._derived = {"run_of": np.cumsum(new_run) - 1, "runs_lo": runs_lo, "runs_hi": runs_hi, "order": order,
-                         "cum": cum, "pos": cum[rank], "task_lo": task_lo[task_of], "task_hi": task_hi[task_of]}
+                         "cum": cum, "pos": cum[rank], "task_lo": task_lo[task_of], "task_hi": task_hi[task_of],
+                         "streams_lo": task_lo, "streams_hi": task_hi}
 
     # ------------------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -733,7 +735,7 @@ class ReplayStore:
                 step=_group(self._dev["step"], "obs"), ep=_group(self._dev["ep"], "final_obs"),
                 idx={k: torch.from_numpy(v).to(dev) for k, v in self._derived.items()},
                 head=self._steps.head, n=len(self), ep_head=self._eps.head, E=self.num_episodes,
-                runs_len=self._derived["runs_hi"] - self._derived["runs_lo"], device=dev)
+                streams_len=self._derived["streams_hi"] - self._derived["streams_lo"], device=dev)
         return self._view
 
     # ------------------------------------------------------------------------------- save/load

@@ -7,7 +7,8 @@ nothing else (dimension letters: B batch, K steps, n envs, d width, A action dim
 - ``sample(store, batch_size, generator) -> Batch``: which sampler of seqrl.data.samplers, what length
   (dataset sources). An env source steps the envs with ``explore(obs, state) -> (action, env_action,
   extras, state)``, asks ``bootstrap(obs, state) -> extras`` at observations it does not act on, and hands
-  the collected rollout to ``rollout_batches(rollout, generator)``, which yields the update's batches.
+  the collected rollout to ``rollout_batches(rollout, generator)``, which yields the update's batches; an
+  agent with ``replay = True`` is instead sampled from the env source's store, as from a dataset.
 - ``losses(batch) -> dict[str, Tensor]``: ``loss_*`` terms, summed per optimiser group; the rest is logged.
 - ``optimizer_groups() -> list[OptimizerGroup]``: which parameters each optimiser steps, on which loss
   terms, at what learning rate. Default: one group, every parameter, every loss term.
@@ -193,6 +194,9 @@ class Agent(nn.Module):
     Config: type
     sources: tuple[str, ...] = ("dataset",)
     """the source kinds this agent can train from"""
+    replay: bool = False
+    """online, the env source replays its store with `sample` (world-model agents) instead of handing each
+    rollout to `rollout_batches` (PPO)"""
 
     @classmethod
     def check_preset(cls, preset: Any) -> None:

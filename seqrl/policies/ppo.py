@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from seqrl.data.store import tree_map
+from seqrl.nn import index_state, stack_states
 from seqrl.nn.gtrxl import GTrXL
 from seqrl.nn.rnn import LSTM
 from seqrl.nn.mamba import MambaBackbone
@@ -93,29 +94,6 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, valu
 
 
 # ---------------------------------------------------------------------------- policy states
-def index_state(state: Any, idx: torch.Tensor) -> Any:
-    """Select rows (envs or sequences) of every tensor in a batch-first state."""
-    if isinstance(state, torch.Tensor):
-        return state[idx]
-    if isinstance(state, tuple):
-        return tuple(index_state(s, idx) for s in state)
-    if dataclasses.is_dataclass(state):
-        return type(state)(**{f.name: index_state(getattr(state, f.name), idx) for f in dataclasses.fields(state)})
-    raise TypeError(f"agent state holds a {type(state).__name__}: states must be tensors, tuples or dataclasses")
-
-
-def stack_states(states: list[Any]) -> Any:
-    """C states of n envs -> one state of C*n rows, row c*n + e = state c of env e."""
-    s0 = states[0]
-    if isinstance(s0, torch.Tensor):
-        return torch.cat(states, 0)
-    if isinstance(s0, tuple):
-        return tuple(stack_states(list(parts)) for parts in zip(*states))
-    if dataclasses.is_dataclass(s0):
-        return type(s0)(**{f.name: stack_states([getattr(s, f.name) for s in states]) for f in dataclasses.fields(s0)})
-    raise TypeError(f"agent state holds a {type(s0).__name__}: states must be tensors, tuples or dataclasses")
-
-
 def sequences(x: torch.Tensor, L: int) -> torch.Tensor:
     """(T, n, ...) -> (C*n, L, ...), sequence c*n + e = steps c*L .. c*L+L-1 of env e."""
     T, n = x.shape[:2]

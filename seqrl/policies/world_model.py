@@ -312,34 +312,49 @@ class WorldModel(Agent):
         keep = (~start).to(prev_z.dtype)[..., None]
         return self.inp(torch.cat([prev_z * keep, prev_a * keep], -1))
 
-    def hidden(self, z: torch.Tensor, a: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def hidden(self, z: torch.Tensor, a: torch.Tensor, first: torch.Tensor,
+               ends: tuple[int, ...] = ()) -> tuple[torch.Tensor, Any]:
         """h_t for every t in one backbone pass: z (B, K, Z) latents, a (B, K, A) action inputs, first (B, K) bool
         -> h (B, K, d) and the backbone state after step K-1. The sequence's first step starts fresh (no state,
-        zero inputs), as an episode start does; the backbone resets where `first`."""
+        zero inputs), as an episode start does; the backbone resets where `first`. With `ends` (increasing step
+        counts, the last K) the pass runs in parts and the state is a list: the state after each part."""
         start = first.clone()
         start[:, 0] = True
         x = self.inputs(F.pad(z[:, :-1], (0, 0, 1, 0)), F.pad(a[:, :-1], (0, 0, 1, 0)), start)  # (B, K, d)
-        return self.backbone(x, None, reset=start)
+        if not ends:
+            return self.backbone(x, None, reset=start)
+        hs, states, state, lo = [], [], None, 0
+        for hi in ends:
+            h, state = self.backbone(x[:, lo:hi], state, reset=start[:, lo:hi])
+            hs.append(h), states.append(state)
+            lo = hi
+        return torch.cat(hs, 1), states
 
     def posterior_pass(self, obs: torch.Tensor, act: torch.Tensor, first: torch.Tensor,
-                       sample: bool = True) -> dict[str, Any]:
+                       sample: bool = True, ends: tuple[int, ...] = ()) -> dict[str, Any]:
         """Posterior pass over real steps: obs (B, K, *obs), act (B, K) or (B, K, A), first (B, K) -> h (B, K, d),
         z (B, K, Z), post and prior statistics (B, K, S), action inputs a (B, K, A), and the backbone state after
-        step K-1 (what imagination continues from)."""
+        step K-1 (what imagination continues from). With `ends` (increasing step counts, the last K), also
+        "states": the backbone state after step e-1 for each e in ends (where an agent's imagination starts)."""
         c = self.config
         e = self.embed(obs)  # (B, K, E)
         a = self.action_input(act)  # (B, K, A)
         start = first.clone()
         start[:, 0] = True
+        if ends and ends[-1] != start.shape[1]:
+            raise ValueError(f"ends {ends} must finish at the sequence's length {start.shape[1]}")
+        out = {}
         if not self.rssm:  # S4WM / TSSM: the posterior reads the observation only; everything in parallel
             post = self.posterior(e)
             z = latent_sample(post, c, sample)
-            h, state = self.hidden(z, a, first)
+            h, state = self.hidden(z, a, first, ends)
+            if ends:
+                out["states"], state = state, state[-1]
         else:  # RSSM: q(z_t | h_t, e_t), one step at a time
             B, K = start.shape
             state = self.backbone.initial_state(B, e.device, self.dtype)
             zt = e.new_zeros(B, c.z_flat)
-            hs, zs, posts = [], [], []
+            hs, zs, posts, states = [], [], [], []
             for t in range(K):
                 state = self.backbone.reset(state, start[:, t])
                 prev_a = a[:, t - 1] if t else torch.zeros_like(a[:, 0])
@@ -347,8 +362,12 @@ class WorldModel(Agent):
                 pt = self.posterior(torch.cat([ht, e[:, t]], -1))
                 zt = latent_sample(pt, c, sample)
                 hs.append(ht), zs.append(zt), posts.append(pt)
+                if t + 1 in ends:
+                    states.append(state)
             h, z, post = torch.stack(hs, 1), torch.stack(zs, 1), torch.stack(posts, 1)
-        return {"h": h, "z": z, "post": post, "prior": self.prior(h), "a": a, "state": state}
+            if ends:
+                out["states"] = states
+        return out | {"h": h, "z": z, "post": post, "prior": self.prior(h), "a": a, "state": state}
 
     def heads(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(decoded observation in target units, reward in symlog units, continuation logit)."""
@@ -387,10 +406,11 @@ def check_store(store: ReplayStore, space: gym.Space, whose: str) -> None:
                            if hasattr(store.observation_space, "shape") and hasattr(space, "shape") else ""))
 
 
-def world_model_loss(model: WorldModel, batch: Batch) -> dict[str, torch.Tensor]:
-    """The ELBO terms of one batch of sequences (module docstring), masked, mean over real steps."""
+def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The ELBO terms of one batch of sequences (module docstring), masked, mean over real steps; `out`: the
+    batch's `posterior_pass` when the caller has it already."""
     cfg = model.config
-    out = model.posterior_pass(batch.obs, batch.act, batch.first)
+    out = model.posterior_pass(batch.obs, batch.act, batch.first) if out is None else out
     acc = torch.promote_types(model.dtype, torch.float32)  # bf16 under AMP: the losses in float32
     dec, rew, cont = (x.to(acc) for x in model.heads(out["h"], out["z"], out["a"]))
     m = batch.mask.to(dec.dtype)

@@ -11,14 +11,16 @@ A source is picked by the agent preset's `source.kind` and has one small interfa
 - ``draw(agent, generator)`` and ``graphable``: one batch drawn inside a CUDA graph (dataset sources).
 - ``done()``, ``progress()`` (share of its own budget, for learning-rate decay), ``global_step(updates)``
   (the TensorBoard x axis), ``scalars()`` (what it logs), ``state_dict()``/``load_state_dict()``, ``close()``.
+- ``save(run_dir)``/``restore(run_dir)``: what a checkpoint holds beside the weights (a replaying env
+  source's store, `replay.npz`), written before the checkpoint and read back on resume.
 
 `DatasetSource` (offline): a fixed ReplayStore; each iteration is one `agent.sample(store, ...)`.
 `EnvSource` (online): a Gymnasium vector env stepped by `agent.explore` (`agent.bootstrap` reports on the
 observations it does not act on: the final one of a truncated episode, the one after the rollout); each
 iteration collects T steps of n envs into a `Rollout`, puts the finished episodes into the ReplayStore (which keeps the last
-`capacity` steps), and yields what `agent.rollout_batches(rollout)` makes of it (PPO: epochs of
-minibatches of whole sequences). A world-model agent will sample its store instead; imagination is a
-third source to come.
+`capacity` steps, one stream per env), and yields what `agent.rollout_batches(rollout)` makes of it (PPO: epochs of
+minibatches of whole sequences); an agent with `replay = True` (world-model agents) is instead sampled from
+the store, `train_ratio` replayed steps per env step once `learning_starts` steps are stored.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import gymnasium as gym
@@ -34,7 +37,7 @@ import torch
 
 import seqrl.envs  # noqa: F401  registers the seqrl/... env ids
 from seqrl.data.store import ReplayStore, check_spaces, flatten_obs, obs_tensor, tree_map
-from seqrl.errors import DataError, PresetError
+from seqrl.errors import CheckpointError, DataError, PresetError
 from seqrl.presets import DatasetSourceConfig, EnvPreset, EnvSourceConfig
 
 
@@ -78,6 +81,12 @@ class DatasetSource:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def save(self, run_dir: Path) -> None:
+        pass
+
+    def restore(self, run_dir: Path) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -110,6 +119,7 @@ class EnvSource:
         self.cfg, self.env = cfg, env
         self.env_steps = 0
         self.collections = 0
+        self.credit = 0.0  # replay: steps owed to the train ratio
         self.envs = None
 
     def start(self, agent: Any, device: torch.device, seed: int, rank: int, world: int) -> torch.Generator:
@@ -127,6 +137,7 @@ class EnvSource:
             raise
         self.store = ReplayStore(self.envs.single_observation_space, self.envs.single_action_space,
                                  meta={"env_id": env.env_id, "online": True}, capacity=cfg.capacity)
+        self.replay = agent.replay
         self.graphable = False
         self.obs = None  # the envs start their episodes at the first collection, seeded by the count restored by then
         gen = torch.Generator()
@@ -222,7 +233,17 @@ class EnvSource:
     # -------------------------------------------------------------------------------- interface
     def iteration(self, agent: Any, generator: torch.Generator) -> Iterator[Any]:
         rollout = self.collect(agent)
-        yield from agent.rollout_batches(rollout, generator)  # `yield from` passes the trainer's scalars through
+        if not agent.replay:
+            yield from agent.rollout_batches(rollout, generator)  # `yield from` passes the trainer's scalars through
+            return
+        cfg = self.cfg
+        if len(self.store) < max(cfg.learning_starts, 1):
+            return
+        self.credit += cfg.train_ratio * cfg.n_steps * cfg.n_envs  # steps to replay
+        while self.credit > 0:
+            batch = agent.sample(self.store, cfg.batch_size, generator).to(self.device)
+            self.credit -= batch.mask.numel()
+            yield batch
 
     def done(self) -> bool:
         return self.env_steps >= self.cfg.env_steps
@@ -245,11 +266,29 @@ class EnvSource:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"env_steps": self.env_steps, "collections": self.collections}
+        return {"env_steps": self.env_steps, "collections": self.collections, "credit": self.credit}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Counters only: the envs cannot be restored mid-episode, so a resumed run starts fresh episodes."""
         self.env_steps, self.collections = int(state["env_steps"]), int(state["collections"])
+        self.credit = float(state.get("credit", 0.0))
+
+    def save(self, run_dir: Path) -> None:
+        """A replaying agent's store, as `replay.npz` (atomically; the checkpoint is written after it, so the
+        replay on disk holds at least the episodes the checkpoint's weights saw)."""
+        if self.replay and len(self.store):
+            self.store.save(Path(run_dir) / "replay.npz")
+
+    def restore(self, run_dir: Path) -> None:
+        path = Path(run_dir) / "replay.npz"
+        if not self.replay or self.env_steps == 0:
+            return
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume: {path} is missing; the checkpoint of this replaying agent was "
+                                  f"written beside its replay store")
+        store = ReplayStore.load(path)
+        check_spaces(store.observation_space, store.action_space, self.envs, f"the replay store {path}")
+        self.store = store
 
     def close(self) -> None:
         if self.envs is not None:

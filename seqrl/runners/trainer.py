@@ -259,10 +259,12 @@ class Trainer:
                        disable=self.rank != 0)
         t0, n0 = time.perf_counter(), self.step
         while not self.done():
-            before = self.step
+            before, x = self.step, self._x()
             outs = self.iteration()
             if not outs:
-                break
+                if self._x() == x:  # no update and no progress: the source has nothing more to give
+                    break
+                continue  # an env source still filling its store before the first replayed update
             for o in outs:  # on the device, no synchronisation: read at the next log or checkpoint
                 self._finite &= torch.isfinite(o["loss"])
             crossed = lambda every: every and self.step // every > before // every  # noqa: E731
@@ -331,6 +333,7 @@ class Trainer:
             return
         self.check_finite()
         try:
+            self.source.save(self.run_dir)
             save_checkpoint(self.ckpt_path, training_state(
                 self.preset, self.agent, self.opts, self.device, step=self.step, source=self.source.state_dict(),
                 generator=self.gen.get_state()))
@@ -400,6 +403,7 @@ class Trainer:
                     state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
         self.step = int(ckpt["step"])
         self.source.load_state_dict(ckpt["source"])
+        self.source.restore(self.run_dir)
         restore_rng(ckpt, self.device)
         gen_state = ckpt.get("generator")
         if self.world == 1 and gen_state is not None and gen_state.numel() == self.gen.get_state().numel():

@@ -1,0 +1,332 @@
+"""An agent that acts from its imagination: DreamerV3's actor-critic (Hafner et al. 2023, "Mastering Diverse
+Domains through World Models", arXiv:2301.04104) on the latent world model of seqrl/policies/world_model.py,
+whose backbone is a preset choice: S4 blocks (R2I's change: Samsami et al. 2024, "Mastering Memory Tasks with
+World Models", arXiv:2403.04253; agents/s4wm_agent.toml), the GRU (DreamerV3's RSSM; agents/dreamer.toml) or
+a causal transformer. `--set policy.world_model.backbone=gru` turns one into the other.
+
+Dimension letters: B sequences per update, K steps per sequence, C imagination starts per sequence
+(`starts`), N = C B starts, H imagined steps (`horizon`), F = d + Z the feature (h, z), A action width.
+
+One update (`losses`) on B sequences of real steps:
+
+1. World model: the ELBO of world_model.py on the sequences, its posterior pass run in C parts so that the
+   backbone's state after each part is kept: N starting states, each with the real context before it.
+2. Imagination from those N states, without gradient: the actor samples a_k ~ pi(. | f_k) from the feature
+   f_k = (h_k, z_k); the world model gives r_k and the continuation c_k from (f_k, a_k), steps its backbone on
+   (z_k, a_k) and draws z_{k+1} from its prior. H steps, H + 1 features.
+3. Returns: lambda-returns bootstrapped with the slow critic v',
+       R_H = v'(f_H),   R_k = r_k + gamma c_k ((1 - lambda) v'(f_{k+1}) + lambda R_{k+1}),
+   and step weights w_k = prod_{j<k} c_j (an imagined episode that has ended counts no more).
+4. Critic (DreamerV3's, with squared error in symlog space in place of its two-hot bins): regress
+   symlog(R_k) from f_k, plus the same regression towards the slow critic's output (weight `slow_reg`).
+   The slow critic is an exponential moving average of the critic (fraction `slow_rate` per update).
+5. Actor: REINFORCE with return normalisation, as DreamerV3 for discrete actions (used here for Box actions
+   too, so no gradient flows through the world model: one estimator for both action kinds, our choice):
+       loss = -mean_k w_k [ sg((R_k - v(f_k)) / max(1, S)) log pi(a_k | f_k) + eta H[pi(. | f_k)] ],
+   S an exponential moving average (decay `return_decay`) of the 95th minus the 5th percentile of the
+   returns. Discrete actions mix `unimix` of the uniform into the actor's probabilities; Box actions are a
+   Gaussian with mean tanh(.) and std in [min_std, max_std], sampled then clipped to [-1, 1].
+6. Offline (source.kind = "dataset"), `bc_weight` > 0 adds a behaviour-cloning term on the batch's own
+   actions at their posterior features: -bc_weight mean log pi(a_t | f_t). An actor kept near the data's
+   actions cannot exploit the world model where the data never went (TD3+BC's idea, Fujimoto & Gu 2021);
+   it is one line, and cheaper than an ensemble of reward heads. agents/s4wm_agent_offline.toml sets it.
+
+The three optimiser groups (world model, actor, critic) step on their own loss terms.
+
+Online (source.kind = "env"): the env source fills its ReplayStore with finished episodes, one stream per
+env, and, once `source.learning_starts` steps are stored, replays it (`replay = True`): `source.train_ratio`
+replayed steps per env step, in batches of `source.batch_size` sequences drawn with `sample` (stream-ordered
+sequences across episode ends, with is_first flags).
+
+Acting (`act`, `explore`): the posterior of the current observation, the backbone stepped on the previous
+(z, a), the actor on (h, z): the mode (evaluation) or a sample (exploration). One backbone step per env step:
+O(1) for S4 and the GRU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributions import Categorical, Distribution, Normal
+
+from seqrl.data.store import Batch, ReplayStore
+from seqrl.errors import DataError
+from seqrl.nn import map_state, stack_states
+from seqrl.policies.base import Agent, OptimizerGroup, TaskSpec
+from seqrl.policies.world_model import WorldModel, WorldModelConfig, latent_sample, symexp, symlog, world_model_loss
+from seqrl.presets import require_at_least, require_in
+
+WORLD_MODEL_LOSSES = ("loss_recon", "loss_reward", "loss_cont", "loss_kl_dyn", "loss_kl_rep")
+
+
+@dataclass(frozen=True)
+class DreamerConfig:
+    """Defaults: DreamerV3's actor-critic settings (its hyperparameter table), at a small width."""
+
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    """the latent world model (seqrl/policies/world_model.py); its backbone is the S4 / GRU / transformer choice"""
+    horizon: int = 15
+    """H: imagined steps per start (DreamerV3: 15)"""
+    starts: int = 4
+    """C: imagination starts per sequence, at the ends of C equal parts of it (DreamerV3 starts from every step)"""
+    gamma: float = 0.997
+    """discount (DreamerV3: 1 - 1/333)"""
+    lam: float = 0.95
+    """lambda of the lambda-returns (DreamerV3: 0.95)"""
+    entropy: float = 3e-4
+    """eta: the actor's entropy bonus (DreamerV3: 3e-4)"""
+    unimix: float = 0.01
+    """discrete actor: share of the uniform mixed into its probabilities (DreamerV3: 1%)"""
+    min_std: float = 0.1
+    """Box actor: the Gaussian's least std, in [-1, 1] action units (DreamerV3: 0.1)"""
+    max_std: float = 1.0
+    """Box actor: the Gaussian's largest std (DreamerV3: 1)"""
+    return_decay: float = 0.99
+    """decay of the moving average of the returns' 5-95 percentile range (DreamerV3: 0.99)"""
+    slow_rate: float = 0.02
+    """fraction of the critic mixed into the slow critic after each update (DreamerV3: 0.02)"""
+    slow_reg: float = 1.0
+    """weight of the critic's regression towards the slow critic (DreamerV3: 1)"""
+    hidden: int = 256
+    """actor and critic MLP width (two hidden layers, LayerNorm, SiLU)"""
+    actor_lr_scale: float = 0.3
+    """the actor's learning rate is trainer.lr times this (DreamerV3: 3e-5 against 1e-4 for the model)"""
+    critic_lr_scale: float = 0.3
+    """the critic's learning rate is trainer.lr times this"""
+    bc_weight: float = 0.0
+    """offline conservatism: weight of the actor's log-likelihood of the batch's own actions (0: none)"""
+
+    def __post_init__(self):
+        require_at_least(self, 1, ("horizon", "starts", "hidden"))
+        require_at_least(self, 0, ("entropy", "slow_reg", "bc_weight", "actor_lr_scale", "critic_lr_scale"))
+        require_in(self, 0.0, 1.0, ("gamma", "lam", "unimix", "return_decay", "slow_rate"))
+        if not 0 < self.min_std <= self.max_std:
+            raise ValueError(f"min_std {self.min_std} and max_std {self.max_std} need 0 < min_std <= max_std")
+        if self.starts > self.world_model.seq_len:
+            raise ValueError(f"starts {self.starts} exceeds world_model.seq_len {self.world_model.seq_len}: "
+                             f"each start needs at least one real step")
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+                         nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, d_out))
+
+
+def lambda_returns(rew: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, gamma: float,
+                   lam: float) -> torch.Tensor:
+    """rew, cont (H, N); value (H+1, N) -> R (H, N): R_k = r_k + gamma c_k ((1 - lam) v_{k+1} + lam R_{k+1}),
+    R_H = v_H."""
+    out, nxt = [], value[-1]
+    for k in range(rew.shape[0] - 1, -1, -1):
+        nxt = rew[k] + gamma * cont[k] * ((1 - lam) * value[k + 1] + lam * nxt)
+        out.append(nxt)
+    return torch.stack(out[::-1])
+
+
+@dataclass
+class DreamerState:
+    """Acting state of n envs: the backbone's state, and the (h, z, a) of the previous step (n, d), (n, Z), (n, A)."""
+
+    backbone: Any
+    h: torch.Tensor
+    z: torch.Tensor
+    a: torch.Tensor
+    start: torch.Tensor  # (n,) bool: the next step starts an episode
+
+
+class Dreamer(Agent):
+    Config = DreamerConfig
+    sources = ("env", "dataset")
+    replay = True  # online, the env source replays its store through `sample`
+
+    def __init__(self, config: DreamerConfig, spec: TaskSpec):
+        super().__init__()
+        self.config, self.spec = config, spec
+        act_space = spec.action_space
+        if not isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box)):
+            raise DataError(f"dreamer: the actor takes Discrete or Box actions, not {act_space}")
+        self.wm = WorldModel(config.world_model, spec)  # DataError for observations it cannot decode
+        self.discrete = self.wm.discrete
+        A = self.wm.a_dim
+        feat = config.world_model.d_model + config.world_model.z_flat
+        self.actor = _mlp(feat, config.hidden, A if self.discrete else 2 * A)
+        self.critic = _mlp(feat, config.hidden, 1)
+        for head in (self.actor[-1], self.critic[-1]):  # DreamerV3 zero-initialises its output layers
+            nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("return_scale", torch.zeros(()))  # S: the moving 5-95 percentile range
+        self.register_buffer("return_seen", torch.zeros((), dtype=torch.bool))  # S has a first value
+
+    @classmethod
+    def check_preset(cls, preset: Any) -> None:
+        super().check_preset(preset)
+        if preset.source.kind == "env" and preset.source.train_ratio <= 0:
+            raise ValueError("source.train_ratio must be > 0 for a replaying agent: it sets how many updates each "
+                             "collection makes")
+
+    def optimizer_groups(self) -> list[OptimizerGroup]:
+        c = self.config
+        return [OptimizerGroup("world_model", list(self.wm.parameters()), WORLD_MODEL_LOSSES),
+                OptimizerGroup("actor", list(self.actor.parameters()), ("loss_actor",), c.actor_lr_scale),
+                OptimizerGroup("critic", list(self.critic.parameters()), ("loss_critic",), c.critic_lr_scale)]
+
+    # ------------------------------------------------------------------------------------- actor
+    def policy(self, f: torch.Tensor) -> Distribution:
+        """The actor's distribution at features f (..., F); Box actions in [-1, 1] units."""
+        c, out = self.config, self.actor(f)
+        if self.discrete:
+            probs = (1 - c.unimix) * F.softmax(out, -1) + c.unimix / out.shape[-1]
+            return Categorical(probs=probs)
+        mean, raw = out.chunk(2, -1)
+        std = (c.max_std - c.min_std) * torch.sigmoid(raw + 2.0) + c.min_std
+        return Normal(torch.tanh(mean), std)
+
+    def _log_prob_entropy(self, dist: Distribution, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.discrete:
+            return dist.log_prob(a), dist.entropy()
+        return dist.log_prob(a).sum(-1), dist.entropy().sum(-1)
+
+    def _mode(self, dist: Distribution) -> torch.Tensor:
+        return dist.probs.argmax(-1) if self.discrete else dist.mean
+
+    def _action_input(self, a: torch.Tensor) -> torch.Tensor:
+        """Actor sample (..., ) int or (..., A) in [-1, 1] units -> the world model's action input (..., A)."""
+        return F.one_hot(a.long(), self.wm.a_dim).to(self.wm.dtype) if self.discrete else a.clamp(-1.0, 1.0)
+
+    def _to_env(self, a: torch.Tensor) -> torch.Tensor:
+        return a if self.discrete else a.clamp(-1.0, 1.0) * self.wm.act_scale + self.wm.act_center
+
+    # ---------------------------------------------------------------------------------- training
+    def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        return self.wm.sample(store, batch_size, generator)
+
+    def _ends(self, K: int) -> tuple[int, ...]:
+        C = self.config.starts
+        return tuple(K * (i + 1) // C for i in range(C))
+
+    @torch.no_grad()
+    def dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Imagine H steps from N states: backbone state, h (N, d), z (N, Z) -> features (H+1, N, F), actions
+        (H, N[, A]) as sampled, rewards (H, N) in env units and continuation probabilities (H, N)."""
+        wm, H = self.wm, self.config.horizon
+        no_start = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+        feats, acts, rews, conts = [], [], [], []
+        for _ in range(H):
+            f = torch.cat([h, z], -1)
+            a = self.policy(f).sample()
+            a_in = self._action_input(a)
+            fa = torch.cat([f, a_in], -1)
+            rews.append(symexp(wm.reward_head(fa)[..., 0])), conts.append(torch.sigmoid(wm.cont_head(fa)[..., 0]))
+            feats.append(f), acts.append(a)
+            h, state = wm.backbone.step(wm.inputs(z, a_in, no_start), state)
+            z = latent_sample(wm.prior(h), wm.config, True)
+        feats.append(torch.cat([h, z], -1))
+        return {"feat": torch.stack(feats), "act": torch.stack(acts), "rew": torch.stack(rews),
+                "cont": torch.stack(conts)}
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        c = self.config
+        K = batch.mask.shape[1]
+        ends = self._ends(K)
+        out = self.wm.posterior_pass(batch.obs, batch.act, batch.first, ends=ends)
+        terms = world_model_loss(self.wm, batch, out)
+
+        # imagination from the state after each part of every sequence: row i*B + b is part i of sequence b
+        at = torch.tensor([e - 1 for e in ends], device=batch.mask.device)
+        h0 = out["h"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, d)
+        z0 = out["z"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, Z)
+        live = batch.mask[:, at].transpose(0, 1).flatten().float()  # (N,) starts on real steps
+        state0 = map_state(torch.Tensor.detach, stack_states(out["states"]))
+        im = self.dream(state0, h0, z0)
+        feat = im["feat"].to(torch.promote_types(im["feat"].dtype, torch.float32))  # (H+1, N, F)
+        with torch.no_grad():
+            slow = self.slow_critic(feat)[..., 0]  # (H+1, N) symlog units
+            ret = lambda_returns(im["rew"].to(feat.dtype), im["cont"].to(feat.dtype), symexp(slow), c.gamma, c.lam)
+            weight = torch.cumprod(torch.cat([torch.ones_like(im["cont"][:1]), im["cont"][:-1]]), 0).to(feat.dtype)
+            weight = weight * live  # (H, N)
+            n = weight.sum().clamp(min=1e-8)
+            self._update_return_scale(ret, live)
+
+        # critic: symlog regression on the returns and on the slow critic
+        pred = self.critic(feat[:-1])[..., 0]  # (H, N)
+        se = (pred - symlog(ret)) ** 2 + c.slow_reg * (pred - slow[:-1]) ** 2
+        terms["loss_critic"] = 0.5 * (se * weight).sum() / n
+
+        # actor: REINFORCE with normalised advantages and an entropy bonus
+        dist = self.policy(feat[:-1])
+        logp, ent = self._log_prob_entropy(dist, im["act"])
+        adv = (ret - symexp(pred.detach())) / self.return_scale.clamp(min=1.0)
+        terms["loss_actor"] = -((adv * logp + c.entropy * ent) * weight).sum() / n
+        if c.bc_weight:
+            real = torch.cat([out["h"], out["z"]], -1).detach().to(feat.dtype)  # (B, K, F)
+            act = batch.act if self.discrete else self.wm.action_input(batch.act).clamp(-1.0, 1.0)
+            bc_logp, _ = self._log_prob_entropy(self.policy(real), act)
+            m = batch.mask.to(feat.dtype)
+            terms["bc_nll"] = -(bc_logp * m).sum() / m.sum().clamp(min=1)
+            terms["loss_actor"] = terms["loss_actor"] + c.bc_weight * terms["bc_nll"]
+            terms["bc_nll"] = terms["bc_nll"].detach()
+        terms |= {"imagined_return": (ret[0] * live).sum() / live.sum().clamp(min=1), "actor_entropy":
+                  (ent.detach() * weight).sum() / n, "return_scale": self.return_scale.clone(),
+                  "imagined_reward": (im["rew"] * weight).sum() / n}
+        return terms
+
+    def _update_return_scale(self, ret: torch.Tensor, live: torch.Tensor) -> None:
+        """S <- decay S + (1 - decay) (P95 - P5) of the imagined returns from real starts (the first value as is)."""
+        r = ret.flatten(1)[:, live > 0].flatten() if (live > 0).any() else ret.flatten()
+        q = torch.quantile(r.float(), torch.tensor([0.05, 0.95], device=r.device))
+        spread = (q[1] - q[0]).to(self.return_scale.dtype)
+        d = self.config.return_decay
+        self.return_scale.copy_(torch.where(self.return_seen, d * self.return_scale + (1 - d) * spread, spread))
+        self.return_seen.fill_(True)
+
+    def after_update(self) -> None:
+        with torch.no_grad():
+            for slow, p in zip(self.slow_critic.parameters(), self.critic.parameters()):
+                slow.lerp_(p, self.config.slow_rate)
+
+    # ------------------------------------------------------------------------------------ acting
+    def initial_state(self, n_envs: int, device: torch.device | str) -> DreamerState:
+        wm = self.wm
+        dt = wm.dtype
+        return DreamerState(wm.backbone.initial_state(n_envs, device, dt),
+                            torch.zeros(n_envs, wm.config.d_model, device=device, dtype=dt),
+                            torch.zeros(n_envs, wm.config.z_flat, device=device, dtype=dt),
+                            torch.zeros(n_envs, wm.a_dim, device=device, dtype=dt),
+                            torch.ones(n_envs, dtype=torch.bool, device=device))
+
+    def _step(self, obs: torch.Tensor, state: DreamerState, sample: bool) -> tuple[torch.Tensor, DreamerState]:
+        """One env step: the backbone on the previous (z, a), the posterior of obs, the actor's sample or mode."""
+        wm = self.wm
+        h, bstate = wm.backbone.step(wm.inputs(state.z, state.a, state.start), state.backbone)
+        e = wm.embed(obs)
+        z = latent_sample(wm.posterior(torch.cat([h, e], -1) if wm.rssm else e), wm.config, sample)
+        dist = self.policy(torch.cat([h, z], -1))
+        a = dist.sample() if sample else self._mode(dist)
+        return a, DreamerState(bstate, h, z, self._action_input(a).to(z.dtype), torch.zeros_like(state.start))
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor, state: DreamerState) -> tuple[torch.Tensor, torch.Tensor, dict, DreamerState]:
+        a, state = self._step(obs, state, sample=True)
+        return a, self._to_env(a), {}, state
+
+    def bootstrap(self, obs: torch.Tensor, state: DreamerState) -> dict[str, torch.Tensor]:
+        return {}  # replayed, not bootstrapped from the rollout
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, state: DreamerState) -> tuple[torch.Tensor, DreamerState]:
+        """The posterior's mode and the actor's mode (most likely action, or the Gaussian's mean)."""
+        a, state = self._step(obs, state, sample=False)
+        return self._to_env(a), state
+
+    def observe(self, state: DreamerState, reward: torch.Tensor, done: torch.Tensor) -> DreamerState:
+        """Clear the memory of the envs whose episode ended; their next step starts fresh (zero inputs)."""
+        return dataclasses.replace(state, backbone=self.wm.backbone.reset(state.backbone, done), start=done.clone())
+

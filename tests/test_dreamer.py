@@ -1,0 +1,264 @@
+"""The world-model agent (seqrl/policies/dreamer.py): returns against their n-step definition, the chunked
+posterior pass against whole passes, acting against the training pass, gradient isolation, replay
+arithmetic, checkpoints and bad input."""
+
+import dataclasses
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from seqrl.checkpoint import policy_from_checkpoint
+from seqrl.data.store import ReplayStore
+from seqrl.errors import DataError, PresetError
+from seqrl.nn import map_state
+from seqrl.policies import TaskSpec, policy_class
+from seqrl.policies.dreamer import Dreamer, DreamerConfig, lambda_returns
+from seqrl.policies.world_model import WorldModelConfig
+from seqrl.presets import EnvPreset, load_agent, parse_overrides
+from seqrl.runners.sources import EnvSource
+from seqrl.runners.trainer import Trainer
+
+TINY = dict(d_model=16, n_layers=1, d_state=4, n_heads=2, z_dim=4, z_groups=3, z_classes=4, embed_dim=16, hidden=16,
+            seq_len=8)
+
+
+def spec_of(obs_space, act_space, env_id="CartPole-v1"):
+    mean, std = np.zeros(obs_space.shape, np.float32), np.ones(obs_space.shape, np.float32)
+    return TaskSpec(obs_space, act_space, mean, std, EnvPreset(name="t", env_id=env_id, max_episode_steps=50))
+
+
+def make_agent(backbone="s4", act_space=None, latent="categorical", free_bits=1.0, **over):
+    torch.manual_seed(0)
+    act_space = act_space or gym.spaces.Discrete(3)
+    wm = WorldModelConfig(backbone=backbone, latent=latent, free_bits=free_bits, **TINY)
+    cfg = DreamerConfig(world_model=wm, horizon=4, starts=2, hidden=16, **over)
+    return Dreamer(cfg, spec_of(gym.spaces.Box(-5, 5, (3,), np.float32), act_space)).double()
+
+
+def n_step_lambda_returns(rew, cont, value, gamma, lam):
+    """The lambda-return as a weighted sum of n-step returns (Sutton & Barto 12.1), float64, by loops:
+    R_k = (1 - lam) sum_{n=1}^{H-k-1} lam^(n-1) G_k^(n) + lam^(H-k-1) G_k^(H-k), with
+    G_k^(n) = sum_{j<n} (gamma^j prod_{i<j} c_{k+i}) r_{k+j} + gamma^n prod_{i<n} c_{k+i} v_{k+n}."""
+    H, N = rew.shape
+
+    def G(k, n, b):
+        out, disc = 0.0, 1.0
+        for j in range(n):
+            out += disc * rew[k + j, b]
+            disc *= gamma * cont[k + j, b]
+        return out + disc * value[k + n, b]
+
+    R = np.zeros((H, N))
+    for b in range(N):
+        for k in range(H):
+            m = H - k
+            R[k, b] = sum((1 - lam) * lam ** (n - 1) * G(k, n, b) for n in range(1, m)) + lam ** (m - 1) * G(k, m, b)
+    return R
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.7, 1.0])
+def test_lambda_returns_equal_their_n_step_definition(lam):
+    g = torch.Generator().manual_seed(0)
+    H, N = 6, 5
+    rew = torch.randn(H, N, generator=g, dtype=torch.float64)
+    cont = torch.rand(H, N, generator=g, dtype=torch.float64).round()  # some imagined episodes end
+    value = torch.randn(H + 1, N, generator=g, dtype=torch.float64)
+    got = lambda_returns(rew, cont, value, 0.9, lam)
+    np.testing.assert_allclose(got.numpy(), n_step_lambda_returns(rew.numpy(), cont.numpy(), value.numpy(), 0.9, lam),
+                               rtol=1e-12, atol=1e-12)
+
+
+def batch_of(agent, B=3, K=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    first = torch.rand(B, K, generator=g) < 0.2
+    obs = torch.randn(B, K, 3, generator=g, dtype=torch.float64)
+    if agent.discrete:
+        act = torch.randint(0, agent.wm.a_dim, (B, K), generator=g)
+    else:
+        act = torch.rand(B, K, agent.wm.a_dim, generator=g, dtype=torch.float64) * 2 - 1
+    return obs, act, first
+
+
+@pytest.mark.parametrize("backbone", ["s4", "gru", "transformer"])
+def test_posterior_pass_in_parts_equals_one_pass(backbone):
+    """The states kept at the ends of the parts are the states of a pass over that prefix alone, and the
+    features of the whole sequence do not change when it runs in parts."""
+    agent = make_agent(backbone)
+    obs, act, first = batch_of(agent)
+    wm = agent.wm
+    whole = wm.posterior_pass(obs, act, first, sample=False)
+    parts = wm.posterior_pass(obs, act, first, sample=False, ends=(3, 5, 8))
+    torch.testing.assert_close(parts["h"], whole["h"])
+    assert len(parts["states"]) == 3
+    for e, state in zip((3, 5, 8), parts["states"]):
+        alone = wm.posterior_pass(obs[:, :e], act[:, :e], first[:, :e], sample=False)["state"]
+        map_state(lambda a, b: torch.testing.assert_close(a, b), state, alone)
+    with pytest.raises(ValueError, match="ends .* must finish at the sequence's length 8"):
+        wm.posterior_pass(obs, act, first, ends=(3, 5))
+
+
+@pytest.mark.parametrize("backbone", ["s4", "gru"])
+@pytest.mark.parametrize("box", [False, True])
+def test_acting_step_by_step_equals_the_training_pass(backbone, box):
+    """Acting (one backbone step per env step, episode ends fed back with `observe`) gives the features the
+    world model's training pass gives on the same observations and actions, and the action is the
+    actor's mode at them."""
+    act_space = gym.spaces.Box(-2, 2, (2,), np.float32) if box else gym.spaces.Discrete(3)
+    agent = make_agent(backbone, act_space).eval()
+    n, T = 3, 9
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(T, n, 3, generator=g, dtype=torch.float64)
+    done = torch.zeros(T, n, dtype=torch.bool)
+    done[2, 0] = done[5, 1] = done[6, 0] = True  # episodes end at different steps per env
+    state = agent.initial_state(n, "cpu")
+    acts, feats = [], []
+    for t in range(T):
+        a, state = agent.act(obs[t], state)
+        acts.append(a), feats.append(torch.cat([state.h, state.z], -1))
+        state = agent.observe(state, torch.zeros(n), done[t])
+    acts = torch.stack(acts, 1)  # (n, T[, A]) env units
+    first = torch.zeros(n, T, dtype=torch.bool)
+    first[:, 1:] = done[:-1].T
+    out = agent.wm.posterior_pass(obs.transpose(0, 1), acts, first, sample=False)
+    torch.testing.assert_close(torch.stack(feats, 1), torch.cat([out["h"], out["z"]], -1))
+    dist = agent.policy(torch.cat([out["h"], out["z"]], -1))
+    want = agent._to_env(agent._mode(dist))
+    torch.testing.assert_close(acts, want.to(acts.dtype))
+    if box:
+        assert (acts.abs() <= 2).all()
+
+
+def test_each_loss_steps_only_its_own_parameters():
+    agent = make_agent("s4", bc_weight=0.5, free_bits=0.0)  # below the free bits, the KL terms have no gradient
+    obs, act, first = batch_of(agent, B=4, K=8)
+    from seqrl.data.store import Batch
+
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    z = torch.zeros(4, 8)
+    b = Batch(obs=obs, next_obs=obs, act=act, rew=torch.randn(4, 8, dtype=torch.float64), rtg=z, timestep=z.long(),
+              term=torch.zeros(4, 8, dtype=torch.bool), trunc=torch.zeros(4, 8, dtype=torch.bool), first=first,
+              mask=mask, stream=torch.zeros(4, dtype=torch.long))
+    terms = agent.losses(b)
+    for name in ("loss_actor", "loss_critic", *[k for k in terms if k.startswith("loss_") and "kl" in k]):
+        assert torch.isfinite(terms[name])
+    groups = {g.name: g for g in agent.optimizer_groups()}
+    owner = {id(p): name for name, g in groups.items() for p in g.params}
+    assert len(owner) == sum(1 for p in agent.parameters() if p.requires_grad)  # every trained parameter, once
+    assert not any(id(p) in owner for p in agent.slow_critic.parameters())
+    for name, g in groups.items():
+        for term in g.losses:
+            grads = torch.autograd.grad(terms[term], [p for p in agent.parameters() if p.requires_grad],
+                                        retain_graph=True, allow_unused=True)
+            touched = {owner[id(p)] for p, gr in zip([p for p in agent.parameters() if p.requires_grad], grads)
+                       if gr is not None and gr.abs().sum() > 0}
+            assert touched == {name}, (term, touched)
+    assert terms["bc_nll"] > 0 and agent.return_seen and agent.return_scale > 0
+
+
+def test_slow_critic_follows_the_critic():
+    agent = make_agent("gru", slow_rate=0.25)
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in agent.slow_critic.parameters()]
+    agent.after_update()
+    for b, s, p in zip(before, agent.slow_critic.parameters(), agent.critic.parameters()):
+        torch.testing.assert_close(s, b + 0.25 * (p - b))
+
+
+# ----------------------------------------------------------------------------------------- through the Trainer
+def tiny_preset(*extra, agent="s4wm_agent"):
+    over = [f"policy.world_model.{k}={v}" for k, v in TINY.items()] + [
+        "policy.horizon=4", "policy.starts=2", "policy.hidden=16", "source.n_envs=2", "source.n_steps=8",
+        "source.batch_size=4", "source.learning_starts=40", "source.train_ratio=16", "source.env_steps=160",
+        "trainer.eval_episodes=2", "trainer.log_every=5", "trainer.threads=1", *extra]
+    return load_agent(agent, parse_overrides(over))
+
+
+@pytest.mark.parametrize("agent", ["s4wm_agent", "dreamer"])
+def test_online_training_replays_at_the_train_ratio_and_resumes(tmp_path, agent):
+    from seqrl.runners.sources import resolve_env
+
+    preset = tiny_preset(agent=agent)
+    env = resolve_env("CartPole-v1", {})
+    spec = TaskSpec.from_env(env)
+    torch.manual_seed(0)
+    policy = policy_class("dreamer")(preset.policy, spec)
+    src = EnvSource(preset.source, env)
+    trainer = Trainer(policy, src, preset, tmp_path / "run")
+    trainer.run()
+    # 10 collections of 16 env steps; from the first with >= 40 stored steps on, 16 x 16 = 256 steps owed per
+    # collection, paid in updates of 4 x 8 = 32 replayed steps: 8 updates each
+    assert src.env_steps == 160
+    started = trainer.step // 8
+    assert trainer.step == 8 * started and 1 <= started <= 8
+    assert len(src.store) >= 40 and src.credit == 0
+    res = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert res["global_step"] == 160 and res[""]["return_mean"] >= 8  # a CartPole episode lasts >= 8 steps
+    # resume with a larger budget: the counters come back and training goes on
+    preset2 = dataclasses.replace(preset, source=dataclasses.replace(preset.source, env_steps=192))
+    policy2 = policy_class("dreamer")(preset2.policy, spec)
+    src2 = EnvSource(preset2.source, env)
+    t2 = Trainer(policy2, src2, preset2, tmp_path / "run", resume=True)
+    assert t2.step == trainer.step and src2.env_steps == 160
+    assert src2.store.num_episodes == src.store.num_episodes and len(src2.store) == len(src.store)  # replay.npz
+    t2.run()
+    assert src2.env_steps == 192 and t2.step > trainer.step
+    loaded = policy_from_checkpoint(tmp_path / "run" / "checkpoint.pt")[0]
+    assert isinstance(loaded, Dreamer)
+
+
+def test_box_actions_stay_in_bounds_when_exploring():
+    agent = make_agent("s4", gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32)))
+    state = agent.initial_state(64, "cpu")
+    obs = torch.randn(64, 3, dtype=torch.float64)
+    a, env_a, extras, state = agent.explore(obs, state)
+    assert extras == {} and a.shape == (64, 2)
+    assert (env_a[:, 0].abs() <= 2).all() and (env_a[:, 1] >= 0).all() and (env_a[:, 1] <= 1).all()
+    assert env_a.std(0).min() > 0.05  # it explores
+
+
+def test_offline_from_a_store_with_behaviour_cloning(tmp_path):
+    rng = np.random.default_rng(0)
+    obs_space, act_space = gym.spaces.Box(-5, 5, (3,), np.float32), gym.spaces.Discrete(3)
+    eps = [{"obs": rng.normal(size=(21, 3)).astype(np.float32), "act": np.full(20, 2), "rew": np.ones(20, np.float32),
+            "term": np.r_[np.zeros(19, bool), True], "trunc": np.zeros(20, bool)} for _ in range(6)]
+    store = ReplayStore.from_episodes(eps, obs_space, act_space)
+    agent = make_agent("s4", bc_weight=1.0).float()
+    first = agent.losses(agent.sample(store, 4, torch.Generator().manual_seed(0)))["bc_nll"]
+    opt = torch.optim.Adam(agent.actor.parameters(), lr=1e-2)
+    for _ in range(30):
+        terms = agent.losses(agent.sample(store, 4, torch.Generator().manual_seed(0)))
+        opt.zero_grad()
+        terms["loss_actor"].backward()
+        opt.step()
+    assert terms["bc_nll"] < 0.5 * first  # the actor moves towards the data's action
+    assert agent.act(torch.zeros(2, 3), agent.initial_state(2, "cpu"))[0].tolist() == [2, 2]
+
+
+def test_bad_input():
+    with pytest.raises(DataError, match="the actor takes Discrete or Box actions"):
+        make_agent("s4", gym.spaces.MultiDiscrete([2, 3]))
+    with pytest.raises(ValueError, match="starts 9 exceeds world_model.seq_len 8"):
+        DreamerConfig(world_model=WorldModelConfig(**TINY), starts=9)
+    with pytest.raises(PresetError, match="train_ratio must be > 0"):
+        tiny_preset("source.train_ratio=0")
+    with pytest.raises(PresetError, match="min_std"):
+        tiny_preset("policy.min_std=0")
+
+
+def test_resume_needs_the_replay_store(tmp_path):
+    from seqrl.errors import CheckpointError
+    from seqrl.runners.sources import resolve_env
+
+    preset = tiny_preset("source.env_steps=64")
+    env = resolve_env("CartPole-v1", {})
+    spec = TaskSpec.from_env(env)
+    Trainer(policy_class("dreamer")(preset.policy, spec), EnvSource(preset.source, env), preset, tmp_path).run()
+    (tmp_path / "replay.npz").unlink()
+    with pytest.raises(CheckpointError, match="replay.npz is missing"):
+        Trainer(policy_class("dreamer")(preset.policy, spec), EnvSource(preset.source, env), preset, tmp_path,
+                resume=True)
