@@ -12,6 +12,7 @@ through `seqrl.runners.evaluate.evaluate` for all three methods (RecurrentPPO th
 Ours run the agents/gtrxl.toml and agents/lstm_ppo.toml presets through the one Trainer (env source).
 Same PPO settings for all: 16 envs x 128 steps per update, 4 epochs of 4 minibatches, lr 3e-4,
 gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01, value 0.5, grad clip 0.5; LSTMs of 128 units.
+(experiments/memory_bench.py reuses these pieces, with RecurrentPPO also at sb3-contrib's own defaults.)
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def build_trainer(method: str, env, steps: int, seed: int, device: str, run_dir:
 
 
 def run_ours(method: str, env, steps: int, seed: int, device: str, policy_over: dict | None = None) -> dict:
+    """Train, then evaluate EVAL_EPISODES episodes with deterministic actions on env seeds seed + 10000 + i.
+    `updates`: optimiser steps (minibatches) taken; `train_s`: training alone, `wall_s`: with evaluation."""
     with tempfile.TemporaryDirectory() as tmp:
         t = build_trainer(method, env, steps, seed, device, Path(tmp), policy_over)
         t0 = time.perf_counter()
@@ -79,8 +82,9 @@ def run_ours(method: str, env, steps: int, seed: int, device: str, policy_over: 
         wall = time.perf_counter() - t0
         t.source.close()
         t.writer.close()
-    return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "wall_s": wall,
-            "train_env_steps_per_s": t.source.env_steps / train_s, "env_steps": t.source.env_steps}
+    return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "return_std": res["return_std"],
+            "wall_s": wall, "train_s": train_s, "train_env_steps_per_s": t.source.env_steps / train_s,
+            "env_steps": t.source.env_steps, "updates": t.step}
 
 
 # ------------------------------------------------------------------------------------- sb3-contrib
@@ -102,11 +106,18 @@ class SB3Recurrent:
         return state[0], done.cpu().numpy()
 
 
-def recurrent_ppo(env, seed: int, device: str):
+def recurrent_ppo(env, seed: int, device: str, settings: str = "matched"):
+    """sb3-contrib's RecurrentPPO on PPO["n_envs"] envs. settings "matched": our PPO settings above (LSTM of
+    128 units); "defaults": sb3-contrib's own defaults for everything else (128 steps per env, minibatches of
+    128 steps, 10 epochs, no entropy bonus, LSTM of 256 units)."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
     venv = make_vec_env(env.env_id, n_envs=PPO["n_envs"], seed=seed, env_kwargs=dict(env.env_kwargs))
+    if settings == "defaults":
+        return RecurrentPPO("MlpLstmPolicy", venv, seed=seed, device=device, verbose=0)
+    if settings != "matched":
+        raise ValueError(f"RecurrentPPO settings must be 'matched' or 'defaults', got {settings!r}")
     return RecurrentPPO(
         "MlpLstmPolicy", venv, n_steps=PPO["n_steps"], batch_size=PPO["n_envs"] * PPO["n_steps"] // PPO["minibatches"],
         n_epochs=PPO["epochs"], learning_rate=PPO["lr"], gamma=PPO["gamma"], gae_lambda=PPO["gae_lambda"],
@@ -114,14 +125,30 @@ def recurrent_ppo(env, seed: int, device: str):
         policy_kwargs=dict(lstm_hidden_size=128, n_lstm_layers=1), seed=seed, device=device, verbose=0)
 
 
-def run_sb3(env, steps: int, seed: int, device: str) -> dict:
-    model = recurrent_ppo(env, seed, device)
+def count_updates(model) -> list[int]:
+    """Count the optimiser steps (minibatches) a SB3 model takes from now on: returns a one-item list."""
+    count, step = [0], model.policy.optimizer.step
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return step(*args, **kwargs)
+
+    model.policy.optimizer.step = counted
+    return count
+
+
+def run_sb3(env, steps: int, seed: int, device: str, settings: str = "matched") -> dict:
+    """Train, then evaluate as `run_ours` does (same episodes, same env seeds, deterministic actions)."""
+    model = recurrent_ppo(env, seed, device, settings)
+    updates = count_updates(model)
     t0 = time.perf_counter()
     model.learn(steps)
-    wall = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0
     res = evaluate(SB3Recurrent(model), env, EVAL_EPISODES, seed=seed + 10_000).summary()
-    return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "wall_s": wall,
-            "train_env_steps_per_s": model.num_timesteps / wall, "env_steps": model.num_timesteps}
+    return {"success_rate": res.get("success_rate"), "return_mean": res["return_mean"], "return_std": res["return_std"],
+            "wall_s": time.perf_counter() - t0, "train_s": train_s,
+            "train_env_steps_per_s": model.num_timesteps / train_s, "env_steps": model.num_timesteps,
+            "updates": updates[0], "settings": settings}
 
 
 # ------------------------------------------------------------------------------------------ sweeps

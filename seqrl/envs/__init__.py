@@ -3,6 +3,8 @@
 
 - ``seqrl/TMaze-v0``: remember a cue across a corridor of ``length`` steps (`seqrl.envs.memory.TMaze`).
 - ``seqrl/RepeatPrevious-v0``: say the symbol seen ``k`` steps ago (`seqrl.envs.memory.RepeatPrevious`).
+- ``seqrl/Count-v0``: ``k`` symbols shown, then say how often a queried one was (`seqrl.envs.memory.Count`).
+- ``seqrl/Autoencode-v0``: ``k`` symbols shown, then repeat them in order (`seqrl.envs.memory.Autoencode`).
 - ``seqrl/DistractingMemory-v0``: 32x32 RGB frames; a cue colour, a hallway of ``width`` frames with random
   distractors, then doors: reward by the cue (`seqrl.envs.image_memory.DistractingMemory`; world models).
 
@@ -25,11 +27,13 @@ import gymnasium as gym
 from seqrl.envs.bandits import BernoulliBandit, GaussianBandit, LinearBandit
 from seqrl.envs.darkroom import DarkRoom, KeyToDoor
 from seqrl.envs.image_memory import DistractingMemory
-from seqrl.envs.memory import RepeatPrevious, TMaze
+from seqrl.envs.memory import Autoencode, Count, RepeatPrevious, TMaze
 
 _IDS = {
     "seqrl/TMaze-v0": "seqrl.envs.memory:TMaze",
     "seqrl/RepeatPrevious-v0": "seqrl.envs.memory:RepeatPrevious",
+    "seqrl/Count-v0": "seqrl.envs.memory:Count",
+    "seqrl/Autoencode-v0": "seqrl.envs.memory:Autoencode",
     "seqrl/DistractingMemory-v0": "seqrl.envs.image_memory:DistractingMemory",
     "seqrl/GaussianBandit-v0": "seqrl.envs.bandits:GaussianBandit",
     "seqrl/BernoulliBandit-v0": "seqrl.envs.bandits:BernoulliBandit",
@@ -42,4 +46,4 @@ for _id, _entry in _IDS.items():
     if _id not in gym.registry:  # importing twice (reload, subprocess re-import) must not warn
         gym.register(id=_id, entry_point=_entry)
 
-__all__ = ["BernoulliBandit", "DarkRoom", "DistractingMemory", "GaussianBandit", "KeyToDoor", "LinearBandit", "RepeatPrevious", "TMaze"]
+__all__ = ["Autoencode", "BernoulliBandit", "Count", "DarkRoom", "DistractingMemory", "GaussianBandit", "KeyToDoor", "LinearBandit", "RepeatPrevious", "TMaze"]

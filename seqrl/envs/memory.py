@@ -17,6 +17,25 @@ RepeatPrevious ("repeat what you saw k steps ago", after POPGym's RepeatPrevious
     before step k are not scored). The episode lasts k + `queries` steps; `info["success"]` at the end
     is whether every answer was right, `info["accuracy"]` the fraction right. Chance accuracy is
     1/`n_symbols`.
+
+Count ("count what you were shown and report it"): for `k` steps each observation shows one of
+    `n_symbols` symbols, drawn uniformly; then `queries` steps each ask about one symbol, drawn
+    uniformly, and the action must say how many times it was shown (0 .. k). Observation
+    Box(2 * n_symbols): [shown symbol one-hot, queried symbol one-hot] (one half is zero in each phase;
+    the observation after the last step is all zero). Actions Discrete(k + 1), the count (ignored while
+    symbols are shown). Reward +1/`queries` for an exact count, -1/`queries` otherwise, so returns lie
+    in [-1, 1]. The episode lasts k + `queries` steps; `info["success"]` and `info["accuracy"]` at the
+    end as in RepeatPrevious. A memoryless policy can at best answer the most likely count of a
+    Binomial(k, 1/n_symbols) (k=8, n_symbols=3: right 27% of the time, return about -0.45); random
+    answers score 2/(k + 1) - 1 on average; the optimal policy 1.
+
+Autoencode ("repeat the sequence back"): for `k` steps each observation shows one of `n_symbols`
+    symbols, drawn uniformly; then for `k` steps the observation only says "recall", and the action at
+    recall step i must name the i-th symbol shown. Observation Box(n_symbols + 1): [symbol one-hot,
+    recall flag] (all zero after the last step). Actions Discrete(n_symbols) (ignored while symbols are
+    shown). Reward +1/k for each right symbol, -1/k for each wrong one: returns in [-1, 1]. The episode
+    lasts 2k steps; `info["success"]` and `info["accuracy"]` at the end. Any memoryless policy is right
+    1/n_symbols of the time (return 2/n_symbols - 1: -0.5 with 4 symbols); the optimal one always (1).
 """
 
 from __future__ import annotations
@@ -97,5 +116,96 @@ class RepeatPrevious(gym.Env):
         if self._t == self.k + self.queries:  # the last observation repeats the last one shown
             self._t -= 1
             info = {"success": self._correct == self.queries, "accuracy": self._correct / self.queries}
+            return self._obs(), reward, True, False, info
+        return self._obs(), reward, False, False, {}
+
+
+def _check_ints(task: str, **bounds: tuple[Any, int]) -> None:
+    """ValueError naming the first argument that is not an integer at or above its bound."""
+    for name, (v, lo) in bounds.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{task} {name} must be an integer >= {lo}, got {v!r}")
+
+
+class Count(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, k: int = 8, n_symbols: int = 3, queries: int = 3):
+        _check_ints("Count", k=(k, 1), n_symbols=(n_symbols, 2), queries=(queries, 1))
+        self.k, self.n, self.queries = int(k), int(n_symbols), int(queries)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (2 * self.n,), np.float32)
+        self.action_space = gym.spaces.Discrete(self.k + 1)
+        self._shown = np.zeros(0, np.int64)
+        self._asked = np.zeros(0, np.int64)
+        self._counts = np.zeros(0, np.int64)
+        self._t = 0
+        self._correct = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(2 * self.n, np.float32)
+        if self._t < self.k:
+            obs[self._shown[self._t]] = 1.0
+        elif self._t < self.k + self.queries:
+            obs[self.n + self._asked[self._t - self.k]] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._shown = self.np_random.integers(self.n, size=self.k)
+        self._asked = self.np_random.integers(self.n, size=self.queries)
+        self._counts = np.bincount(self._shown, minlength=self.n)
+        self._t = 0
+        self._correct = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = 0.0
+        if self._t >= self.k:  # a query: the count of the asked symbol, exactly
+            right = int(action) == int(self._counts[self._asked[self._t - self.k]])
+            self._correct += right
+            reward = (1.0 if right else -1.0) / self.queries
+        self._t += 1
+        if self._t == self.k + self.queries:
+            info = {"success": self._correct == self.queries, "accuracy": self._correct / self.queries}
+            return self._obs(), reward, True, False, info
+        return self._obs(), reward, False, False, {}
+
+
+class Autoencode(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, k: int = 4, n_symbols: int = 4):
+        _check_ints("Autoencode", k=(k, 1), n_symbols=(n_symbols, 2))
+        self.k, self.n = int(k), int(n_symbols)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n + 1,), np.float32)
+        self.action_space = gym.spaces.Discrete(self.n)
+        self._symbols = np.zeros(0, np.int64)
+        self._t = 0
+        self._correct = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.n + 1, np.float32)
+        if self._t < self.k:
+            obs[self._symbols[self._t]] = 1.0
+        elif self._t < 2 * self.k:
+            obs[self.n] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._symbols = self.np_random.integers(self.n, size=self.k)
+        self._t = 0
+        self._correct = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = 0.0
+        if self._t >= self.k:  # recall step i = t - k: the i-th symbol shown
+            right = int(action) == int(self._symbols[self._t - self.k])
+            self._correct += right
+            reward = (1.0 if right else -1.0) / self.k
+        self._t += 1
+        if self._t == 2 * self.k:
+            info = {"success": self._correct == self.k, "accuracy": self._correct / self.k}
             return self._obs(), reward, True, False, info
         return self._obs(), reward, False, False, {}
