@@ -239,6 +239,19 @@ def test_offline_from_a_store_with_behaviour_cloning(tmp_path):
     assert agent.act(torch.zeros(2, 3), agent.initial_state(2, "cpu"))[0].tolist() == [2, 2]
 
 
+def test_a_dataset_without_rewards_is_refused():
+    obs_space, act_space = gym.spaces.Box(-5, 5, (3,), np.float32), gym.spaces.Discrete(3)
+    eps = [{"obs": np.zeros((11, 3), np.float32), "act": np.zeros(10, np.int64), "rew": np.zeros(10, np.float32),
+            "term": np.r_[np.zeros(9, bool), True], "trunc": np.zeros(10, bool)}
+           for _ in range(3)]
+    store = ReplayStore.from_episodes(eps, obs_space, act_space)
+    agent = make_agent("s4").float()
+    with pytest.raises(DataError, match=r"every reward of the dataset .* is 0 \(30 steps\)"):
+        agent.sample(store, 2)
+    eps[1]["rew"][4] = 1.0
+    assert agent.sample(ReplayStore.from_episodes(eps, obs_space, act_space), 2).obs.shape == (2, 8, 3)
+
+
 def test_bad_input():
     with pytest.raises(DataError, match="the actor takes Discrete or Box actions"):
         make_agent("s4", gym.spaces.MultiDiscrete([2, 3]))

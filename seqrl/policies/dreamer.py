@@ -164,6 +164,7 @@ class Dreamer(Agent):
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("return_scale", torch.zeros(()))  # S: the moving 5-95 percentile range
         self.register_buffer("return_seen", torch.zeros((), dtype=torch.bool))  # S has a first value
+        self._store_checked: int | None = None  # the dataset whose rewards were checked
 
     @classmethod
     def check_preset(cls, preset: Any) -> None:
@@ -206,6 +207,12 @@ class Dreamer(Agent):
 
     # ---------------------------------------------------------------------------------- training
     def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        if not store.meta.get("online") and id(store) != self._store_checked:  # a dataset, once
+            if not np.any(store.column("rew")):
+                raise DataError(f"dreamer: every reward of the dataset {store.meta.get('dataset_id', '')!r} is 0 "
+                                f"({len(store)} steps): the reward head and the actor-critic would have nothing to "
+                                f"learn; this agent needs a dataset with rewards")
+            self._store_checked = id(store)
         return self.wm.sample(store, batch_size, generator)
 
     def _ends(self, K: int) -> tuple[int, ...]:
@@ -243,7 +250,6 @@ class Dreamer(Agent):
         at = torch.tensor([e - 1 for e in ends], device=batch.mask.device)
         h0 = out["h"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, d)
         z0 = out["z"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, Z)
-        live = batch.mask[:, at].transpose(0, 1).flatten().float()  # (N,) starts on real steps
         state0 = map_state(torch.Tensor.detach, stack_states(out["states"]))
         im = self.dream(state0, h0, z0)
         feat = im["feat"].to(torch.promote_types(im["feat"].dtype, torch.float32))  # (H+1, N, F)
@@ -251,9 +257,8 @@ class Dreamer(Agent):
             slow = self.slow_critic(feat)[..., 0]  # (H+1, N) symlog units
             ret = lambda_returns(im["rew"].to(feat.dtype), im["cont"].to(feat.dtype), symexp(slow), c.gamma, c.lam)
             weight = torch.cumprod(torch.cat([torch.ones_like(im["cont"][:1]), im["cont"][:-1]]), 0).to(feat.dtype)
-            weight = weight * live  # (H, N)
-            n = weight.sum().clamp(min=1e-8)
-            self._update_return_scale(ret, live)
+            n = weight.sum().clamp(min=1e-8)  # (H, N) weights; every start is a real step (`sequences`)
+            self._update_return_scale(ret)
 
         # critic: symlog regression on the returns and on the slow critic
         pred = self.critic(feat[:-1])[..., 0]  # (H, N)
@@ -273,15 +278,14 @@ class Dreamer(Agent):
             terms["bc_nll"] = -(bc_logp * m).sum() / m.sum().clamp(min=1)
             terms["loss_actor"] = terms["loss_actor"] + c.bc_weight * terms["bc_nll"]
             terms["bc_nll"] = terms["bc_nll"].detach()
-        terms |= {"imagined_return": (ret[0] * live).sum() / live.sum().clamp(min=1), "actor_entropy":
+        terms |= {"imagined_return": ret[0].mean(), "actor_entropy":
                   (ent.detach() * weight).sum() / n, "return_scale": self.return_scale.clone(),
                   "imagined_reward": (im["rew"] * weight).sum() / n}
         return terms
 
-    def _update_return_scale(self, ret: torch.Tensor, live: torch.Tensor) -> None:
-        """S <- decay S + (1 - decay) (P95 - P5) of the imagined returns from real starts (the first value as is)."""
-        r = ret.flatten(1)[:, live > 0].flatten() if (live > 0).any() else ret.flatten()
-        q = torch.quantile(r.float(), torch.tensor([0.05, 0.95], device=r.device))
+    def _update_return_scale(self, ret: torch.Tensor) -> None:
+        """S <- decay S + (1 - decay) (P95 - P5) of the imagined returns (the first value as is). No host sync."""
+        q = torch.quantile(ret.flatten().float(), torch.tensor([0.05, 0.95], device=ret.device))
         spread = (q[1] - q[0]).to(self.return_scale.dtype)
         d = self.config.return_decay
         self.return_scale.copy_(torch.where(self.return_seen, d * self.return_scale + (1 - d) * spread, spread))
