@@ -11,7 +11,8 @@ One update (`losses`) on B sequences of real steps:
 
 1. World model: the ELBO of world_model.py on the sequences, its posterior pass run in C parts so that the
    backbone's state after each part is kept: N starting states, each with the real context before it.
-2. Imagination from those N states, without gradient: the actor samples a_k ~ pi(. | f_k) from the feature
+2. Imagination from those N states (without gradient for discrete actions): the actor samples a_k ~ pi(. | f_k)
+   from the feature
    f_k = (h_k, z_k); the world model gives r_k and the continuation c_k from (f_k, a_k), steps its backbone on
    (z_k, a_k) and draws z_{k+1} from its prior. H steps, H + 1 features.
 3. Returns: lambda-returns bootstrapped with the slow critic v',
@@ -20,9 +21,11 @@ One update (`losses`) on B sequences of real steps:
 4. Critic (DreamerV3's, with squared error in symlog space in place of its two-hot bins): regress
    symlog(R_k) from f_k, plus the same regression towards the slow critic's output (weight `slow_reg`).
    The slow critic is an exponential moving average of the critic (fraction `slow_rate` per update).
-5. Actor: REINFORCE with return normalisation, as DreamerV3 for discrete actions (used here for Box actions
-   too, so no gradient flows through the world model: one estimator for both action kinds, our choice):
-       loss = -mean_k w_k [ sg((R_k - v(f_k)) / max(1, S)) log pi(a_k | f_k) + eta H[pi(. | f_k)] ],
+5. Actor, as DreamerV3: for discrete actions REINFORCE with return normalisation,
+       loss = -mean_k w_k [ sg((R_k - v(f_k)) / max(1, S)) log pi(a_k | f_k) + eta H[pi(. | f_k)] ];
+   for Box actions the imagination keeps its graph (reparameterised action samples) and the actor maximises
+   R_k / max(1, S) by backpropagating through the world model's dynamics, rewards and the slow critic (the
+   trainer steps only the actor's parameters on it; the world model's come from its own loss);
    S an exponential moving average (decay `return_decay`) of the 95th minus the 5th percentile of the
    returns. Discrete actions mix `unimix` of the uniform into the actor's probabilities; Box actions are a
    Gaussian with mean tanh(.) and std in [min_std, max_std], sampled then clipped to [-1, 1].
@@ -219,16 +222,22 @@ class Dreamer(Agent):
         C = self.config.starts
         return tuple(K * (i + 1) // C for i in range(C))
 
-    @torch.no_grad()
     def dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Imagine H steps from N states: backbone state, h (N, d), z (N, Z) -> features (H+1, N, F), actions
-        (H, N[, A]) as sampled, rewards (H, N) in env units and continuation probabilities (H, N)."""
+        (H, N[, A]) as sampled, rewards (H, N) in env units and continuation probabilities (H, N). Discrete
+        actions: no gradient. Box actions: reparameterised samples, and the graph kept through the world model
+        (the actor's gradient backpropagates through the dynamics; the trainer steps only the actor on it)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
+            return self._dream(state, h, z)
+
+    def _dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         wm, H = self.wm, self.config.horizon
         no_start = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
         feats, acts, rews, conts = [], [], [], []
         for _ in range(H):
             f = torch.cat([h, z], -1)
-            a = self.policy(f).sample()
+            dist = self.policy(f)
+            a = dist.rsample() if torch.is_grad_enabled() else dist.sample()
             a_in = self._action_input(a)
             fa = torch.cat([f, a_in], -1)
             rews.append(symexp(wm.reward_head(fa)[..., 0])), conts.append(torch.sigmoid(wm.cont_head(fa)[..., 0]))
@@ -252,10 +261,11 @@ class Dreamer(Agent):
         z0 = out["z"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, Z)
         state0 = map_state(torch.Tensor.detach, stack_states(out["states"]))
         im = self.dream(state0, h0, z0)
-        feat = im["feat"].to(torch.promote_types(im["feat"].dtype, torch.float32))  # (H+1, N, F)
+        feat_g = im["feat"].to(torch.promote_types(im["feat"].dtype, torch.float32))  # (H+1, N, F); Box: with graph
+        slow_g = self.slow_critic(feat_g)[..., 0]  # (H+1, N) symlog units
+        ret_g = lambda_returns(im["rew"].to(feat_g.dtype), im["cont"].to(feat_g.dtype), symexp(slow_g), c.gamma, c.lam)
+        feat, slow, ret = feat_g.detach(), slow_g.detach(), ret_g.detach()
         with torch.no_grad():
-            slow = self.slow_critic(feat)[..., 0]  # (H+1, N) symlog units
-            ret = lambda_returns(im["rew"].to(feat.dtype), im["cont"].to(feat.dtype), symexp(slow), c.gamma, c.lam)
             weight = torch.cumprod(torch.cat([torch.ones_like(im["cont"][:1]), im["cont"][:-1]]), 0).to(feat.dtype)
             n = weight.sum().clamp(min=1e-8)  # (H, N) weights; every start is a real step (`sequences`)
             self._update_return_scale(ret)
@@ -265,11 +275,16 @@ class Dreamer(Agent):
         se = (pred - symlog(ret)) ** 2 + c.slow_reg * (pred - slow[:-1]) ** 2
         terms["loss_critic"] = 0.5 * (se * weight).sum() / n
 
-        # actor: REINFORCE with normalised advantages and an entropy bonus
+        # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
+        # through the imagined dynamics (Box), and an entropy bonus
         dist = self.policy(feat[:-1])
-        logp, ent = self._log_prob_entropy(dist, im["act"])
-        adv = (ret - symexp(pred.detach())) / self.return_scale.clamp(min=1.0)
-        terms["loss_actor"] = -((adv * logp + c.entropy * ent) * weight).sum() / n
+        logp, ent = self._log_prob_entropy(dist, im["act"].detach())
+        scale = self.return_scale.clamp(min=1.0)
+        if self.discrete:
+            objective = (ret - symexp(pred.detach())) / scale * logp
+        else:
+            objective = ret_g / scale
+        terms["loss_actor"] = -((objective + c.entropy * ent) * weight).sum() / n
         if c.bc_weight:
             real = torch.cat([out["h"], out["z"]], -1).detach().to(feat.dtype)  # (B, K, F)
             act = batch.act if self.discrete else self.wm.action_input(batch.act).clamp(-1.0, 1.0)
