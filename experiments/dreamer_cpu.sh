@@ -6,8 +6,9 @@
 #
 #   bash experiments/dreamer_cpu.sh OUT [WORKERS] [SEEDS] [ENV_STEPS] [TASKS] [AGENTS]
 #
-# e.g. bash experiments/dreamer_cpu.sh runs/dreamer 2 "0 1 2" 20000. Runs already done (OUT/NAME/eval.json) are
-# skipped; the table is printed at the end from every OUT/*/eval.json.
+# e.g. bash experiments/dreamer_cpu.sh runs/dreamer 2 "0 1 2" 20000. EXTRA adds --set options to every run
+# (EXTRA="--set source.train_ratio=256"). Runs already done (OUT/NAME/eval.json) are skipped; the table is printed
+# at the end from every OUT/*/eval.json.
 set -eu
 OUT=${1:?OUT}; WORKERS=${2:-2}; SEEDS=${3:-0}; STEPS=${4:-20000}
 TASKS=${5:-CartPole-v1 tmaze:10 tmaze:30}; AGENTS=${6:-s4wm_agent dreamer gtrxl}
@@ -21,7 +22,7 @@ for task in $TASKS; do
       dir=$OUT/${name}_${agent}_s$s
       [ -f "$dir/eval.json" ] && continue
       rm -rf "$dir"
-      jobs+=("OMP_NUM_THREADS=1 seqrl train --agent $agent --env $env $extra --run-dir $dir --set source.env_steps=$STEPS --set trainer.seed=$s --set trainer.threads=1 --set trainer.eval_episodes=50 --set trainer.eval_every=0 > $dir.log 2>&1")
+      jobs+=("OMP_NUM_THREADS=1 seqrl train --agent $agent --env $env $extra --run-dir $dir --set source.env_steps=$STEPS --set trainer.seed=$s --set trainer.threads=1 --set trainer.eval_episodes=50 --set trainer.eval_every=0 ${EXTRA:-} > $dir.log 2>&1")
     done
   done
 done

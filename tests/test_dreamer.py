@@ -314,3 +314,27 @@ def test_resume_needs_the_replay_store(tmp_path):
     with pytest.raises(CheckpointError, match="replay.npz is missing"):
         Trainer(policy_class("dreamer")(preset.policy, spec), EnvSource(preset.source, env), preset, tmp_path,
                 resume=True)
+
+
+def test_resume_after_a_kill_between_the_replay_and_the_checkpoint(tmp_path):
+    """A kill after `replay.npz` was written and before the checkpoint was: the older checkpoint resumes with the
+    newer replay (a superset of what its weights saw), and training goes on."""
+    import shutil
+
+    from seqrl.runners.sources import resolve_env
+
+    env = resolve_env("CartPole-v1", {})
+    spec = TaskSpec.from_env(env)
+    p1 = tiny_preset("source.env_steps=64")
+    Trainer(policy_class("dreamer")(p1.policy, spec), EnvSource(p1.source, env), p1, tmp_path).run()
+    shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "old.pt")
+    p2 = tiny_preset("source.env_steps=128")
+    src2 = EnvSource(p2.source, env)
+    Trainer(policy_class("dreamer")(p2.policy, spec), src2, p2, tmp_path, resume=True).run()
+    shutil.copy(tmp_path / "old.pt", tmp_path / "checkpoint.pt")  # the newer checkpoint never reached the disk
+    src3 = EnvSource(p2.source, env)
+    t3 = Trainer(policy_class("dreamer")(p2.policy, spec), src3, p2, tmp_path, resume=True)
+    assert src3.env_steps == 64 and src3.store.num_episodes == src2.store.num_episodes
+    before = t3.step
+    t3.run()
+    assert src3.env_steps == 128 and t3.step > before
