@@ -181,6 +181,9 @@ def eval_(
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     env: Optional[str] = typer.Option(None, help="evaluate on this env (a preset or Gymnasium id, module:Id to import "
                                                  "a module first) instead of the checkpoint's; same spaces"),
+    act: Optional[str] = typer.Option(None, help="dt, dm: acting mode, 'stream' (the whole episode through a cache or "
+                                                 "recurrent state) or 'window' (the last K steps re-encoded every "
+                                                 "step, as trained); default: the checkpoint's policy.act_mode"),
 ) -> None:
     """Evaluate a checkpoint at every condition of its agent's protocol (DT: target returns)."""
     import dataclasses
@@ -198,6 +201,13 @@ def eval_(
     dev = training_device(device)
     set_threads(0)
     policy, preset, _ = policy_from_checkpoint(checkpoint, device=dev)
+    if act is not None:  # acting only: the same weights, another policy.act_mode
+        if "act_mode" not in {f.name for f in dataclasses.fields(policy.config)}:
+            raise PresetError(f"--act {act}: agent {preset.agent!r} has one acting mode (dt and dm have two)")
+        try:
+            policy.config = dataclasses.replace(policy.config, act_mode=act)
+        except ValueError as e:
+            raise PresetError(f"--act: {e}") from e
     spec, proto = policy.spec, policy.eval_protocol()
     env_preset = spec.env
     if env is not None:
@@ -209,7 +219,8 @@ def eval_(
     for label, cond in proto.conditions:
         s = evaluate(policy, env_preset, episodes, seed, dev, cond, spec.ref_scores, proto.episodes).summary()
         rows.append((f"{preset.agent} {label}".strip(), s | {"episodes": episodes}))
-    console.print(_results_table(f"{checkpoint} on {env_preset.env_id}", rows))
+    mode = f", acting mode {policy.config.act_mode}" if hasattr(policy.config, "act_mode") else ""
+    console.print(_results_table(f"{checkpoint} on {env_preset.env_id}{mode}", rows))
     for name, s in rows:
         if "success_rate" in s:
             console.print(f"{name} success rate: {s['success_rate']:.2f}")

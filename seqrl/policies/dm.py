@@ -35,8 +35,16 @@ The schedule is explicit state: `losses` only reads the update count k; the trai
 buffers (no host sync), so a CUDA-graph replay follows them, and the copy and the count sit in the
 state_dict: a checkpoint resumes the schedule exactly.
 
-Acting is recurrent: three `backbone.step` calls per env step (R, s, then the chosen a), O(1) each,
-whatever the episode's length; the state holds all of the episode so far (no window re-encoding).
+Two acting modes (`act_mode`; `seqrl eval --act` picks one for any checkpoint, the weights are the same):
+
+- "stream" (default): recurrent, three `backbone.step` calls per env step (R, s, then the chosen a),
+  O(1) each whatever the episode's length; the state holds all of the episode so far. Training never
+  runs the model past K steps from an empty state, so past step K-1 of an episode this is a longer
+  memory than the one trained. Up to step K-1 it is window acting (the backbone is causal).
+- "window" (as trained, and as DT's reference evaluation acts): every env step re-encodes the last K
+  steps of the episode (the current step's R and s; a trailing slot for its action, which nothing
+  reads) with one forward over 3K tokens from an empty state, O(K) per env step. The tokens are
+  embedded once per step and kept (`seqrl.policies.dt.TokenWindow`, shared with DT).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -56,6 +65,7 @@ from seqrl.data.store import Batch, ReplayStore
 from seqrl.nn.mamba import MambaBackbone, MambaState
 from seqrl.nn.transformer import gpt2_init
 from seqrl.policies.base import ActionHead, Agent, EvalProtocol, TaskSpec
+from seqrl.policies.dt import TokenWindow, check_act_mode
 from seqrl.presets import require_at_least
 from seqrl.tokenizer import TrajectoryTokenizer
 
@@ -99,6 +109,11 @@ class DMConfig:
     """K_total: updates over which α grows linearly (set it to trainer.steps)"""
     pser_interval: int = 2_500
     """updates between refreshes of the earlier policy (the authors' steps per iteration)"""
+    # acting
+    act_mode: Literal["stream", "window"] = "stream"
+    """"stream" steps the recurrent state over the whole episode (O(1) per step); "window" re-encodes
+    the last K steps from an empty state at every step, as trained (O(K) per step). Acting only:
+    `seqrl eval --act` overrides it for any checkpoint"""
 
     def __post_init__(self):
         require_at_least(self, 1, ("embed_dim", "n_layers", "d_state", "d_conv", "expand", "context_len",
@@ -109,10 +124,13 @@ class DMConfig:
         require_at_least(self, 0, ("action_weight", "state_weight", "rtg_weight", "pser_alpha_T"))
         if self.action_weight == 0:
             raise ValueError("action_weight must be > 0: the action loss is what trains the policy")
+        check_act_mode(self.act_mode)
 
 
 @dataclass
 class DMState:
+    """Stream acting's state."""
+
     backbone: MambaState
     rtg: torch.Tensor  # (n,) return still to collect
     t: torch.Tensor  # (n,) in-episode timestep
@@ -265,24 +283,36 @@ class DecisionMamba(Agent):
     def eval_protocol(self) -> EvalProtocol:
         return EvalProtocol.target_returns(self.spec.env.target_returns)
 
-    def initial_state(self, n_envs: int, device: torch.device | str, target_return: float | None = None) -> DMState:
+    def initial_state(self, n_envs: int, device: torch.device | str,
+                      target_return: float | None = None) -> DMState | TokenWindow:
+        """The state of `config.act_mode`: the recurrent state (stream) or the episode's last steps (window)."""
         target = self.spec.env.target_returns[0] if target_return is None else target_return
         tgt = torch.full((n_envs,), float(target), device=device)
+        if self.config.act_mode == "window":
+            return TokenWindow.empty(n_envs, self.config.context_len, self.config.embed_dim, tgt)
         return DMState(self.backbone.initial_state(n_envs, device), tgt.clone(),
                        torch.zeros(n_envs, dtype=torch.long, device=device), tgt)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, state: DMState) -> tuple[torch.Tensor, DMState]:
-        """obs (n, *obs_shape) -> actions (n, A) (or (n,) for Discrete). Three O(1) backbone steps."""
+    def act(self, obs: torch.Tensor, state: DMState | TokenWindow) -> tuple[torch.Tensor, DMState | TokenWindow]:
+        """obs (n, *obs_shape) -> actions (n, A) (or (n,) for Discrete), in the mode the state was made for.
+        Stream: three O(1) backbone steps. Window: one forward over 3K tokens from an empty state."""
         tok, bb = self.tokenizer.step, self.backbone
+        if isinstance(state, TokenWindow):
+            x = state.with_current(tok("R", state.rtg, state.t), tok("s", obs, state.t))  # (n, K, 3, d)
+            h, _ = bb(x.flatten(1, 2))  # (n, 3K, d): whole triplets, as a training window
+            action = self.head.to_env(self.head(state.read(h)))
+            return action, state.advance(x, tok("a", action, state.t))
         _, s = bb.step(tok("R", state.rtg, state.t), state.backbone)
         h, s = bb.step(tok("s", obs, state.t), s)
         action = self.head.to_env(self.head(h))
         _, s = bb.step(tok("a", action, state.t), s)
         return action, DMState(s, state.rtg, state.t, state.target)
 
-    def observe(self, state: DMState, reward: torch.Tensor, done: torch.Tensor) -> DMState:
+    def observe(self, state: DMState | TokenWindow, reward: torch.Tensor, done: torch.Tensor) -> DMState | TokenWindow:
         """Subtract the reward from the return to go; restart finished envs from the target."""
+        if isinstance(state, TokenWindow):
+            return state.observe(reward, done)
         rtg = torch.where(done, state.target, state.rtg - reward)
         t = torch.where(done, torch.zeros_like(state.t), state.t + 1)
         return DMState(self.backbone.reset(state.backbone, done), rtg, t, state.target)

@@ -7,18 +7,24 @@ Tokens per step: return-to-go, state, action ("R s a"), with in-episode timestep
 causal transformer reads them; the action at step t is predicted from the output at the state token
 of step t, so it sees R_<=t, s_<=t and a_<t. Training minimises the masked MSE to the dataset's
 actions (tanh-squashed for Box spaces) or their cross-entropy (Discrete). Acting starts from a
-target return, subtracts each reward received, and steps the backbone one token at a time against a
-KV cache of the last 3K tokens.
+target return and subtracts each reward received.
 
-Departure from the paper's evaluation, on purpose: the reference code re-encodes the last K steps
-from scratch at every env step (O(K^2) per step, and the oldest token sees no history). Here each token
-attends to the 3K-1 tokens before it, cached: O(K) per step. Training windows of K steps are the same
-in both, since a window never exceeds the attention span.
+Two acting modes (`act_mode`; `seqrl eval --act` picks one for any checkpoint, the weights are the same):
+
+- "stream" (default): the backbone steps one token at a time against a KV cache of the last 3K-1
+  tokens, O(K) per env step. Each token attends to the 3K-1 tokens before it, and those were computed
+  the same way, so past the first K steps of an episode a deeper layer sees further back than a
+  training window (layer l reaches about l*K steps). Up to step K-1 it is exactly window acting.
+- "window" (the paper's and d3rlpy's evaluation): every env step re-encodes the last K steps of the
+  episode (R, s, a and timesteps; the current step's R and s) from an empty state, exactly as a
+  training window is encoded, O(K^2) per env step. The tokens of each step are embedded once and kept
+  (`TokenWindow`); an embedding depends on its own step only, so that is the same as embedding the
+  window again.
 
 Training feeds the backbone the first 3K-1 tokens of a K-step window: the last action token predicts
 nothing and no earlier token attends to it, so dropping it changes no prediction, and 3K-1 tokens fit
 the attention window exactly, so training runs PyTorch's fused causal attention (`is_causal=True`)
-instead of a masked one.
+instead of a masked one. Window acting does the same.
 """
 
 from __future__ import annotations
@@ -51,25 +57,90 @@ class DTConfig:
     n_heads: int = 1
     """attention heads"""
     context_len: int = 20
-    """K: steps per training window; acting attends to the last 3K-1 tokens"""
+    """K: steps per training window and per acting window; stream acting attends to the last 3K-1 tokens"""
     dropout: float = 0.1
     """dropout on embeddings, attention and residual branches"""
     activation: Literal["relu", "gelu"] = "relu"
     """MLP nonlinearity (the reference code uses ReLU)"""
+    act_mode: Literal["stream", "window"] = "stream"
+    """acting: "stream" steps a KV cache of 3K-1 tokens over the whole episode (O(K) per step); "window"
+    re-encodes the last K steps from an empty state at every step, as trained and as the paper acts
+    (O(K^2) per step). Acting only: `seqrl eval --act` overrides it for any checkpoint"""
 
     def __post_init__(self):
         require_at_least(self, 1, ("embed_dim", "n_layers", "n_heads", "context_len"))
         require_in(self, 0.0, 1.0, ("dropout",))
+        check_act_mode(self.act_mode)
         if self.embed_dim % self.n_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by n_heads {self.n_heads}")
 
 
+ACT_MODES = ("stream", "window")
+
+
+def check_act_mode(mode: str) -> None:
+    if mode not in ACT_MODES:
+        raise ValueError(f"act_mode must be one of {list(ACT_MODES)}, got {mode!r}")
+
+
 @dataclass
 class DTState:
+    """Stream acting's state."""
+
     kv: KVState
     rtg: torch.Tensor  # (n,) return still to collect
     t: torch.Tensor  # (n,) in-episode timestep
     target: torch.Tensor  # (n,) target return each env restarts from
+
+
+# ------------------------------------------------------------------------------------ window acting
+@dataclass
+class TokenWindow:
+    """Window acting's state (DT and DM): the embedded R, s, a tokens of each env's last steps.
+
+    Slot j < `held` of `tokens` holds the j-th oldest of the `held` earlier steps of the current
+    episode kept (at most K-1); the current step goes to slot `held`; slots after it are stale and,
+    the backbone being causal, read by nothing (a training window's trailing padding)."""
+
+    tokens: torch.Tensor  # (n, K, 3, d) oldest step first
+    held: torch.Tensor  # (n,) long, in [0, K-1]
+    rtg: torch.Tensor  # (n,) return still to collect
+    t: torch.Tensor  # (n,) in-episode timestep
+    target: torch.Tensor  # (n,) target return each env restarts from
+
+    @classmethod
+    def empty(cls, n_envs: int, K: int, d: int, target: torch.Tensor) -> "TokenWindow":
+        dev = target.device
+        return cls(torch.zeros(n_envs, K, 3, d, device=dev), torch.zeros(n_envs, dtype=torch.long, device=dev),
+                   target.clone(), torch.zeros(n_envs, dtype=torch.long, device=dev), target)
+
+    def with_current(self, r_tok: torch.Tensor, s_tok: torch.Tensor) -> torch.Tensor:
+        """The current step's R and s tokens (n, d) put at slot `held` -> the window (n, K, 3, d)."""
+        x = self.tokens.clone()
+        rows = torch.arange(x.shape[0], device=x.device)
+        x[rows, self.held, 0] = r_tok.to(x.dtype)
+        x[rows, self.held, 1] = s_tok.to(x.dtype)
+        return x
+
+    def read(self, h: torch.Tensor) -> torch.Tensor:
+        """Backbone output over the window (n, 3K or 3K-1, d) -> (n, d) at the current step's s token."""
+        return h[torch.arange(h.shape[0], device=h.device), 3 * self.held + 1]
+
+    def advance(self, x: torch.Tensor, a_tok: torch.Tensor) -> "TokenWindow":
+        """Complete the current step of window x (n, K, 3, d), `with_current`'s (written in place), with its
+        action token (n, d) and keep it: a full window (K-1 earlier steps held) drops its oldest step."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        x[rows, self.held, 2] = a_tok.to(x.dtype)
+        K = x.shape[1]
+        full = self.held == K - 1
+        tokens = torch.where(full[:, None, None, None], x.roll(-1, dims=1), x)
+        return TokenWindow(tokens, torch.clamp(self.held + 1, max=K - 1), self.rtg, self.t, self.target)
+
+    def observe(self, reward: torch.Tensor, done: torch.Tensor) -> "TokenWindow":
+        """Subtract the reward from the return to go; finished envs restart from the target, empty."""
+        rtg = torch.where(done, self.target, self.rtg - reward)
+        t = torch.where(done, torch.zeros_like(self.t), self.t + 1)
+        return TokenWindow(self.tokens, torch.where(done, torch.zeros_like(self.held), self.held), rtg, t, self.target)
 
 
 class DecisionTransformer(Agent):
@@ -111,24 +182,36 @@ class DecisionTransformer(Agent):
     def eval_protocol(self) -> EvalProtocol:
         return EvalProtocol.target_returns(self.spec.env.target_returns)
 
-    def initial_state(self, n_envs: int, device: torch.device | str, target_return: float | None = None) -> DTState:
+    def initial_state(self, n_envs: int, device: torch.device | str,
+                      target_return: float | None = None) -> DTState | TokenWindow:
+        """The state of `config.act_mode`: a KV cache (stream) or the episode's last steps (window)."""
         target = self.spec.env.target_returns[0] if target_return is None else target_return
         tgt = torch.full((n_envs,), float(target), device=device)
+        if self.config.act_mode == "window":
+            return TokenWindow.empty(n_envs, self.config.context_len, self.config.embed_dim, tgt)
         return DTState(self.backbone.initial_state(n_envs, device), tgt.clone(),
                        torch.zeros(n_envs, dtype=torch.long, device=device), tgt)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, state: DTState) -> tuple[torch.Tensor, DTState]:
-        """obs (n, *obs_shape) -> actions (n, A) (or (n,) for Discrete). Three backbone tokens per env step."""
+    def act(self, obs: torch.Tensor, state: DTState | TokenWindow) -> tuple[torch.Tensor, DTState | TokenWindow]:
+        """obs (n, *obs_shape) -> actions (n, A) (or (n,) for Discrete), in the mode the state was made for.
+        Stream: three backbone tokens per env step against the cache. Window: one forward over 3K-1 tokens."""
         tok = self.tokenizer.step
+        if isinstance(state, TokenWindow):
+            x = state.with_current(tok("R", state.rtg, state.t), tok("s", obs, state.t))  # (n, K, 3, d)
+            h, _ = self.backbone(x.flatten(1, 2)[:, :-1])  # (n, 3K-1, d): fused causal attention, as in training
+            action = self.head.to_env(self.head(state.read(h)))
+            return action, state.advance(x, tok("a", action, state.t))
         x = torch.stack([tok("R", state.rtg, state.t), tok("s", obs, state.t)], dim=1)  # (n, 2, d)
         h, kv = self.backbone(x, state.kv)
         action = self.head.to_env(self.head(h[:, 1]))
         _, kv = self.backbone.step(tok("a", action, state.t), kv)
         return action, DTState(kv, state.rtg, state.t, state.target)
 
-    def observe(self, state: DTState, reward: torch.Tensor, done: torch.Tensor) -> DTState:
+    def observe(self, state: DTState | TokenWindow, reward: torch.Tensor, done: torch.Tensor) -> DTState | TokenWindow:
         """Subtract the reward from the return to go; restart finished envs from the target."""
+        if isinstance(state, TokenWindow):
+            return state.observe(reward, done)
         rtg = torch.where(done, state.target, state.rtg - reward)
         t = torch.where(done, torch.zeros_like(state.t), state.t + 1)
         return DTState(self.backbone.reset(state.kv, done), rtg, t, state.target)
