@@ -162,7 +162,8 @@ class Dreamer(Agent):
         feat = config.world_model.d_model + config.world_model.z_flat
         self.actor = _mlp(feat, config.hidden, A if self.discrete else 2 * A)
         self.critic = _mlp(feat, config.hidden, 1)
-        for head in (self.actor[-1], self.critic[-1]):  # DreamerV3 zero-initialises its output layers
+        # zero output layers: the critic's as DreamerV3's; the actor's (our choice) so it starts uniform / centred
+        for head in (self.actor[-1], self.critic[-1]):
             nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("return_scale", torch.zeros(()))  # S: the moving 5-95 percentile range
