@@ -15,7 +15,7 @@ from seqrl.data.store import ReplayStore
 from seqrl.errors import DataError, PresetError
 from seqrl.nn import map_state
 from seqrl.policies import TaskSpec, policy_class
-from seqrl.policies.dreamer import Dreamer, DreamerConfig, lambda_returns
+from seqrl.policies.dreamer import Dreamer, DreamerConfig, lambda_returns, percentile
 from seqrl.policies.world_model import WorldModelConfig
 from seqrl.presets import EnvPreset, load_agent, parse_overrides
 from seqrl.runners.sources import EnvSource
@@ -69,6 +69,13 @@ def test_lambda_returns_equal_their_n_step_definition(lam):
     got = lambda_returns(rew, cont, value, 0.9, lam)
     np.testing.assert_allclose(got.numpy(), n_step_lambda_returns(rew.numpy(), cont.numpy(), value.numpy(), 0.9, lam),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_percentile_equals_torch_quantile(n):
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    for p in (0.0, 0.05, 0.5, 0.95, 1.0):
+        torch.testing.assert_close(percentile(x, p), torch.quantile(x.flatten().float(), p))
 
 
 def batch_of(agent, B=3, K=8, seed=0):
@@ -195,6 +202,34 @@ def test_box_actor_gradient_backpropagates_through_imagination():
     agent_d = make_agent("gru", latent="gaussian")  # discrete: imagination takes no gradient
     im = agent_d.dream(*starts)
     assert not im["feat"].requires_grad
+
+
+def test_imagination_starts_pair_each_state_with_its_own_features(monkeypatch):
+    """Row i*B + b of the starts is part i of sequence b in the backbone state, h and z alike (with the GRU the
+    state's top layer is h itself)."""
+    agent = make_agent("gru")
+    obs, act, first = batch_of(agent, B=3, K=8)
+    from seqrl.data.store import Batch
+
+    b = Batch(obs=obs, next_obs=obs, act=act, rew=torch.zeros(3, 8, dtype=torch.float64), rtg=torch.zeros(3, 8),
+              timestep=torch.zeros(3, 8, dtype=torch.long), term=torch.zeros(3, 8, dtype=torch.bool),
+              trunc=torch.zeros(3, 8, dtype=torch.bool), first=first, mask=torch.ones(3, 8, dtype=torch.bool),
+              stream=torch.zeros(3, dtype=torch.long))
+    seen = {}
+    real_dream = Dreamer.dream
+
+    def spy(self, state, h, z):
+        seen.update(state=state, h=h, z=z)
+        return real_dream(self, state, h, z)
+
+    monkeypatch.setattr(Dreamer, "dream", spy)
+    torch.manual_seed(0)
+    agent.losses(b)
+    torch.testing.assert_close(seen["state"].h[:, -1], seen["h"])  # (C B, d): the same rows in the same order
+    torch.manual_seed(0)
+    out = agent.wm.posterior_pass(obs, act, first, ends=agent._ends(8))  # the same latent draws
+    for i, e in enumerate(agent._ends(8)):
+        torch.testing.assert_close(seen["z"][i * 3 : (i + 1) * 3], out["z"][:, e - 1])
 
 
 def test_slow_critic_follows_the_critic():

@@ -134,6 +134,16 @@ def lambda_returns(rew: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, g
     return torch.stack(out[::-1])
 
 
+def percentile(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The p-quantile of all of x, interpolated linearly between order statistics (torch.quantile's default),
+    with Python-side positions: no host synchronisation (torch.quantile checks its q on the device)."""
+    v = x.flatten().float().sort().values
+    pos = p * (v.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.numel() - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+
 @dataclass
 class DreamerState:
     """Acting state of n envs: the backbone's state, and the (h, z, a) of the previous step (n, d), (n, Z), (n, A)."""
@@ -257,9 +267,8 @@ class Dreamer(Agent):
         terms = world_model_loss(self.wm, batch, out)
 
         # imagination from the state after each part of every sequence: row i*B + b is part i of sequence b
-        at = torch.tensor([e - 1 for e in ends], device=batch.mask.device)
-        h0 = out["h"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, d)
-        z0 = out["z"].detach()[:, at].transpose(0, 1).flatten(0, 1)  # (N, Z)
+        h0 = torch.stack([out["h"][:, e - 1] for e in ends]).flatten(0, 1).detach()  # (N, d); no host-to-device index
+        z0 = torch.stack([out["z"][:, e - 1] for e in ends]).flatten(0, 1).detach()  # (N, Z)
         state0 = map_state(torch.Tensor.detach, stack_states(out["states"]))
         im = self.dream(state0, h0, z0)
         feat_g = im["feat"].to(torch.promote_types(im["feat"].dtype, torch.float32))  # (H+1, N, F); Box: with graph
@@ -301,8 +310,7 @@ class Dreamer(Agent):
 
     def _update_return_scale(self, ret: torch.Tensor) -> None:
         """S <- decay S + (1 - decay) (P95 - P5) of the imagined returns (the first value as is). No host sync."""
-        q = torch.quantile(ret.flatten().float(), torch.tensor([0.05, 0.95], device=ret.device))
-        spread = (q[1] - q[0]).to(self.return_scale.dtype)
+        spread = (percentile(ret, 0.95) - percentile(ret, 0.05)).to(self.return_scale.dtype)
         d = self.config.return_decay
         self.return_scale.copy_(torch.where(self.return_seen, d * self.return_scale + (1 - d) * spread, spread))
         self.return_seen.fill_(True)
