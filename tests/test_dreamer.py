@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from seqrl.checkpoint import policy_from_checkpoint
-from seqrl.data.store import ReplayStore
+from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import DataError, PresetError
 from seqrl.nn import map_state
 from seqrl.policies import TaskSpec, policy_class
@@ -89,6 +89,15 @@ def batch_of(agent, B=3, K=8, seed=0):
     return obs, act, first
 
 
+def sequence_batch(obs, act, first, rew):
+    """A Batch of B full sequences of K steps (what `sequences` gives): obs (B, K, 3), rew (B, K)."""
+    B, K = first.shape
+    flag = torch.zeros(B, K, dtype=torch.bool)
+    return Batch(obs=obs, next_obs=obs, act=act, rew=rew, rtg=torch.zeros(B, K),
+                 timestep=torch.zeros(B, K, dtype=torch.long), term=flag, trunc=flag, first=first, mask=~flag,
+                 stream=torch.zeros(B, dtype=torch.long))
+
+
 @pytest.mark.parametrize("backbone", ["s4", "gru", "transformer"])
 def test_posterior_pass_in_parts_equals_one_pass(backbone):
     """The states kept at the ends of the parts are the states of a pass over that prefix alone, and the
@@ -141,14 +150,7 @@ def test_acting_step_by_step_equals_the_training_pass(backbone, box):
 def test_each_loss_steps_only_its_own_parameters():
     agent = make_agent("s4", bc_weight=0.5, free_bits=0.0)  # below the free bits, the KL terms have no gradient
     obs, act, first = batch_of(agent, B=4, K=8)
-    from seqrl.data.store import Batch
-
-    mask = torch.ones(4, 8, dtype=torch.bool)
-    z = torch.zeros(4, 8)
-    b = Batch(obs=obs, next_obs=obs, act=act, rew=torch.randn(4, 8, dtype=torch.float64), rtg=z, timestep=z.long(),
-              term=torch.zeros(4, 8, dtype=torch.bool), trunc=torch.zeros(4, 8, dtype=torch.bool), first=first,
-              mask=mask, stream=torch.zeros(4, dtype=torch.long))
-    terms = agent.losses(b)
+    terms = agent.losses(sequence_batch(obs, act, first, torch.randn(4, 8, dtype=torch.float64)))
     for name in ("loss_actor", "loss_critic", *[k for k in terms if k.startswith("loss_") and "kl" in k]):
         assert torch.isfinite(terms[name])
     groups = {g.name: g for g in agent.optimizer_groups()}
@@ -209,12 +211,7 @@ def test_imagination_starts_pair_each_state_with_its_own_features(monkeypatch):
     state's top layer is h itself)."""
     agent = make_agent("gru")
     obs, act, first = batch_of(agent, B=3, K=8)
-    from seqrl.data.store import Batch
-
-    b = Batch(obs=obs, next_obs=obs, act=act, rew=torch.zeros(3, 8, dtype=torch.float64), rtg=torch.zeros(3, 8),
-              timestep=torch.zeros(3, 8, dtype=torch.long), term=torch.zeros(3, 8, dtype=torch.bool),
-              trunc=torch.zeros(3, 8, dtype=torch.bool), first=first, mask=torch.ones(3, 8, dtype=torch.bool),
-              stream=torch.zeros(3, dtype=torch.long))
+    b = sequence_batch(obs, act, first, torch.zeros(3, 8, dtype=torch.float64))
     seen = {}
     real_dream = Dreamer.dream
 

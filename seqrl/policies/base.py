@@ -108,6 +108,14 @@ def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, di
     return {"loss_action": (se * m).sum() / m.sum()}
 
 
+def log_prob_entropy(dist: Distribution, act: torch.Tensor, discrete: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of `act` and entropy per sample: a categorical's as is, a diagonal Gaussian's summed over
+    the action's dimensions."""
+    if discrete:
+        return dist.log_prob(act), dist.entropy()
+    return dist.log_prob(act).sum(-1), dist.entropy().sum(-1)
+
+
 class ActionHead(nn.Module):
     """Hidden state (..., d) -> action prediction or distribution, and back to the env's units.
 
@@ -148,9 +156,7 @@ class ActionHead(nn.Module):
         return Normal(out, self.log_std.exp().expand_as(out))
 
     def log_prob_entropy(self, dist: Distribution, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.discrete:
-            return dist.log_prob(act), dist.entropy()
-        return dist.log_prob(act).sum(-1), dist.entropy().sum(-1)
+        return log_prob_entropy(dist, act, self.discrete)
 
     def loss(self, pred: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         target = act if self.discrete else (act - self.center) / self.scale

@@ -65,7 +65,7 @@ from seqrl.data.store import Batch, ReplayStore
 from seqrl.nn.mamba import MambaBackbone, MambaState
 from seqrl.nn.transformer import gpt2_init
 from seqrl.policies.base import ActionHead, Agent, EvalProtocol, TaskSpec
-from seqrl.policies.dt import TokenWindow, check_act_mode
+from seqrl.policies.dt import TokenWindow, check_act_mode, next_rtg
 from seqrl.presets import require_at_least
 from seqrl.tokenizer import TrajectoryTokenizer
 
@@ -313,6 +313,5 @@ class DecisionMamba(Agent):
         """Subtract the reward from the return to go; restart finished envs from the target."""
         if isinstance(state, TokenWindow):
             return state.observe(reward, done)
-        rtg = torch.where(done, state.target, state.rtg - reward)
-        t = torch.where(done, torch.zeros_like(state.t), state.t + 1)
+        rtg, t = next_rtg(state.rtg, state.t, state.target, reward, done)
         return DMState(self.backbone.reset(state.backbone, done), rtg, t, state.target)

@@ -63,8 +63,9 @@ from torch.distributions import Categorical, Distribution, Normal
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import DataError
 from seqrl.nn import map_state, stack_states
-from seqrl.policies.base import Agent, OptimizerGroup, TaskSpec
-from seqrl.policies.world_model import WorldModel, WorldModelConfig, latent_sample, symexp, symlog, world_model_loss
+from seqrl.policies.base import Agent, OptimizerGroup, TaskSpec, log_prob_entropy
+from seqrl.policies.world_model import (WorldModel, WorldModelConfig, latent_sample, mlp, symexp, symlog,
+                                        world_model_loss)
 from seqrl.presets import require_at_least, require_in
 
 WORLD_MODEL_LOSSES = ("loss_recon", "loss_reward", "loss_cont", "loss_kl_dyn", "loss_kl_rep")
@@ -118,11 +119,6 @@ class DreamerConfig:
                              f"each start needs at least one real step")
 
 
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.SiLU(),
-                         nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, d_out))
-
-
 def lambda_returns(rew: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, gamma: float,
                    lam: float) -> torch.Tensor:
     """rew, cont (H, N); value (H+1, N) -> R (H, N): R_k = r_k + gamma c_k ((1 - lam) v_{k+1} + lam R_{k+1}),
@@ -170,8 +166,8 @@ class Dreamer(Agent):
         self.discrete = self.wm.discrete
         A = self.wm.a_dim
         feat = config.world_model.d_model + config.world_model.z_flat
-        self.actor = _mlp(feat, config.hidden, A if self.discrete else 2 * A)
-        self.critic = _mlp(feat, config.hidden, 1)
+        self.actor = mlp(feat, config.hidden, A if self.discrete else 2 * A, layers=2)
+        self.critic = mlp(feat, config.hidden, 1, layers=2)
         # zero output layers: the critic's as DreamerV3's; the actor's (our choice) so it starts uniform / centred
         for head in (self.actor[-1], self.critic[-1]):
             nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
@@ -203,11 +199,6 @@ class Dreamer(Agent):
         mean, raw = out.chunk(2, -1)
         std = (c.max_std - c.min_std) * torch.sigmoid(raw + 2.0) + c.min_std
         return Normal(torch.tanh(mean), std)
-
-    def _log_prob_entropy(self, dist: Distribution, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.discrete:
-            return dist.log_prob(a), dist.entropy()
-        return dist.log_prob(a).sum(-1), dist.entropy().sum(-1)
 
     def _mode(self, dist: Distribution) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.discrete else dist.mean
@@ -288,7 +279,7 @@ class Dreamer(Agent):
         # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
         # through the imagined dynamics (Box), and an entropy bonus
         dist = self.policy(feat[:-1])
-        logp, ent = self._log_prob_entropy(dist, im["act"].detach())
+        logp, ent = log_prob_entropy(dist, im["act"].detach(), self.discrete)
         scale = self.return_scale.clamp(min=1.0)
         if self.discrete:
             objective = (ret - symexp(pred.detach())) / scale * logp
@@ -298,7 +289,7 @@ class Dreamer(Agent):
         if c.bc_weight:
             real = torch.cat([out["h"], out["z"]], -1).detach().to(feat.dtype)  # (B, K, F)
             act = batch.act if self.discrete else self.wm.action_input(batch.act).clamp(-1.0, 1.0)
-            bc_logp, _ = self._log_prob_entropy(self.policy(real), act)
+            bc_logp, _ = log_prob_entropy(self.policy(real), act, self.discrete)
             m = batch.mask.to(feat.dtype)
             terms["bc_nll"] = -(bc_logp * m).sum() / m.sum().clamp(min=1)
             terms["loss_actor"] = terms["loss_actor"] + c.bc_weight * terms["bc_nll"]

@@ -78,6 +78,13 @@ class DTConfig:
 ACT_MODES = ("stream", "window")
 
 
+def next_rtg(rtg: torch.Tensor, t: torch.Tensor, target: torch.Tensor, reward: torch.Tensor,
+             done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """After an env step (n,) each: the return still to collect and the timestep; finished envs restart from
+    the target at step 0. What every return-conditioned acting state (DT, DM, either mode) does."""
+    return torch.where(done, target, rtg - reward), torch.where(done, torch.zeros_like(t), t + 1)
+
+
 def check_act_mode(mode: str) -> None:
     if mode not in ACT_MODES:
         raise ValueError(f"act_mode must be one of {list(ACT_MODES)}, got {mode!r}")
@@ -138,8 +145,7 @@ class TokenWindow:
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor) -> "TokenWindow":
         """Subtract the reward from the return to go; finished envs restart from the target, empty."""
-        rtg = torch.where(done, self.target, self.rtg - reward)
-        t = torch.where(done, torch.zeros_like(self.t), self.t + 1)
+        rtg, t = next_rtg(self.rtg, self.t, self.target, reward, done)
         return TokenWindow(self.tokens, torch.where(done, torch.zeros_like(self.held), self.held), rtg, t, self.target)
 
 
@@ -212,6 +218,5 @@ class DecisionTransformer(Agent):
         """Subtract the reward from the return to go; restart finished envs from the target."""
         if isinstance(state, TokenWindow):
             return state.observe(reward, done)
-        rtg = torch.where(done, state.target, state.rtg - reward)
-        t = torch.where(done, torch.zeros_like(state.t), state.t + 1)
+        rtg, t = next_rtg(state.rtg, state.t, state.target, reward, done)
         return DTState(self.backbone.reset(state.kv, done), rtg, t, state.target)

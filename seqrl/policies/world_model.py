@@ -193,8 +193,12 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- networks
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, d_out))
+def mlp(d_in: int, hidden: int, d_out: int, layers: int = 1) -> nn.Sequential:
+    """`layers` hidden layers of Linear, LayerNorm, SiLU (DreamerV3's blocks), then a Linear to d_out."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.SiLU()]
+    return nn.Sequential(*mods, nn.Linear(hidden, d_out))
 
 
 class ImageDecoder(nn.Module):
@@ -252,8 +256,8 @@ class WorldModel(Agent):
                                            obs_mean=spec.obs_mean, obs_std=spec.obs_std)
         self.rssm = c.backbone == "gru"  # DreamerV3's posterior q(z | h, e): sequential
         n_stats = 2 * c.z_dim if c.latent == "gaussian" else c.z_groups * c.z_classes
-        self.posterior = _mlp(c.embed_dim + (c.d_model if self.rssm else 0), c.hidden, n_stats)
-        self.prior = _mlp(c.d_model, c.hidden, n_stats)
+        self.posterior = mlp(c.embed_dim + (c.d_model if self.rssm else 0), c.hidden, n_stats)
+        self.prior = mlp(c.d_model, c.hidden, n_stats)
         self.inp = nn.Sequential(nn.Linear(c.z_flat + self.a_dim, c.d_model), nn.LayerNorm(c.d_model), nn.SiLU())
         if c.backbone == "s4":
             self.backbone = S4Backbone(c.d_model, c.n_layers, d_state=c.d_state, kind=c.ssm_kind, dropout=c.dropout)
@@ -266,9 +270,9 @@ class WorldModel(Agent):
         if self.image:
             self.decoder = ImageDecoder(feat, obs_space.shape)
         else:
-            self.decoder = _mlp(feat, c.hidden, int(np.prod(obs_space.shape)))
-        self.reward_head = _mlp(feat + self.a_dim, c.hidden, 1)
-        self.cont_head = _mlp(feat + self.a_dim, c.hidden, 1)
+            self.decoder = mlp(feat, c.hidden, int(np.prod(obs_space.shape)))
+        self.reward_head = mlp(feat + self.a_dim, c.hidden, 1)
+        self.cont_head = mlp(feat + self.a_dim, c.hidden, 1)
 
     @classmethod
     def check_preset(cls, preset: Any) -> None:
