@@ -1,7 +1,7 @@
 import pytest
 
 from seqrl.errors import PresetError
-from seqrl.presets import load_agent, load_env, parse_overrides
+from seqrl.presets import AGENTS_DIR, ENVS_DIR, load_agent, load_env, parse_overrides
 
 
 def test_presets_load_with_paper_defaults():
@@ -17,6 +17,19 @@ def test_presets_load_with_paper_defaults():
     assert hopper.dataset_id("medium") == "seqrl/hopper/medium-v0"
     for name in ("halfcheetah", "walker2d", "pendulum"):
         load_env(name)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in AGENTS_DIR.glob("*.toml")))
+def test_every_agent_preset_loads_and_passes_its_agents_checks(name):
+    from seqrl.policies import policy_class
+
+    preset = load_agent(name)  # unknown keys, ranges and the agent's own cross-checks (check_preset)
+    assert preset.source.kind in policy_class(preset.agent).sources
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
+def test_every_env_preset_loads(name):
+    assert load_env(name).name == name
 
 
 def test_overrides():
