@@ -40,3 +40,18 @@ def minari_root(tmp_path, monkeypatch):
     root = tmp_path / "minari"
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     return root
+
+
+PENDULUM_DATASET = "seqrl/pendulum/fixture-v0"
+
+
+@pytest.fixture
+def dataset(minari_root):
+    """A small Pendulum dataset (4 episodes of 50 steps from the scripted controller), written to a fresh Minari
+    root: its id."""
+    from seqrl.data.collect import pendulum_controller, rollout
+    from seqrl.data.minari_io import write_dataset
+
+    eps = rollout(pendulum_controller(0.5, 0), "Pendulum-v1", 200, 2, seed=0, max_episode_steps=50)
+    write_dataset(PENDULUM_DATASET, eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "test fixture")
+    return PENDULUM_DATASET

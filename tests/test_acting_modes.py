@@ -14,8 +14,6 @@ from typer.testing import CliRunner
 from conftest import make_episodes
 from seqrl.checkpoint import load_checkpoint, policy_from_checkpoint, save_checkpoint
 from seqrl.cli import app
-from seqrl.data.collect import pendulum_controller, rollout
-from seqrl.data.minari_io import write_dataset
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import PresetError
 from seqrl.policies import TaskSpec
@@ -182,19 +180,12 @@ def test_act_mode_is_checked_and_defaults_to_stream(agent):
     assert agent_from_dict(old).policy.act_mode == "stream"
 
 
-@pytest.fixture
-def dataset(minari_root):
-    eps = rollout(pendulum_controller(0.5, 0), "Pendulum-v1", 100, 2, seed=0, max_episode_steps=20)
-    write_dataset("seqrl/pendulum/modes-v0", eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "acting modes test")
-    return "seqrl/pendulum/modes-v0"
-
-
 def test_eval_act_option_on_a_checkpoint_from_before_acting_modes(dataset, tmp_path):
     """`seqrl eval --act` evaluates one checkpoint either way; a checkpoint whose preset has no act_mode
     (saved before acting modes) loads and streams; --act is refused for an agent with one mode."""
     runner = CliRunner()
     tiny = ["--set", "trainer.steps=3", "--set", "trainer.eval_episodes=0", "--set", "source.batch_size=4",
-            "--set", "env.max_episode_steps=20"]
+            "--set", "env.max_episode_steps=50"]
     dt_size = ["--set", "policy.embed_dim=16", "--set", "policy.n_layers=2", "--set", "policy.context_len=3"]
     for agent, size in (("dt", dt_size), ("bc", ["--set", "policy.hidden_dim=16"])):
         res = runner.invoke(app, ["train", "--agent", agent, "--dataset", dataset, "--run-dir", str(tmp_path / agent),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import PENDULUM_DATASET
 from seqrl.checkpoint import load_checkpoint, save_checkpoint
 from seqrl.cli import app, default_run_dir
 from seqrl.data.collect import pendulum_controller, rollout
@@ -22,7 +23,7 @@ runner = CliRunner()
 TINY = ["--set", "trainer.steps=4", "--set", "trainer.eval_episodes=0", "--set", "policy.embed_dim=16",
         "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "source.batch_size=4",
         "--set", "env.max_episode_steps=50", "--set", "trainer.warmup_steps=1"]
-DATASET = "seqrl/pendulum/bad-v0"
+DATASET = PENDULUM_DATASET
 
 
 def one_line(res) -> str:
@@ -38,13 +39,6 @@ def refused(res, message: str) -> None:
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
     assert message in one_line(res), res.output
-
-
-@pytest.fixture
-def dataset(minari_root):
-    eps = rollout(pendulum_controller(0.5, 0), "Pendulum-v1", 200, 2, seed=0, max_episode_steps=50)
-    write_dataset(DATASET, eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "bad input test")
-    return DATASET
 
 
 @pytest.fixture
@@ -93,7 +87,7 @@ def test_resume_on_another_dataset_or_rebuilt_data_is_refused(dataset, trained):
     write_dataset("seqrl/pendulum/other-v0", eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "another")
     res = invoke("train", "--agent", "dt", "--dataset", "seqrl/pendulum/other-v0", "--run-dir", trained, "--resume",
                  "--env", "pendulum", *TINY)
-    refused(res, "dataset: 'seqrl/pendulum/bad-v0' in the checkpoint, 'seqrl/pendulum/other-v0' now")
+    refused(res, f"dataset: '{DATASET}' in the checkpoint, 'seqrl/pendulum/other-v0' now")
     write_dataset(DATASET, eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "rebuilt", replace=True)
     res = invoke("train", "--agent", "dt", "--dataset", dataset, "--run-dir", trained, "--resume", *TINY)
     refused(res, "observation mean differs from the checkpoint's (the dataset changed since)")

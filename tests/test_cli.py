@@ -3,21 +3,13 @@
 import pytest
 from typer.testing import CliRunner
 
+from conftest import PENDULUM_DATASET
 from seqrl.cli import app
-from seqrl.data.collect import pendulum_controller, rollout
-from seqrl.data.minari_io import write_dataset
 
 runner = CliRunner()
 TINY = ["--set", "trainer.steps=4", "--set", "trainer.eval_episodes=2", "--set", "policy.embed_dim=16",
         "--set", "policy.n_layers=1", "--set", "policy.context_len=3", "--set", "source.batch_size=4",
         "--set", "env.max_episode_steps=50"]
-
-
-@pytest.fixture
-def dataset(minari_root):
-    eps = rollout(pendulum_controller(0.5, 0), "Pendulum-v1", 200, 2, seed=0, max_episode_steps=50)
-    write_dataset("seqrl/pendulum/cli-v0", eps, "Pendulum-v1", -1226.0, -149.7, "scripted", "cli test")
-    return "seqrl/pendulum/cli-v0"
 
 
 def test_train_eval_resume(dataset, tmp_path):
@@ -37,18 +29,18 @@ def test_train_eval_resume(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "--agent", "dtx", "--dataset", "seqrl/pendulum/cli-v0"], "unknown agent preset 'dtx'"),
+    (["train", "--agent", "dtx", "--dataset", PENDULUM_DATASET], "unknown agent preset 'dtx'"),
     (["train", "--agent", "dt", "--dataset", "seqrl/hopper/medium-v0"], "seqrl collect --env hopper --quality medium"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "trainer.nope=1"], "unknown key 'trainer.nope'"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--env", "hopper"], "was recorded on Pendulum-v1, not on Hopper-v5"),
+    (["train", "--agent", "dt", "--dataset", PENDULUM_DATASET, "--set", "trainer.nope=1"], "unknown key 'trainer.nope'"),
+    (["train", "--agent", "dt", "--dataset", PENDULUM_DATASET, "--env", "hopper"], "was recorded on Pendulum-v1, not on Hopper-v5"),
     (["eval", "missing.pt"], "no checkpoint at missing.pt"),
     (["collect", "--env", "pendulum", "--quality", "superb"], "unknown quality 'superb'"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "trainer.log_every=0"],
+    (["train", "--agent", "dt", "--dataset", PENDULUM_DATASET, "--set", "trainer.log_every=0"],
      "trainer.log_every must be >= 1"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--device", "cdua"], "is not a torch device"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--set", "env.target_returns=[]"],
+    (["train", "--agent", "dt", "--dataset", PENDULUM_DATASET, "--device", "cdua"], "is not a torch device"),
+    (["train", "--agent", "dt", "--dataset", PENDULUM_DATASET, "--set", "env.target_returns=[]"],
      "target_returns needs at least one"),
-    (["train", "--agent", "dt", "--dataset", "seqrl/pendulum/cli-v0", "--resume", "--run-dir", "/nonexistent/x"],
+    (["train", "--agent", "dt", "--dataset", PENDULUM_DATASET, "--resume", "--run-dir", "/nonexistent/x"],
      "nothing to resume"),
 ])
 def test_bad_input_is_one_clear_line(dataset, args, message):

@@ -234,7 +234,6 @@ class Dreamer(Agent):
 
     def _dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         wm, H = self.wm, self.config.horizon
-        no_start = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
         feats, acts, rews, conts = [], [], [], []
         for _ in range(H):
             f = torch.cat([h, z], -1)
@@ -244,8 +243,7 @@ class Dreamer(Agent):
             fa = torch.cat([f, a_in], -1)
             rews.append(symexp(wm.reward_head(fa)[..., 0])), conts.append(torch.sigmoid(wm.cont_head(fa)[..., 0]))
             feats.append(f), acts.append(a)
-            h, state = wm.backbone.step(wm.inputs(z, a_in, no_start), state)
-            z = latent_sample(wm.prior(h), wm.config, True)
+            h, z, state = wm.dream_step(z, a_in, state)
         feats.append(torch.cat([h, z], -1))
         return {"feat": torch.stack(feats), "act": torch.stack(acts), "rew": torch.stack(rews),
                 "cont": torch.stack(conts)}

@@ -373,6 +373,14 @@ class WorldModel(Agent):
                 out["states"] = states
         return out | {"h": h, "z": z, "post": post, "prior": self.prior(h), "a": a, "state": state}
 
+    def dream_step(self, z: torch.Tensor, a: torch.Tensor, state: Any,
+                   sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One imagined step: (z_{t-1} (N, Z), action input a_{t-1} (N, A), backbone state) -> h_t, z_t from the
+        prior (a sample, or its mode), and the next state."""
+        h, state = self.backbone.step(self.inputs(z, a, torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)),
+                                      state)
+        return h, latent_sample(self.prior(h), self.config, sample), state
+
     def heads(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(decoded observation in target units, reward in symlog units, continuation logit)."""
         f = torch.cat([h, z], -1)
@@ -457,7 +465,6 @@ def imagine(model: WorldModel, obs: torch.Tensor, act: torch.Tensor, horizon: in
     if act.shape[1] != C + horizon:
         raise ValueError(f"actions must cover context + horizon = {C} + {horizon} = {C + horizon} steps, "
                          f"got {act.shape[1]}")
-    cfg = model.config
     first = torch.zeros(B, C, dtype=torch.bool, device=act.device)
     first[:, 0] = True
     ctx = model.posterior_pass(obs, act[:, :C], first, sample=sample)
@@ -467,9 +474,7 @@ def imagine(model: WorldModel, obs: torch.Tensor, act: torch.Tensor, horizon: in
     hs, zs, decs, rews, conts = [], [], [], [], []
     for k in range(horizon):
         t = C + k
-        h, state = model.backbone.step(model.inputs(z, a[:, t - 1], torch.zeros(B, dtype=torch.bool, device=a.device)),
-                                       state)
-        z = latent_sample(model.prior(h), cfg, sample)
+        h, z, state = model.dream_step(z, a[:, t - 1], state, sample)
         dec, rew, cont = model.heads(h, z, a[:, t])
         if not torch.isfinite(dec).all():
             raise FloatingPointError(f"imagination: the decoded frame of imagined step {k} (step {t} of the sequence, "
