@@ -156,13 +156,16 @@ class EnvSource:
 
     # ------------------------------------------------------------------------------- collecting
     @torch.no_grad()
-    def collect(self, agent: Any) -> Rollout:
+    def collect(self, agent: Any) -> Rollout | None:
+        """T steps of every env into the store; and, for an agent that learns from its rollouts (not `replay`),
+        into the returned `Rollout` (None for a replaying agent)."""
         T, n, dev = self.cfg.n_steps, self.cfg.n_envs, self.device
+        keep = not agent.replay
         if self.obs is None:
             self._new_episodes(agent)
         L = getattr(agent, "segment", None)
         obs_t = obs_tensor(self.obs, dev)  # (n, *obs_shape), or {leaf: (n, ...)}
-        obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t)
+        obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t) if keep else None
         flags = {k: torch.zeros(T, n, dtype=torch.bool, device=dev) for k in ("term", "trunc", "first")}
         rew_buf = torch.zeros(T, n, device=dev)
         act_buf, extras, final_extras, starts = None, {}, {}, []
@@ -171,14 +174,16 @@ class EnvSource:
             if L and t % L == 0:
                 starts.append(self.state)  # states are never modified in place: keeping the reference is enough
             action, env_action, ex, self.state = agent.explore(obs_t, self.state)
-            if act_buf is None:
+            if keep and act_buf is None:
                 act_buf = torch.zeros(T, *action.shape, dtype=action.dtype, device=dev)
                 extras = {k: torch.zeros(T, n, device=dev) for k in ex}
                 final_extras = {k: torch.zeros(T, n, device=dev) for k in ex}
             a = env_action.cpu().numpy()
             next_obs, rew, term, trunc, info = self.envs.step(a)
             cut = trunc & ~term
-            if cut.any():  # a time limit, not an end: what the agent reports at the final observation
+            done = term | trunc
+            self._record(self.obs, a, rew, term, done, info)
+            if keep and cut.any():  # a time limit, not an end: what the agent reports at the final observation
                 final = tree_map(np.array, flatten_obs(next_obs))  # a copy, {leaf: (n, ...)} for Dict/Tuple
                 for i in np.flatnonzero(cut):
                     tree_map(lambda f, o: f.__setitem__(i, o), final, flatten_obs(info["final_obs"][i]))
@@ -186,22 +191,24 @@ class EnvSource:
                 mask = torch.as_tensor(cut, device=dev)
                 for k, v in fin.items():
                     final_extras[k][t] = torch.where(mask, v.float(), 0.0)
-            tree_map(lambda buf, o: buf[t].copy_(o), obs_buf, obs_t)
-            act_buf[t], rew_buf[t] = action, torch.as_tensor(rew, dtype=torch.float32, device=dev)
-            for k, v in ex.items():
-                extras[k][t] = v
-            flags["term"][t] = torch.as_tensor(term, device=dev)
-            flags["trunc"][t] = torch.as_tensor(cut, device=dev)
-            flags["first"][t] = torch.as_tensor(self.first, device=dev)
-            done = term | trunc
-            self._record(self.obs, a, rew, term, done, info)
-            self.state = agent.observe(self.state, rew_buf[t], torch.as_tensor(done, device=dev))
+            rew_t = torch.as_tensor(rew, dtype=torch.float32, device=dev)
+            if keep:
+                tree_map(lambda buf, o: buf[t].copy_(o), obs_buf, obs_t)
+                act_buf[t], rew_buf[t] = action, rew_t
+                for k, v in ex.items():
+                    extras[k][t] = v
+                flags["term"][t] = torch.as_tensor(term, device=dev)
+                flags["trunc"][t] = torch.as_tensor(cut, device=dev)
+                flags["first"][t] = torch.as_tensor(self.first, device=dev)
+            self.state = agent.observe(self.state, rew_t, torch.as_tensor(done, device=dev))
             self.first, self.obs = done, next_obs
             obs_t = obs_tensor(next_obs, dev)
-        last = agent.bootstrap(obs_t, self.state)
         self.env_steps += T * n
         self.collections += 1
         self._log["steps"] += T * n
+        if not keep:
+            return None
+        last = agent.bootstrap(obs_t, self.state)
         return Rollout(obs_buf, act_buf, rew_buf, flags["term"], flags["trunc"], flags["first"], extras, final_extras,
                        last, starts)
 
