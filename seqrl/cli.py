@@ -251,6 +251,8 @@ def icrl(
     baselines: bool = typer.Option(True, help="run the family's classic learners on the same tasks and seeds"),
     set_: list[str] = typer.Option([], "--set", help="override the env's constructor kwargs, e.g. horizon=200"),
     extrapolate: bool = typer.Option(False, help="let a Mamba model act past the context length it was trained on"),
+    family: Optional[str] = typer.Option(None, help="evaluate on another task family with the same spaces, e.g. "
+                                         "bernoulli-bandit for a model pretrained on Gaussian bandits"),
     allow_overlap: bool = typer.Option(False, help="run even when evaluation tasks were training tasks (warns)"),
     out: Path = typer.Option(Path("runs/icrl"), help="results.json, results.md and curves.png go here"),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
@@ -270,7 +272,10 @@ def icrl(
         raise PresetError("--tasks, --seeds and --episodes must be >= 1")
     dev = training_device(device)
     set_threads(0)
-    agents, family, kw = load_icrl_agents(checkpoints, name, dev)
+    agents, trained_on, kw = load_icrl_agents(checkpoints, name, dev)
+    if family is not None and family not in FAMILIES:
+        raise PresetError(f"--family {family!r}: one of {sorted(FAMILIES)}")
+    family = family or trained_on
     kw = kw | parse_overrides(set_)
     try:
         probe = make_env(FAMILIES[family], kw)
@@ -282,8 +287,9 @@ def icrl(
                            allow_overlap, dev)
     meta = {"command": " ".join(sys.argv), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "env_kwargs": kw,
-            "tasks": [int(t) for t in test], "n_tasks": len(test), "seeds": list(range(seeds)), "episodes": E,
-            "modes": list(mode), "checkpoints": {k: str(c) for k, c in zip(agents, checkpoints)}}
+            "family": family, "trained_on": trained_on, "tasks": [int(t) for t in test], "n_tasks": len(test),
+            "seeds": list(range(seeds)), "episodes": E, "modes": list(mode),
+            "checkpoints": {k: str(c) for k, c in zip(agents, checkpoints)}}
     report(curves, family, out, meta)
     console.print((out / "results.md").read_text(), markup=False, highlight=False)
     console.print(f"written: {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")

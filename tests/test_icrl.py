@@ -208,6 +208,16 @@ def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
     assert len(methods["ucb"]["cum_regret_mean"]) == 16 and methods["ucb"]["trials"] == 4
     assert "regret@16" in (out / "results.md").read_text()
     assert (out / "curves.png").stat().st_size > 1000
+    # out of distribution: the Gaussian-pretrained model on Bernoulli arms (the same means per task id)
+    res = runner.invoke(app, ["icrl", str(run / "checkpoint.pt"), "--tasks", "2", "--seeds", "1",
+                              "--family", "bernoulli-bandit", "--out", str(tmp_path / "ood")])
+    assert res.exit_code == 0, res.output
+    ood = json.loads((tmp_path / "ood" / "results.json").read_text())
+    assert (ood["family"], ood["trained_on"]) == ("bernoulli-bandit", "gaussian-bandit")
+    assert ood["tasks"] == data["tasks"] and "thompson" in ood["methods"]
+    assert "pretrained on gaussian-bandit: out of distribution" in (tmp_path / "ood" / "results.md").read_text()
+    res = runner.invoke(app, ["icrl", str(run / "checkpoint.pt"), "--family", "bernouli-bandit", "--out", str(out)])
+    assert res.exit_code == 2 and "--family 'bernouli-bandit': one of" in " ".join(res.output.split())
     # the same tasks were trained on when the split moves: refused, in one line
     res = runner.invoke(app, ["icrl", str(run / "checkpoint.pt"), "--tasks", "2", "--set", "train_tasks=1",
                               "--out", str(out)])

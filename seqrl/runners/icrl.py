@@ -244,7 +244,9 @@ def report(curves: dict[str, Curve], family: str, out_dir: str | Path, meta: dic
     bandit = family in BANDITS
     lines = [f"# In-context evaluation: {FAMILIES[family]} {meta.get('env_kwargs', {})}", "",
              f"{meta.get('n_tasks')} held-out tasks x {len(meta.get('seeds', []))} seeds, {meta.get('episodes')} "
-             f"episode(s) per trial; mean ± 95% interval over trials.", ""]
+             f"episode(s) per trial; mean ± 95% interval over trials."
+             + (f" The models were pretrained on {meta['trained_on']}: out of distribution."
+                if meta.get("trained_on", family) != family else ""), ""]
     if bandit:
         total = len(next(iter(summ.values()))["cum_regret_mean"])
         marks = sorted({m for m in (10, 50, 100, 200, 500, total) if m <= total})
