@@ -30,10 +30,10 @@ def spec_of(obs_space, act_space, env_id="CartPole-v1"):
     return TaskSpec(obs_space, act_space, mean, std, EnvPreset(name="t", env_id=env_id, max_episode_steps=50))
 
 
-def make_agent(backbone="s4", act_space=None, latent="categorical", free_bits=1.0, **over):
+def make_agent(backbone="s4", act_space=None, latent="categorical", free_bits=1.0, reward_heads=1, **over):
     torch.manual_seed(0)
     act_space = act_space or gym.spaces.Discrete(3)
-    wm = WorldModelConfig(backbone=backbone, latent=latent, free_bits=free_bits, **TINY)
+    wm = WorldModelConfig(backbone=backbone, latent=latent, free_bits=free_bits, reward_heads=reward_heads, **TINY)
     cfg = DreamerConfig(world_model=wm, horizon=4, starts=2, hidden=16, **over)
     return Dreamer(cfg, spec_of(gym.spaces.Box(-5, 5, (3,), np.float32), act_space)).double()
 
@@ -148,7 +148,7 @@ def test_acting_step_by_step_equals_the_training_pass(backbone, box):
 
 
 def test_each_loss_steps_only_its_own_parameters():
-    agent = make_agent("s4", bc_weight=0.5, free_bits=0.0)  # below the free bits, the KL terms have no gradient
+    agent = make_agent("s4", bc_weight=0.5, free_bits=0.0, reward_heads=2, reward_penalty=1.0)  # below the free bits, the KL terms have no gradient
     obs, act, first = batch_of(agent, B=4, K=8)
     terms = agent.losses(sequence_batch(obs, act, first, torch.randn(4, 8, dtype=torch.float64)))
     for name in ("loss_actor", "loss_critic", *[k for k in terms if k.startswith("loss_") and "kl" in k]):
@@ -165,6 +165,34 @@ def test_each_loss_steps_only_its_own_parameters():
                        if gr is not None and gr.abs().sum() > 0}
             assert touched == {name}, (term, touched)
     assert terms["bc_nll"] > 0 and agent.return_seen and agent.return_scale > 0
+
+
+def test_reward_ensemble_penalty_is_a_lower_confidence_bound():
+    """R reward heads: each is trained on the real rewards (loss_reward is their mean squared error, averaged over
+    heads), and imagined rewards are their mean less reward_penalty standard deviations. Heads made constant
+    (zero weights, biases symlog(v_i)) give exactly mean(v) - penalty std(v) at every imagined step."""
+    from seqrl.policies.world_model import symlog
+
+    v = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    agent = make_agent("s4", reward_heads=3, reward_penalty=0.5)
+    heads = (agent.wm.reward_head, *agent.wm.reward_ensemble)
+    assert len(heads) == 3
+    with torch.no_grad():
+        for head, vi in zip(heads, v):
+            head[-1].weight.zero_(), head[-1].bias.fill_(symlog(vi))
+    obs, act, first = batch_of(agent, B=2, K=8)
+    out = agent.wm.posterior_pass(obs, act, first, ends=(8,))
+    im = agent.dream(out["states"][0], out["h"][:, -1], out["z"][:, -1])
+    std = v.std(unbiased=False)
+    torch.testing.assert_close(im["rew"], torch.full_like(im["rew"], float(v.mean() - 0.5 * std)))
+    torch.testing.assert_close(im["spread"], torch.full_like(im["spread"], float(std)))
+    rew = torch.randn(2, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    terms = agent.losses(sequence_batch(obs, act, first, rew))
+    expect = torch.stack([((symlog(vi) - symlog(rew)) ** 2).mean() for vi in v]).mean()
+    torch.testing.assert_close(terms["loss_reward"], expect)
+    assert terms["reward_spread"] > 0
+    # one head (the default) keeps the parameter names of checkpoints written before the ensemble
+    assert not any("reward_ensemble" in k for k in make_agent("s4").state_dict())
 
 
 class _Imagined(torch.nn.Module):
@@ -326,6 +354,8 @@ def test_a_dataset_without_rewards_is_refused():
 def test_bad_input():
     with pytest.raises(DataError, match="the actor takes Discrete or Box actions"):
         make_agent("s4", gym.spaces.MultiDiscrete([2, 3]))
+    with pytest.raises(ValueError, match=r"reward_penalty 1.0 needs an ensemble: set world_model.reward_heads >= 2"):
+        DreamerConfig(world_model=WorldModelConfig(**TINY), reward_penalty=1.0)
     with pytest.raises(ValueError, match="starts 9 exceeds world_model.seq_len 8"):
         DreamerConfig(world_model=WorldModelConfig(**TINY), starts=9)
     with pytest.raises(PresetError, match="train_ratio must be > 0"):

@@ -33,6 +33,10 @@ One update (`losses`) on B sequences of real steps:
    actions at their posterior features: -bc_weight mean log pi(a_t | f_t). An actor kept near the data's
    actions cannot exploit the world model where the data never went (TD3+BC's idea, Fujimoto & Gu 2021);
    it is one line, and cheaper than an ensemble of reward heads. agents/s4wm_agent_offline.toml sets it.
+   The other conservatism, `reward_penalty` > 0 with `world_model.reward_heads` = R >= 2: imagined rewards are
+   the R heads' mean less `reward_penalty` standard deviations of their predictions (a lower confidence bound,
+   as MOPO's penalty, Yu et al. 2020, with the spread of reward heads in place of a dynamics ensemble's). The
+   heads agree where the data went and part where it did not, so imagination away from the data pays less.
 
 The three optimiser groups (world model, actor, critic) step on their own loss terms.
 
@@ -107,13 +111,20 @@ class DreamerConfig:
     """the critic's learning rate is trainer.lr times this"""
     bc_weight: float = 0.0
     """offline conservatism: weight of the actor's log-likelihood of the batch's own actions (0: none)"""
+    reward_penalty: float = 0.0
+    """offline conservatism: imagined rewards are the reward heads' mean minus this many of their standard
+    deviations (needs world_model.reward_heads >= 2; 0: the mean)"""
 
     def __post_init__(self):
         require_at_least(self, 1, ("horizon", "starts", "hidden"))
-        require_at_least(self, 0, ("entropy", "slow_reg", "bc_weight", "actor_lr_scale", "critic_lr_scale"))
+        require_at_least(self, 0, ("entropy", "slow_reg", "bc_weight", "reward_penalty", "actor_lr_scale",
+                                   "critic_lr_scale"))
         require_in(self, 0.0, 1.0, ("gamma", "lam", "unimix", "return_decay", "slow_rate"))
         if not 0 < self.min_std <= self.max_std:
             raise ValueError(f"min_std {self.min_std} and max_std {self.max_std} need 0 < min_std <= max_std")
+        if self.reward_penalty and self.world_model.reward_heads < 2:
+            raise ValueError(f"reward_penalty {self.reward_penalty} needs an ensemble: set world_model.reward_heads "
+                             f">= 2 (now {self.world_model.reward_heads})")
         if self.starts > self.world_model.seq_len:
             raise ValueError(f"starts {self.starts} exceeds world_model.seq_len {self.world_model.seq_len}: "
                              f"each start needs at least one real step")
@@ -226,27 +237,31 @@ class Dreamer(Agent):
 
     def dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Imagine H steps from N states: backbone state, h (N, d), z (N, Z) -> features (H+1, N, F), actions
-        (H, N[, A]) as sampled, rewards (H, N) in env units and continuation probabilities (H, N). Discrete
+        (H, N[, A]) as sampled, rewards (H, N) in env units (the reward heads' mean, less `reward_penalty` times their
+        spread), the spread (H, N) and continuation probabilities (H, N). Discrete
         actions: no gradient. Box actions: reparameterised samples, and the graph kept through the world model
         (the actor's gradient backpropagates through the dynamics; the trainer steps only the actor on it)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
             return self._dream(state, h, z)
 
     def _dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        wm, H = self.wm, self.config.horizon
-        feats, acts, rews, conts = [], [], [], []
+        wm, H, lam = self.wm, self.config.horizon, self.config.reward_penalty
+        feats, acts, rews, spreads, conts = [], [], [], [], []
         for _ in range(H):
             f = torch.cat([h, z], -1)
             dist = self.policy(f)
             a = dist.rsample() if torch.is_grad_enabled() else dist.sample()
             a_in = self._action_input(a)
             fa = torch.cat([f, a_in], -1)
-            rews.append(symexp(wm.reward_head(fa)[..., 0])), conts.append(torch.sigmoid(wm.cont_head(fa)[..., 0]))
+            r = symexp(wm.rewards(fa))  # (R, N) env units, one row per reward head
+            spread = r.std(0, unbiased=False)
+            rews.append(r.mean(0) - lam * spread if lam else r.mean(0)), spreads.append(spread)
+            conts.append(torch.sigmoid(wm.cont_head(fa)[..., 0]))
             feats.append(f), acts.append(a)
             h, z, state = wm.dream_step(z, a_in, state)
         feats.append(torch.cat([h, z], -1))
         return {"feat": torch.stack(feats), "act": torch.stack(acts), "rew": torch.stack(rews),
-                "cont": torch.stack(conts)}
+                "spread": torch.stack(spreads), "cont": torch.stack(conts)}
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         c = self.config
@@ -295,6 +310,8 @@ class Dreamer(Agent):
         terms |= {"imagined_return": ret[0].mean(), "actor_entropy":
                   (ent.detach() * weight).sum() / n, "return_scale": self.return_scale.clone(),
                   "imagined_reward": (im["rew"] * weight).sum() / n}
+        if self.wm.reward_ensemble:
+            terms["reward_spread"] = (im["spread"].detach() * weight).sum() / n
         return terms
 
     def _update_return_scale(self, ret: torch.Tensor) -> None:

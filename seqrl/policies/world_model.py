@@ -103,6 +103,9 @@ class WorldModelConfig:
     """E: observation embedding width (the tokenizer's)"""
     hidden: int = 256
     """width of the MLP heads (posterior, prior, reward, continuation, vector decoder)"""
+    reward_heads: int = 1
+    """reward heads, each trained on the same targets from its own initialisation: more than one is an ensemble
+    whose spread measures where the model is unsure (an offline agent subtracts it, `reward_penalty`)"""
     # loss
     seq_len: int = 64
     """K: steps per training sequence (the `sequences` sampler)"""
@@ -117,7 +120,7 @@ class WorldModelConfig:
 
     def __post_init__(self):
         require_at_least(self, 1, ("d_model", "n_layers", "d_state", "n_heads", "z_dim", "z_groups", "z_classes",
-                                   "embed_dim", "hidden", "seq_len"))
+                                   "embed_dim", "hidden", "seq_len", "reward_heads"))
         require_at_least(self, 0, ("window", "kl_dyn", "kl_rep", "free_bits", "min_std"))
         require_in(self, 0.0, 1.0, ("unimix", "dropout"))
         if self.backbone == "transformer" and self.d_model % self.n_heads:
@@ -272,6 +275,7 @@ class WorldModel(Agent):
         else:
             self.decoder = mlp(feat, c.hidden, int(np.prod(obs_space.shape)))
         self.reward_head = mlp(feat + self.a_dim, c.hidden, 1)
+        self.reward_ensemble = nn.ModuleList(mlp(feat + self.a_dim, c.hidden, 1) for _ in range(c.reward_heads - 1))
         self.cont_head = mlp(feat + self.a_dim, c.hidden, 1)
 
     @classmethod
@@ -382,10 +386,15 @@ class WorldModel(Agent):
         return h, latent_sample(self.prior(h), self.config, sample), state
 
     def heads(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(decoded observation in target units, reward in symlog units, continuation logit)."""
+        """(decoded observation in target units, rewards (R, ...) in symlog units, one row per reward head,
+        continuation logit)."""
         f = torch.cat([h, z], -1)
         fa = torch.cat([f, a], -1)
-        return self.decoder(f), self.reward_head(fa)[..., 0], self.cont_head(fa)[..., 0]
+        return self.decoder(f), self.rewards(fa), self.cont_head(fa)[..., 0]
+
+    def rewards(self, fa: torch.Tensor) -> torch.Tensor:
+        """Every reward head at (h, z, a) features (..., F + A): (R, ...) in symlog units."""
+        return torch.stack([head(fa)[..., 0] for head in (self.reward_head, *self.reward_ensemble)])
 
     # ---------------------------------------------------------------------------------- training
     def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
@@ -432,7 +441,7 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     se = se.flatten(2).sum(-1)  # (B, K) summed over pixels or features
     r_target = symlog(batch.rew.to(dec.dtype))
     terms = {"loss_recon": (se * m).sum() / n,
-             "loss_reward": (((rew - r_target) ** 2) * m).sum() / n,
+             "loss_reward": (((rew - r_target) ** 2).mean(0) * m).sum() / n,  # mean over the reward heads
              "loss_cont": (F.binary_cross_entropy_with_logits(cont, (~batch.term).to(dec.dtype), reduction="none")
                            * m).sum() / n}
     terms |= kl_terms(out["post"], out["prior"], batch.mask, cfg)
@@ -453,8 +462,8 @@ def imagine(model: WorldModel, obs: torch.Tensor, act: torch.Tensor, horizon: in
     (its mode, or a sample).
 
     Returns obs (B, H, *obs) imagined observations in observation units (pixels 0..255 as floats), target
-    (B, H, ...) the same in decoder units, reward (B, H) in the env's units, cont (B, H) probabilities,
-    recon (B, C, *obs) the context's reconstruction, h (B, C+H, d) and z (B, C+H, Z).
+    (B, H, ...) the same in decoder units, reward (B, H) in the env's units (the mean over reward heads), cont
+    (B, H) probabilities, recon (B, C, *obs) the context's reconstruction, h (B, C+H, d) and z (B, C+H, Z).
     ValueError for a horizon < 1 or actions that do not cover it; FloatingPointError naming the first imagined
     step whose decoded frame holds NaN or inf."""
     if not isinstance(horizon, (int, np.integer)) or horizon < 1:
@@ -479,8 +488,8 @@ def imagine(model: WorldModel, obs: torch.Tensor, act: torch.Tensor, horizon: in
         if not torch.isfinite(dec).all():
             raise FloatingPointError(f"imagination: the decoded frame of imagined step {k} (step {t} of the sequence, "
                                      f"context {C}) holds NaN or inf")
-        hs.append(h), zs.append(z), decs.append(dec), rews.append(rew), conts.append(torch.sigmoid(cont))
+        hs.append(h), zs.append(z), decs.append(dec), rews.append(symexp(rew).mean(0)), conts.append(torch.sigmoid(cont))
     target = torch.stack(decs, 1)
-    return {"obs": model.from_target(target), "target": target, "reward": symexp(torch.stack(rews, 1)),
+    return {"obs": model.from_target(target), "target": target, "reward": torch.stack(rews, 1),
             "cont": torch.stack(conts, 1), "recon": model.from_target(dec_c),
             "h": torch.cat([ctx["h"], torch.stack(hs, 1)], 1), "z": torch.cat([ctx["z"], torch.stack(zs, 1)], 1)}
