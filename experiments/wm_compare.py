@@ -1,14 +1,19 @@
-"""S4 vs GRU vs transformer world models on DistractingMemory data: same data, same sizes, same budget.
+"""S4 vs GRU vs transformer world models on one image task: same data, same sizes, same budget.
 
+--task distracting-memory (default), four-rooms or multi-doors-keys (seqrl/envs/image_memory.py, gridworlds.py).
 For each backbone (agents/s4wm_small.toml, rssm_small.toml, twm_small.toml unless --preset-suffix says otherwise)
-and seed: train through the one Trainer on a uniformly-random-policy dataset (seqrl/data/wm_collect.py), then
-imagine from the checkpoint (seqrl/runners/imagine.py): a context of --context real steps from each episode's
-start (the cue), the rest of the episode imagined open loop under the dataset's actions. Reports generation MSE
-(per pixel, [0, 1] units) and reward accuracy in imagination (sign of the predicted reward at the doors step),
-and the time per update (sample + losses + backward + AdamW) at sequence lengths --bench-lens.
+and seed: train through the one Trainer on the task's scripted dataset (seqrl/data/wm_collect.py), then imagine
+from the checkpoint (seqrl/runners/imagine.py): a context of --context real steps from each episode's start, the
+rest of the episode imagined open loop under the dataset's actions. Reports generation MSE (per pixel, [0, 1]
+units: the mean over the horizon, and at imagined steps 1, 10, 50, 100, 250, 500 and the last, where the horizon
+reaches them), reward MSE, and for distracting-memory the reward accuracy in imagination (sign of the predicted
+reward at the doors step); and the time per update (sample + losses + backward + AdamW) at sequence lengths
+--bench-lens. Four-rooms and multi-doors-keys episodes are --max-steps long (the env's default: 1000 and 600);
+their context defaults to half an episode (Four-Rooms: 500 real steps, then 500 imagined).
 
 CPU (docs/world_model.md):
     python experiments/wm_compare.py --width 16 --steps 200 --seeds 0 1 --out runs/wm_compare
+    python experiments/wm_compare.py --task four-rooms --data-steps 20000 --steps 200 --out runs/wm_compare_rooms
 GPU, the paper's width (someone else's run; sizes as arguments):
     python experiments/wm_compare.py --width 400 --data-steps 200000 --seq-len 512 --batch 16 --steps 20000 \
         --preset-suffix "" --device cuda --bench-lens 256 1024 4096 --out runs/wm_compare_gpu
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from seqrl.data.wm_collect import build_distracting_memory, load_image_store
+from seqrl.data.wm_collect import TASKS, build_wm_dataset, load_image_store
 from seqrl.policies.base import TaskSpec
 from seqrl.policies.world_model import WorldModel
 from seqrl.presets import load_agent
@@ -41,17 +46,22 @@ AGENTS = {"s4": "s4wm", "gru": "rssm", "transformer": "twm"}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--width", type=int, default=16, help="hallway width W (episodes of W + 2 steps)")
+    ap.add_argument("--task", default="distracting-memory", choices=list(TASKS))
+    ap.add_argument("--width", type=int, default=16, help="distracting-memory: hallway width W (episodes of W + 2 steps)")
+    ap.add_argument("--max-steps", type=int, default=0, help="four-rooms, multi-doors-keys: episode length (0: the env's)")
+    ap.add_argument("--n-keys", type=int, default=7, help="multi-doors-keys: keys (and doors)")
     ap.add_argument("--data-steps", type=int, default=20_000, help="dataset size in env steps")
     ap.add_argument("--steps", type=int, default=200, help="updates per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--backbones", nargs="+", default=list(AGENTS), choices=list(AGENTS))
     ap.add_argument("--preset-suffix", default="_small", help="'_small' (CPU) or '' (agents/s4wm.toml, ...)")
-    ap.add_argument("--seq-len", type=int, default=0, help="training sequence length (0: at least W + 2, the preset's if larger)")
+    ap.add_argument("--seq-len", type=int, default=0, help="training sequence length (0: the preset's; distracting-memory: "
+                                                          "at least W + 2)")
     ap.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's)")
     ap.add_argument("--d-model", type=int, default=0, help="backbone width (0: the preset's)")
     ap.add_argument("--lr", type=float, default=0.0, help="learning rate (0: the preset's)")
-    ap.add_argument("--context", type=int, default=4, help="real steps read before imagining (the cue is step 0)")
+    ap.add_argument("--context", type=int, default=0, help="real steps read before imagining (0: 4 for distracting-memory, "
+                                                          "whose cue is step 0; half an episode for the others)")
     ap.add_argument("--sequences", type=int, default=64, help="episodes imagined per run")
     ap.add_argument("--bench-lens", type=int, nargs="*", default=[256, 1024], help="sequence lengths to time an update at")
     ap.add_argument("--bench-batch", type=int, default=2)
@@ -66,19 +76,38 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     t0 = time.time()
-    did = build_distracting_memory(args.width, args.data_steps, seed=0)
-    store = load_image_store(did, env_kwargs={"width": args.width})
-    env = EnvPreset(name=f"distracting-memory-w{args.width}", env_id="seqrl/DistractingMemory-v0",
-                    max_episode_steps=args.width + 2, env_kwargs={"width": args.width})
+    task = TASKS[args.task]
+    if args.task == "distracting-memory":
+        env_kwargs, ep_len, tag = {"width": args.width}, args.width + 2, f"w{args.width}"
+    else:
+        import gymnasium as gym
+
+        import seqrl.envs  # noqa: F401
+
+        env_kwargs = {"n_keys": args.n_keys} if args.task == "multi-doors-keys" else {}
+        if args.max_steps:
+            env_kwargs["max_steps"] = args.max_steps
+        probe = gym.make(task.env_id, **env_kwargs)
+        ep_len = probe.unwrapped.max_steps
+        probe.close()
+        tag = task.dataset_id(env_kwargs).split("/")[1] + f"-T{ep_len}"
+    did = build_wm_dataset(args.task, args.data_steps, 0, **env_kwargs)
+    store = load_image_store(did, task.env_id, env_kwargs=env_kwargs)
+    env = EnvPreset(name=tag, env_id=task.env_id, max_episode_steps=ep_len, env_kwargs=env_kwargs)
     print(f"dataset {did}: {len(store)} steps, {store.num_episodes} episodes ({time.time() - t0:.0f} s)", flush=True)
-    horizon = args.width + 2 - args.context
+    context = args.context or (4 if args.task == "distracting-memory" else ep_len // 2)
+    horizon = ep_len - context
+    if horizon < 1:
+        ap.error(f"--context {context} leaves no step to imagine in episodes of {ep_len} steps")
+    marks = [h for h in (1, 10, 50, 100, 250, 500) if h < horizon] + [horizon]
 
     rows = []
     for backbone in args.backbones:
         for seed in args.seeds:
             policy = {}
             base = load_agent(AGENTS[backbone] + args.preset_suffix)
-            seq = args.seq_len or max(base.policy.seq_len, args.width + 2)
+            seq = args.seq_len or (max(base.policy.seq_len, ep_len) if args.task == "distracting-memory"
+                                   else base.policy.seq_len)
             policy["seq_len"] = seq
             if args.d_model:
                 policy["d_model"] = args.d_model
@@ -89,7 +118,7 @@ def main() -> None:
             source = {"batch_size": args.batch} if args.batch else {}
             preset = load_agent(AGENTS[backbone] + args.preset_suffix,
                                  {"policy": policy, "trainer": trainer, "source": source})
-            run_dir = out / f"{backbone}_w{args.width}_seed{seed}"
+            run_dir = out / f"{backbone}_{tag}_seed{seed}"
             torch.manual_seed(seed)
             agent = WorldModel(preset.policy, TaskSpec.from_store(store, env))
             n_params = sum(p.numel() for p in agent.parameters())
@@ -97,10 +126,11 @@ def main() -> None:
             if not (run_dir / "checkpoint.pt").exists():
                 Trainer(agent, DatasetSource(preset.source, store), preset, run_dir).run()
             train_s = time.time() - t
-            res = imagine_checkpoint(run_dir / "checkpoint.pt", args.context, horizon, run_dir / "imagine", dataset=store,
+            res = imagine_checkpoint(run_dir / "checkpoint.pt", context, horizon, run_dir / "imagine", dataset=store,
                                      sequences=args.sequences, seed=seed, device=args.device)
             row = {"backbone": backbone, "seed": seed, "params": n_params, "seq_len": seq, "train_s": round(train_s, 1),
                    "mse_mean": res["mse_mean"], "mse_last": res["mse_per_step"][-1],
+                   "mse_at": {str(h): res["mse_per_step"][h - 1] for h in marks}, "reward_mse": res["reward_mse"],
                    "reward_accuracy": res["reward_accuracy"], "reward_steps": res["reward_steps"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -133,23 +163,37 @@ def main() -> None:
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"torch {torch.__version__}, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}",
-               "dataset": did, "steps": len(store), "width": args.width, "context": args.context, "horizon": horizon,
+               "task": args.task, "env_kwargs": env_kwargs, "episode_steps": ep_len,
+               "dataset": did, "steps": len(store),
+               "width": args.width if args.task == "distracting-memory" else None, "context": context, "horizon": horizon,
                "runs": rows, "bench": bench}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(table(summary))
 
 
 def table(s: dict) -> str:
-    lines = ["| backbone | seeds | generation MSE (mean over horizon) | MSE at the last step | reward accuracy |",
-             "|---|---|---|---|---|"]
-    for bb in dict.fromkeys(r["backbone"] for r in s["runs"]):
-        rs = [r for r in s["runs"] if r["backbone"] == bb]
-        f = lambda k: " / ".join(f"{r[k]:.4f}" if k != "reward_accuracy" else f"{100 * r[k]:.0f}%" for r in rs)  # noqa: E731
-        lines.append(f"| {bb} | {len(rs)} | {f('mse_mean')} | {f('mse_last')} | {f('reward_accuracy')} |")
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    if s.get("task", "distracting-memory") == "distracting-memory":
+        lines = ["| backbone | seeds | generation MSE (mean over horizon) | MSE at the last step | reward accuracy |",
+                 "|---|---|---|---|---|"]
+        for bb in dict.fromkeys(r["backbone"] for r in s["runs"]):
+            rs = [r for r in s["runs"] if r["backbone"] == bb]
+            acc = lambda r: "n/a" if r["reward_accuracy"] is None else f"{100 * r['reward_accuracy']:.0f}%"  # noqa: E731
+            lines.append(f"| {bb} | {len(rs)} | {' / '.join(fmt(r['mse_mean']) for r in rs)} | "
+                         f"{' / '.join(fmt(r['mse_last']) for r in rs)} | {' / '.join(acc(r) for r in rs)} |")
+    else:  # generation MSE against the imagined step (seeds separated by /)
+        marks = list(s["runs"][0]["mse_at"]) if s["runs"] else []
+        lines = [f"| backbone | seeds | MSE, mean over {s['horizon']} | " + " | ".join(f"MSE at step {h}" for h in marks)
+                 + " | reward MSE |", "|---|---|---|" + "---|" * len(marks) + "---|"]
+        for bb in dict.fromkeys(r["backbone"] for r in s["runs"]):
+            rs = [r for r in s["runs"] if r["backbone"] == bb]
+            cells = [" / ".join(fmt(r["mse_mean"]) for r in rs)]
+            cells += [" / ".join(fmt(r["mse_at"][h]) for r in rs) for h in marks]
+            cells += [" / ".join(fmt(r["reward_mse"]) for r in rs)]
+            lines.append(f"| {bb} | {len(rs)} | " + " | ".join(cells) + " |")
     lines += ["", "| backbone | seq len | s / update |", "|---|---|---|"]
     lines += [f"| {b['backbone']} | {b['seq_len']} | {b['s_per_update']:.3f} |" for b in s["bench"]]
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()

@@ -63,11 +63,13 @@ def _results_table(title: str, rows: list[tuple[str, dict]]) -> Table:
 @app.command()
 @_friendly
 def collect(
-    env: str = typer.Option(..., help="env preset: envs/NAME.toml (hopper, halfcheetah, walker2d, pendulum), or an "
+    env: str = typer.Option(..., help="env preset: envs/NAME.toml (hopper, halfcheetah, walker2d, pendulum), an "
                                       "in-context family (gaussian-bandit, bernoulli-bandit, linear-bandit, darkroom, "
-                                      "keytodoor)"),
+                                      "keytodoor), or a world-model image task (distracting-memory, four-rooms, "
+                                      "multi-doors-keys)"),
     quality: str = typer.Option(..., help="random, medium, expert, medium-replay, medium-expert (mixed for pendulum); "
-                                          "in-context: dpt, ad-ucb, ad-thompson, ad-linucb, ad-q, ad-noisy"),
+                                          "in-context: dpt, ad-ucb, ad-thompson, ad-linucb, ad-q, ad-noisy; image tasks: "
+                                          "random (distracting-memory), explore (four-rooms, multi-doors-keys)"),
     seed: int = typer.Option(0, help="seed of training and rollouts"),
     workdir: Path = typer.Option(Path("runs/collect"), help="SB3 checkpoints live here; rerun to resume"),
     set_: list[str] = typer.Option([], "--set", help="override a preset value, e.g. collect.train_steps=300000"),
@@ -84,14 +86,24 @@ def collect(
         path = collect_icrl(env, quality, {"seed": seed} | parse_overrides(set_), rebuild=rebuild)
         console.print(f"dataset [bold]{path.relative_to(path.parents[2])}[/] is at {path}")
         return
-    if env in ("distracting-memory", "seqrl/DistractingMemory-v0"):  # the world models' image memory task
+    from seqrl.data.wm_collect import wm_task
+
+    task = wm_task(env)
+    if task is not None:  # the world models' image tasks: distracting-memory, four-rooms, multi-doors-keys
         from seqrl.data.minari_io import dataset_path
-        from seqrl.data.wm_collect import build_distracting_memory
+        from seqrl.data.wm_collect import build_wm_dataset, check_env_kwargs
 
         over = parse_overrides(set_)
-        if quality != "random" or set(over) - {"width", "n_steps"}:
-            raise PresetError(f"--env {env}: --quality random, and --set width=W / n_steps=N only")
-        did = build_distracting_memory(over.get("width", 16), over.get("n_steps", 20_000), seed, rebuild)
+        if quality != task.quality or set(over) - {"n_steps", "seed", *task.args}:
+            raise PresetError(f"--env {env}: --quality {task.quality}, and --set n_steps=N / seed=S / "
+                              + " / ".join(f"{a}=..." for a in task.args) + " only")
+        n_steps, seed = over.pop("n_steps", 20_000), over.pop("seed", seed)
+        for name, v in (("n_steps", n_steps), ("seed", seed)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "n_steps" else 0):
+                raise PresetError(f"--env {env}: {name} must be an integer >= {1 if name == 'n_steps' else 0}, "
+                                  f"got {v!r}")
+        check_env_kwargs(task, over)
+        did = build_wm_dataset(task.name, n_steps, seed, rebuild, **over)
         console.print(f"dataset [bold]{did}[/] is at {dataset_path(did)}")
         return
     preset = load_env(env, parse_overrides(set_))
