@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from seqrl.kernels import scan as scan_mod
 from seqrl.nn import s4 as s4_mod
-from seqrl.nn.s4 import S4Backbone, S4Layer, hippo_n
+from seqrl.nn.s4 import S4Backbone, S4Layer, S4State, hippo_n
 
 KINDS = [("s4d", "zoh"), ("s4d", "bilinear"), ("s5", "zoh"), ("s5", "bilinear")]
 IDS = [f"{k}-{d}" for k, d in KINDS]
@@ -70,20 +70,30 @@ def complex_state(state):
     return torch.view_as_complex(state.contiguous())
 
 
+def no_scan(monkeypatch):
+    """Make the scan path raise, so that a test can only pass through the FFT path; and let the FFT path take resets
+    at the tests' short lengths."""
+    def scan(*args, **kwargs):
+        raise AssertionError("the scan path was taken")
+    monkeypatch.setattr(S4Layer, "_scan", scan)
+    monkeypatch.setattr(s4_mod, "FFT_RESET_MIN_LEN", {"s4d": 1, "s5": 1})
+
+
 @pytest.mark.parametrize("kind,disc", KINDS, ids=IDS)
 @pytest.mark.parametrize("path", ["scan", "scan-sequential", "fft"])
 def test_forward_matches_the_slow_loop(kind, disc, path, monkeypatch):
-    """From a random state, with resets (scan: mid-segment; fft: at the first step only, the one place its path
-    takes them) in float64, through every path: the parallel scan per chunk, the step-by-step scan and the FFT."""
+    """From a random state, with resets (at the first step, mid-segment and at the last step) in float64, through
+    every path: the parallel scan per chunk, the step-by-step scan and the FFT over episode segments."""
     m = layer(kind, disc, fft_min_len=1 if path == "fft" else None)
     monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0 if path == "scan-sequential" else 10**9)
+    if path == "fft":
+        no_scan(monkeypatch)
     g = torch.Generator().manual_seed(1)
     u = torch.randn(4, 21, 3, generator=g, dtype=torch.float64)
     state = torch.randn(4, m.n_modes, 2, generator=g, dtype=torch.float64)
     reset = torch.zeros(4, 21, dtype=torch.bool)
     reset[2, 0] = True
-    if path != "fft":
-        reset[1, 7] = reset[3, 1] = reset[3, 20] = True
+    reset[1, 7] = reset[3, 1] = reset[3, 20] = True
     fft_calls = []
     monkeypatch.setattr(S4Layer, "_fft", lambda self, *a, f=S4Layer._fft: fft_calls.append(1) or f(self, *a))
     with torch.no_grad():
@@ -92,6 +102,83 @@ def test_forward_matches_the_slow_loop(kind, disc, path, monkeypatch):
     assert len(fft_calls) == (path == "fft")
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(complex_state(h), h_ref, rtol=1e-10, atol=1e-10)
+
+
+def episode_starts(B, T, seed):
+    """Rows with every kind of segment layout: none; at step 0 only; at 0 and several more; consecutive ones
+    (segments of one step) and one at the last step; every step; then random rows, about one in five steps."""
+    g = torch.Generator().manual_seed(seed)
+    reset = torch.rand(B, T, generator=g) < 0.2
+    reset[:5] = False
+    reset[1, 0] = True
+    reset[2, [0, 3, 11, 12, T // 2]] = True
+    reset[3, [5, 6, 7, 20, T - 1]] = True
+    reset[4] = True
+    return reset
+
+
+@pytest.mark.parametrize("kind,disc", KINDS, ids=IDS)
+@pytest.mark.parametrize("with_state", [True, False])
+def test_fft_path_with_resets_matches_the_slow_loop(kind, disc, with_state, monkeypatch):
+    """The FFT path over episode segments (the scan made to raise), float64, against the step-by-step loop: outputs,
+    final states, and the gradients of both in the input, the incoming state and every parameter."""
+    no_scan(monkeypatch)
+    m = layer(kind, disc, H=3, d_state=6, fft_min_len=1)
+    B, T = 8, 37
+    g = torch.Generator().manual_seed(7)
+    u = torch.randn(B, T, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(B, m.n_modes, 2, generator=g, dtype=torch.float64) if with_state else None
+    reset = episode_starts(B, T, seed=8)
+    plan = m._fft_plan(u, reset)
+    assert plan is not None and plan.buckets is not None and len(plan.buckets) >= 4
+    y, h = m(u, state, reset)
+    y_ref, h_ref = slow_loop(m, u, None if state is None else complex_state(state), reset)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(complex_state(h), h_ref, rtol=1e-10, atol=1e-10)
+    if state is not None:  # the state reaches row 0 (no resets) to the end, rows 1 and 4 not at all
+        assert (y[0, -1] - slow_loop(m, u[:1])[0][0, -1]).abs().max() > 1e-6
+        torch.testing.assert_close(y[[1, 4]], slow_loop(m, u[[1, 4]], reset=reset[[1, 4]])[0], rtol=1e-10, atol=1e-10)
+    wy = torch.randn(B, T, 3, generator=g, dtype=torch.float64)
+    wh = torch.randn(B, m.n_modes, generator=g, dtype=torch.complex128)
+    leaves = [u] + list(m.parameters())
+    grads = torch.autograd.grad((y * wy).sum() + (complex_state(h) * wh).real.sum(), leaves)
+    grads_ref = torch.autograd.grad((y_ref * wy).sum() + (h_ref * wh).real.sum(), leaves)
+    for gr, gr_ref in zip(grads, grads_ref):
+        assert gr_ref.abs().max() > 0
+        torch.testing.assert_close(gr, gr_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_segments_cover_every_step_once():
+    """The segment plan: gathering with the buckets' indices and scattering back with inv returns every step, each
+    bucket pads its segments to at most twice their length, and first/last are each row's first segment's length
+    and last segment's start."""
+    reset = episode_starts(8, 100, seed=9)
+    plan = s4_mod._segments(reset)
+    flat = torch.cat([torch.arange(800), torch.tensor([-1])])
+    gathered = torch.cat([flat[idx] for _, _, idx in plan.buckets])
+    torch.testing.assert_close(gathered[plan.inv], torch.arange(800))
+    assert sum(count * lb for lb, count, _ in plan.buckets) < 2 * 800
+    assert all(((idx.view(count, lb) >= 0).sum(1) > lb // 2).all() for lb, count, idx in plan.buckets if lb > 1)
+    assert plan.n_segments == int(reset[:, 1:].sum()) + 8
+    for row in range(8):
+        starts = [0] + [t for t in range(1, 100) if reset[row, t]]
+        assert int(plan.first[row]) == (starts[1] if len(starts) > 1 else 100)
+        assert int(plan.last[row]) == starts[-1]
+
+
+def test_which_path_with_resets():
+    """With episode starts after the first step: the FFT path on the CPU from FFT_RESET_MIN_LEN[kind] steps (and
+    fft_min_len), the scan below; a reset at the first step only is no episode start inside the sequence."""
+    for kind, disc in KINDS[::2]:
+        m = S4Layer(4, 8, kind=kind, discretization=disc)
+        n = max(s4_mod.FFT_RESET_MIN_LEN[kind], m.fft_min_len)
+        for T, inside in ((n - 1, True), (n, True), (m.fft_min_len, False)):
+            reset = torch.zeros(2, T, dtype=torch.bool)
+            reset[0, 0] = True
+            reset[1, T // 2] = inside
+            assert m._fft_ok(torch.zeros(2, T, 4), reset) == (T >= n or not inside), (kind, T, inside)
+        m.fft_min_len = None
+        assert not m._fft_ok(torch.zeros(2, n, 4), reset)
 
 
 @pytest.mark.parametrize("kind,disc", KINDS, ids=IDS)
@@ -155,36 +242,43 @@ def test_bilinear_is_the_trapezoid_rule(kind):
         assert (h1_zoh - h0 - dt / 2 * (A * h0 + A * h1_zoh) - dt * Bu).abs().max() > 1e-4
 
 
-def test_fft_path_equals_scan_path_at_length_and_in_float32():
-    """At T=300 from a state, float32, both kinds: the FFT path (taken) within float32 error of the scan path."""
+@pytest.mark.parametrize("resets", [False, True])
+def test_fft_path_equals_scan_path_at_length_and_in_float32(resets):
+    """At T=300 from a state, float32, both kinds: the FFT path (taken) within float32 error of the scan path,
+    without resets and with episode starts about every 50 steps (slow modes: dt down to 1e-3)."""
     for kind, disc in KINDS:
         torch.manual_seed(0)
         m = S4Layer(8, 16, kind=kind, discretization=disc)
         g = torch.Generator().manual_seed(4)
         u = torch.randn(3, 300, 8, generator=g)
         state = torch.randn(3, m.n_modes, 2, generator=g)
-        assert m._fft_ok(u, None)
+        reset = torch.rand(3, 300, generator=g) < 0.02 if resets else None
+        assert not resets or reset[:, 1:].any()
+        plan = m._fft_plan(u, reset)
+        assert plan is not None and (plan.buckets is not None) == resets
         with torch.no_grad():
-            y_fft, h_fft = m(u, state)
+            y_fft, h_fft = m(u, state, reset)
             m.fft_min_len = None
-            y_scan, h_scan = m(u, state)
+            y_scan, h_scan = m(u, state, reset)
         torch.testing.assert_close(y_fft, y_scan, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(h_fft, h_scan, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind,disc", KINDS, ids=IDS)
 @pytest.mark.parametrize("path", ["scan", "fft"])
-def test_gradcheck_through_resets_and_every_parameter(kind, disc, path):
+def test_gradcheck_through_resets_and_every_parameter(kind, disc, path, monkeypatch):
     """float64 gradcheck of (y, final state) in the input, the incoming state and every parameter (log dt, Re and
-    Im of A, B, C, D); the scan path through mid-segment resets, the FFT path through a reset at the first step."""
+    Im of A, B, C, D), through resets at the first step, mid-segment (two, one step apart) and at the last step; on
+    the FFT path the scan raises."""
     m = layer(kind, disc, H=2, d_state=6 if kind == "s5" else 4, fft_min_len=1 if path == "fft" else None)
+    if path == "fft":
+        no_scan(monkeypatch)
     g = torch.Generator().manual_seed(5)
-    u = torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
-    state = torch.randn(2, m.n_modes, 2, generator=g, dtype=torch.float64)
-    reset = torch.zeros(2, 6, dtype=torch.bool)
+    u = torch.randn(3, 7, 2, generator=g, dtype=torch.float64)
+    state = torch.randn(3, m.n_modes, 2, generator=g, dtype=torch.float64)
+    reset = torch.zeros(3, 7, dtype=torch.bool)
     reset[0, 0] = True
-    if path == "scan":
-        reset[1, 3] = True
+    reset[1, 3] = reset[1, 4] = reset[1, 6] = True
     names = [n for n, _ in m.named_parameters()]
     assert set(names) == {"log_dt", "log_neg_A_re", "A_im", "B", "C", "D"}
 
@@ -320,3 +414,27 @@ def test_the_ssm_runs_in_float32_under_autocast(kind):
     assert all(t.dtype == torch.float32 for t in s.ssm)
     torch.testing.assert_close(torch.stack(ys, 1).float(), y16.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(y16.float(), y32, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("kind", ["s4d", "s5"])
+def test_backbone_with_resets_fft_equals_scan(kind, monkeypatch):
+    """S4Backbone in float64 with episode starts inside the sequence and a given state: its layers (sharing one
+    segment plan) on the FFT path, the scan made to raise, give the scan path's outputs, final states and input
+    gradient."""
+    torch.manual_seed(0)
+    fft = S4Backbone(8, 2, d_state=8, kind=kind).double()
+    scan = S4Backbone(8, 2, d_state=8, kind=kind, fft_min_len=None).double()
+    scan.load_state_dict(fft.state_dict())
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 40, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    state = S4State(tuple(torch.randn(6, l.n_modes, 2, generator=g, dtype=torch.float64) for l in fft._layers()))
+    reset = episode_starts(6, 40, seed=12)
+    y_scan, s_scan = scan(x, state, reset)
+    (gx_scan,) = torch.autograd.grad(y_scan.square().sum(), x)
+    no_scan(monkeypatch)
+    y, s = fft(x, state, reset)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(y, y_scan, rtol=1e-9, atol=1e-9)
+    for h, h_scan in zip(s.ssm, s_scan.ssm):
+        torch.testing.assert_close(h, h_scan, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gx, gx_scan, rtol=1e-9, atol=1e-9)

@@ -36,12 +36,17 @@ Initialisation (each paper's, and its reference code where the paper leaves a ch
 Sequences (`forward`): episode resets enter the recurrence itself: at a step where a new episode starts the decay
 is 0, so the state restarts from that step's input, inside the one scan. Training runs through
 `seqrl.kernels.linear_scan` (Triton on CUDA; on the CPU its sequential path over time-major tensors, which this
-module builds time-major so no copy is made). On the CPU, a segment of `fft_min_len` steps or more with no episode
-start after its first step runs as an FFT convolution instead (not on CUDA: unmeasured there, and choosing it needs
-the reset flags on the host) (S4D: with the kernel K_k = 2 Re(sum_n C b a^k) per
-channel, from a^k = exp(k log a), as S4D does; S5: per mode, of the inputs b @ u with a^k), plus the incoming
-state's decay and the final state from the same powers; it gives the scan's answer (tests/test_s4.py) and is
-faster from about 16 steps at the backbone's default sizes (experiments/bench_s4_cpu.py). `step` is the exact
+module builds time-major so no copy is made). On the CPU, a sequence of `fft_min_len` steps or more runs as FFT
+convolutions instead (not on CUDA: unmeasured there, and planning it needs the reset flags on the host) (S4D: with
+the kernel K_k = 2 Re(sum_n C b a^k) per channel, from a^k = exp(k log a), as S4D does; S5: per mode, of the inputs
+b @ u with a^k). Episode starts cut each row into segments, each a convolution from a zero state (the decay 0 at
+its first step cuts it off from the steps before): the segments are gathered into buckets of power-of-two lengths
+(so padding at most doubles a segment), each bucket convolved at its own FFT length, and the outputs scattered
+back; the incoming state reaches each row's first segment (y_t gains 2 Re(C a^(t+1) h0)), and the final state is
+that of each row's last segment, from the same powers. It gives the scan's answer, resets or not
+(tests/test_s4.py), and is faster from about 16 steps at the backbone's default sizes without resets; with
+episode starts after the first step it also needs FFT_RESET_MIN_LEN steps (16 for S4D, 256 for S5, whose scan is
+cheap), and at T=1024 it is ahead of the scan at every reset rate (experiments/bench_s4_cpu.py). `step` is the exact
 recurrence for one step, through `seqrl.kernels.linear_step`. A layer's state is its h, (B, M) complex, held as
 (B, M, 2) real/imaginary pairs in float32 (float64 in a float64 model) so that a state holds floating tensors of
 the model's dtype as every backbone's does; `torch.view_as_complex` reads it as complex64 (complex128).
@@ -60,6 +65,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -155,6 +161,93 @@ class _ChannelOuter(torch.autograd.Function):
     def backward(ctx, g):
         u, w = ctx.saved_tensors
         return _dot(g, w), _wsum(g, u)
+
+
+# ----------------------------------------------------------------------------------- segments
+# Steps from which a sequence with episode starts after its first step runs as FFT convolutions over its episode
+# segments on the CPU (and from the layer's fft_min_len). Measured (experiments/bench_s4_cpu.py, 1 thread, B=8,
+# H=64, d_state 64): S4D's FFT path is ahead of its scan from 16 steps at every reset rate, S5's (whose scan is
+# cheap: 32 modes) from about 256; at T=1024 both are ahead whatever the rate, a reset at every step included.
+FFT_RESET_MIN_LEN = {"s4d": FFT_MIN_LEN, "s5": 256}
+
+
+@dataclass
+class _Segments:
+    """The episode segments of (B, T) rows for the FFT path: a segment starts at step 0 and at every episode start,
+    and runs to the next one. They are bucketed by length: a segment of L steps goes to the bucket of length
+    2^ceil(log2 L) (capped at T), its steps first and zeros after, so that padding at most doubles a segment and
+    each bucket runs its FFTs at its own length. buckets: (length lb, segments in it, indices (count lb,) into the
+    flattened (B T) steps, B T for padding); inv (B T,): where each step lands in the buckets' outputs laid end to
+    end; first (B,): the steps of each row's first segment (those that see the incoming state); last (B,): the
+    first step of each row's last segment. Rows without episode starts after step 0 (`whole`) are one segment
+    each: buckets, inv, first and last None."""
+
+    longest: int  # the longest bucket's length
+    first_max: int
+    last_min: int
+    n_segments: int
+    buckets: list[tuple[int, int, torch.Tensor]] | None = None
+    inv: torch.Tensor | None = None
+    first: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+
+    @staticmethod
+    def whole(batch: int, T: int) -> _Segments:
+        return _Segments(T, T, 0, batch)
+
+
+def _segments(reset: torch.Tensor) -> _Segments:
+    """The segments of reset (B, T) bool on the CPU, planned in numpy: on (B, T) flags its small operations cost a
+    fraction of torch's (about 0.2 ms a plan at B=8, T=1024, against hundreds of ms for the layer's FFTs)."""
+    Bsz, T = reset.shape
+    r = reset.numpy().copy()
+    r[:, 0] = True
+    starts = np.flatnonzero(r)  # each segment's first step in the flattened (B T) steps, in order
+    length = np.diff(starts, append=Bsz * T)  # a row's last segment ends at the row's end
+    t0 = starts % T
+    heads = np.flatnonzero(t0 == 0)  # each row's first segment, in row order
+    first = length[heads]  # steps of the first segment: those that see the incoming state
+    last = t0[np.append(heads[1:], len(starts)) - 1]  # the first step of each row's last segment
+    bucket = np.minimum(1 << np.ceil(np.log2(length)).astype(np.int64), T)
+    buckets, src, dst, base = [], [], [], 0
+    for lb in np.unique(bucket).tolist():
+        seg = np.flatnonzero(bucket == lb)
+        pos = starts[seg, None] + np.arange(lb)
+        valid = np.arange(lb) < length[seg, None]
+        buckets.append((lb, len(seg), torch.from_numpy(np.where(valid, pos, Bsz * T).ravel())))
+        dst.append(pos[valid])
+        src.append(base + np.flatnonzero(valid))
+        base += len(seg) * lb
+    inv = np.empty(Bsz * T, dtype=np.int64)
+    inv[np.concatenate(dst)] = np.concatenate(src)
+    first, last, inv = (torch.from_numpy(x) for x in (first, last, inv))
+    return _Segments(buckets[-1][0], int(first.max()), int(last.min()), len(starts), buckets, inv, first, last)
+
+
+def _convolve(x: torch.Tensor, kernel: torch.Tensor, plan: _Segments) -> torch.Tensor:
+    """Per segment of `plan`, from a zero state, the causal convolution along time of x (B, T, F) with kernel
+    (F, >= plan.longest): out_t = sum_s kernel[t - s] x_s over the steps s <= t of t's segment. Real x and kernel
+    by rfft, complex by fft, zero-padded to twice the length (a linear, not circular, convolution)."""
+    fft, ifft = (torch.fft.fft, torch.fft.ifft) if x.is_complex() else (torch.fft.rfft, torch.fft.irfft)
+    Bsz, T, F = x.shape
+    if plan.buckets is None:
+        n = 2 * T
+        return ifft(fft(x.transpose(1, 2), n) * fft(kernel[:, :T], n), n)[..., :T].transpose(1, 2)
+    xt = torch.cat([x.reshape(Bsz * T, F).T, x.new_zeros(F, 1)], 1)  # (F, B T + 1): the last column pads
+    outs = []
+    for lb, count, idx in plan.buckets:
+        n = 2 * lb
+        xb = xt.index_select(1, idx).view(F, count, lb)
+        outs.append(ifft(fft(xb, n) * fft(kernel[:, None, :lb], n), n)[..., :lb].reshape(F, count * lb))
+    return torch.cat(outs, 1).index_select(1, plan.inv).T.view(Bsz, T, F)
+
+
+def _add_first(y: torch.Tensor, y0: torch.Tensor, plan: _Segments, t: torch.Tensor) -> torch.Tensor:
+    """y (B, T, F) plus y0 (B, nf, F) on each row's first segment (nf = its longest)."""
+    nf = y0.shape[1]
+    if plan.first is not None:
+        y0 = y0 * (t[:nf] < plan.first[:, None])[..., None]
+    return y + y0 if nf == y.shape[1] else torch.cat([y[:, :nf] + y0, y[:, nf:]], 1)
 
 
 # ----------------------------------------------------------------------------------------- layer
@@ -264,18 +357,29 @@ class S4Layer(nn.Module):
         with torch.autocast(u.device.type, enabled=False):  # the SSM in float32 (float64) under AMP as well
             log_a, a, b, C = self.discrete(u.dtype)
             uf = u.to(_acc(u.dtype))
-            if self._fft_ok(u, reset):
+            plan = self._fft_plan(u, reset)
+            if plan is not None:
                 if reset is not None and h0 is not None:  # an episode starting at the first step sees no state
                     h0 = h0 * (~reset[:, 0, None]).to(h0.real.dtype)
-                y, h = self._fft(uf, h0, log_a, b, C)
+                y, h = self._fft(uf, h0, log_a, b, C, plan)
             else:
                 y, h = self._scan(uf, h0, a, b, C, reset)
             y = y + self.D.to(uf.dtype) * uf
         return y.to(u.dtype), torch.view_as_real(h)
 
     def _fft_ok(self, u: torch.Tensor, reset: torch.Tensor | None) -> bool:
-        return (self.fft_min_len is not None and u.device.type == "cpu" and u.shape[1] >= self.fft_min_len
-                and (reset is None or not bool(reset[:, 1:].any())))
+        """Whether `forward` takes the FFT path for these inputs (a plan for it exists)."""
+        return self._fft_plan(u, reset) is not None
+
+    def _fft_plan(self, u: torch.Tensor, reset: torch.Tensor | None) -> _Segments | None:
+        """The FFT path's episode segments, or None for the scan: on the CPU only, from `fft_min_len` steps, and
+        with episode starts after the first step from FFT_RESET_MIN_LEN[kind] steps as well."""
+        Bsz, T = u.shape[:2]
+        if self.fft_min_len is None or u.device.type != "cpu" or T < self.fft_min_len:
+            return None
+        if reset is None or not bool(reset[:, 1:].any()):
+            return _Segments.whole(Bsz, T)
+        return _segments(reset) if T >= FFT_RESET_MIN_LEN[self.kind] else None
 
     def _scan(self, u, h0, a, b, C, reset):
         """The recurrence through linear_scan, everything time-major (T, B, M). Returns y (B, T, H), h_T (B, M).
@@ -306,36 +410,45 @@ class S4Layer(nn.Module):
             return 2 * y.reshape(*h.shape[:-1], self.d_model)
         return 2 * hr.flatten(-2) @ W.flatten(1).T
 
-    def _fft(self, u, h0, log_a, b, C):
-        """The same outputs by FFT convolution, for a segment without episode starts after its first step.
-        a^k = exp(k log a) for k = 0..T; y_t gains 2 Re(C a^(t+1) h0) from the incoming state; the final state is
-        a^T h0 + sum_s a^(T-1-s) b u_s. Returns y (B, T, H), h_T (B, M).
+    def _fft(self, u, h0, log_a, b, C, plan: _Segments):
+        """The same outputs by FFT convolution, per episode segment of `plan` (the whole rows without episode
+        starts after the first step). Each segment is a convolution from a zero state (`_convolve`); the incoming
+        state reaches only the first segment of each row, where y_t gains 2 Re(C a^(t+1) h0); the final state is
+        that of each row's last segment, sum_s a^(T-1-s) b u_s over its steps, plus a^T h0 for a row with a
+        single segment. a^k = exp(k log a) for the k needed. Returns y (B, T, H), h_T (B, M).
 
         The powers are built from real exp, cos and sin and S4D's sums over modes are real contractions of
         real/imaginary pairs: PyTorch's complex exp and complex products run several times slower on the CPU."""
         Bsz, T, H = u.shape
-        n = 2 * T  # zero padding: a linear, not circular, convolution
-        k = torch.arange(T + 1, device=u.device, dtype=u.dtype)
+        nf = plan.first_max if h0 is not None else 0  # steps whose outputs see h0; nf = T: a row has one segment
+        kmax = max(plan.longest - 1, T - plan.last_min - 1, nf)
+        k = torch.arange(kmax + 1, device=u.device, dtype=u.dtype)
         mag, phase = torch.exp(log_a.real[..., None] * k), log_a.imag[..., None] * k
-        powers = torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], -1)  # a^0..a^T, (..., T+1, 2)
+        powers = torch.stack([mag * torch.cos(phase), mag * torch.sin(phase)], -1)  # a^0..a^kmax, (..., kmax+1, 2)
+        t = torch.arange(T, device=u.device)
         if self.kind == "s4d":
-            ut = u.transpose(1, 2)  # (B, H, T)
             cb = C * b  # (H, N/2): K_k = 2 Re(sum_n cb_n a_n^k) = 2 sum_n Re(cb) Re(a^k) - Im(cb) Im(a^k)
-            K = 2 * torch.einsum("hnc,hnkc->hk", torch.stack([cb.real, -cb.imag], -1), powers[..., :T, :])
-            y = torch.fft.irfft(torch.fft.rfft(ut, n) * torch.fft.rfft(K, n), n)[..., :T]  # (B, H, T)
-            s = torch.einsum("bhs,hnsc->bhnc", ut, powers[..., :T, :].flip(-2))  # sum_s a^(T-1-s) u_s, pairs
-            h = torch.view_as_complex(s.contiguous()) * b  # (B, H, N/2)
-            if h0 is not None:
+            K = 2 * torch.einsum("hnc,hnkc->hk", torch.stack([cb.real, -cb.imag], -1), powers[..., :plan.longest, :])
+            y = _convolve(u, K, plan)  # (B, T, H)
+            if nf:
                 ch0 = C * h0.view(Bsz, H, -1)
-                y = y + 2 * torch.einsum("bhnc,hntc->bht", torch.stack([ch0.real, -ch0.imag], -1), powers[..., 1:, :])
-                h = h + torch.view_as_complex(powers[..., T, :].contiguous()) * h0.view(Bsz, H, -1)
-            return y.transpose(1, 2), h.reshape(Bsz, -1)
-        powers = torch.view_as_complex(powers)  # (P/2, T+1)
-        x = torch.complex(u @ b.real.T, u @ b.imag.T).transpose(1, 2)  # (B, P/2, T)
-        hs = torch.fft.ifft(torch.fft.fft(x, n) * torch.fft.fft(powers[:, :T], n), n)[..., :T]  # (B, P/2, T)
-        if h0 is not None:
-            hs = hs + powers[:, 1:] * h0[..., None]
-        return self._read(hs.transpose(1, 2), C), hs[..., -1].clone()
+                y0 = 2 * torch.einsum("bhnc,hntc->bth", torch.stack([ch0.real, -ch0.imag], -1),
+                                      powers[..., 1 : nf + 1, :])  # (B, nf, H)
+                y = _add_first(y, y0, plan, t)
+            m0 = plan.last_min  # the final state: sum over each row's last segment of a^(T-1-s) u_s, pairs
+            us = u[:, m0:] if plan.last is None else u[:, m0:] * (t[m0:] >= plan.last[:, None])[..., None]
+            s = torch.einsum("bjh,hnjc->bhnc", us.flip(1), powers[..., : T - m0, :])  # j = T-1-s: flip u, not a^j
+            h = torch.view_as_complex(s.contiguous()) * b  # (B, H, N/2)
+            if nf == T:
+                hT = torch.view_as_complex(powers[..., T, :].contiguous()) * h0.view(Bsz, H, -1)
+                h = h + (hT if plan.first is None else hT * (plan.first == T)[:, None, None])
+            return y, h.reshape(Bsz, -1)
+        powers = torch.view_as_complex(powers)  # (P/2, kmax+1)
+        x = torch.complex(u @ b.real.T, u @ b.imag.T)  # (B, T, P/2)
+        hs = _convolve(x, powers, plan)  # the states (B, T, P/2)
+        if nf:
+            hs = _add_first(hs, powers[:, 1 : nf + 1].T * h0[:, None, :], plan, t)
+        return self._read(hs, C), hs[:, -1].clone()
 
     # ------------------------------------------------------------------------------------- step
     def step(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
