@@ -91,19 +91,13 @@ def collect(
     task = wm_task(env)
     if task is not None:  # the world models' image tasks: distracting-memory, four-rooms, multi-doors-keys
         from seqrl.data.minari_io import dataset_path
-        from seqrl.data.wm_collect import build_wm_dataset, check_env_kwargs
+        from seqrl.data.wm_collect import build_wm_dataset
 
         over = parse_overrides(set_)
-        if quality != task.quality or set(over) - {"n_steps", "seed", *task.args}:
-            raise PresetError(f"--env {env}: --quality {task.quality}, and --set n_steps=N / seed=S / "
-                              + " / ".join(f"{a}=..." for a in task.args) + " only")
-        n_steps, seed = over.pop("n_steps", 20_000), over.pop("seed", seed)
-        for name, v in (("n_steps", n_steps), ("seed", seed)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "n_steps" else 0):
-                raise PresetError(f"--env {env}: {name} must be an integer >= {1 if name == 'n_steps' else 0}, "
-                                  f"got {v!r}")
-        check_env_kwargs(task, over)
-        did = build_wm_dataset(task.name, n_steps, seed, rebuild, **over)
+        if quality != task.quality:
+            raise PresetError(f"--env {env}: --quality {task.quality}; --set n_steps=N, seed=S and "
+                              + ", ".join(task.args) + " set the rest")
+        did = build_wm_dataset(task.name, over.pop("n_steps", 20_000), over.pop("seed", seed), rebuild, **over)
         console.print(f"dataset [bold]{did}[/] is at {dataset_path(did)}")
         return
     preset = load_env(env, parse_overrides(set_))
@@ -288,6 +282,17 @@ def icrl(
     if family is not None and family not in FAMILIES:
         raise PresetError(f"--family {family!r}: one of {sorted(FAMILIES)}")
     family = family or trained_on
+    if family != trained_on:  # the pretrained family's env arguments that the other family's env does not take
+        import inspect
+
+        import gymnasium as gym
+        from gymnasium.envs.registration import load_env_creator
+
+        takes = inspect.signature(load_env_creator(gym.spec(FAMILIES[family]).entry_point)).parameters
+        if set(kw) - set(takes):
+            console.print(f"--family {family}: its env takes no {sorted(set(kw) - set(takes))} (from the "
+                          f"{trained_on} recipe); left out")
+        kw = {k: v for k, v in kw.items() if k in takes}
     kw = kw | parse_overrides(set_)
     try:
         probe = make_env(FAMILIES[family], kw)

@@ -188,7 +188,7 @@ def test_agent_learner_keeps_rows_that_did_not_step(bandit_dpt):
 # ------------------------------------------------------------------------------------------ end to end
 def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
     res = runner.invoke(app, ["collect", "--env", "gaussian-bandit", "--quality", "dpt", "--set", "tasks=8",
-                              "--set", "env_kwargs.horizon=16"])
+                              "--set", "env_kwargs.horizon=16", "--set", "env_kwargs.noise=0.3"])
     assert res.exit_code == 0, res.output
     run = tmp_path / "dpt"
     res = runner.invoke(app, ["train", "--agent", "dpt", "--dataset", "seqrl/gaussian-bandit/dpt-v0", "--env", BANDIT,
@@ -201,7 +201,7 @@ def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
                               "--mode", "offline", "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
-    assert data["env_kwargs"] == {"horizon": 16} and data["n_tasks"] == 2 and data["tasks"][0] >= 100_000
+    assert data["env_kwargs"] == {"horizon": 16, "noise": 0.3} and data["n_tasks"] == 2 and data["tasks"][0] >= 100_000
     methods = data["methods"]
     assert {"dpt-transformer (online)", "dpt-transformer (offline)", "ucb", "thompson", "optimal"} <= set(methods)
     assert methods["optimal"]["cum_regret_mean"][-1] == 0.0 and methods["random"]["cum_regret_mean"][-1] > 0
@@ -214,6 +214,7 @@ def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
     assert res.exit_code == 0, res.output
     ood = json.loads((tmp_path / "ood" / "results.json").read_text())
     assert (ood["family"], ood["trained_on"]) == ("bernoulli-bandit", "gaussian-bandit")
+    assert ood["env_kwargs"] == {"horizon": 16} and "takes no ['noise']" in " ".join(res.output.split())
     assert ood["tasks"] == data["tasks"] and "thompson" in ood["methods"]
     assert "pretrained on gaussian-bandit: out of distribution" in (tmp_path / "ood" / "results.md").read_text()
     res = runner.invoke(app, ["icrl", str(run / "checkpoint.pt"), "--family", "bernouli-bandit", "--out", str(out)])

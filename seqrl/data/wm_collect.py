@@ -23,28 +23,26 @@ are both seeded from the collect seed.
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import load_env_creator
 
 from seqrl.data.collect import random_policy, rollout
 from seqrl.data.minari_io import dataset_exists, reuse_dataset, write_dataset
 from seqrl.data.store import ReplayStore, same_space
+from seqrl.envs.gridworlds import MOVES
 from seqrl.errors import DataError, PresetError
 from seqrl.progress import progress
 
 ENV_ID = "seqrl/DistractingMemory-v0"
-MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))  # the grid worlds' actions 0..3: up, right, down, left
 
 
 # ------------------------------------------------------------------------------------ DistractingMemory
-def dataset_id(width: int) -> str:
-    return f"seqrl/distracting-memory-w{width}/random-v0"
-
-
 def distracting_memory_episodes(width: int, n_steps: int, seed: int = 0, n_envs: int = 4,
                                 **env_kwargs: Any) -> list[dict[str, np.ndarray]]:
     """At least `n_steps` steps of whole episodes of DistractingMemory(width) under uniformly random actions."""
@@ -56,7 +54,7 @@ def distracting_memory_episodes(width: int, n_steps: int, seed: int = 0, n_envs:
 
 
 def build_distracting_memory(width: int, n_steps: int, seed: int = 0, rebuild: bool = False, **env_kwargs: Any) -> str:
-    """Write (or reuse, when its recipe matches) the dataset `dataset_id(width)`; returns its id."""
+    """Write (or reuse, when its recipe matches) DistractingMemory(width)'s dataset; returns its id."""
     return build_wm_dataset("distracting-memory", n_steps, seed, rebuild, width=width, **env_kwargs)
 
 
@@ -223,27 +221,36 @@ def wm_task(name: str) -> WMTask | None:
     return None
 
 
-def check_env_kwargs(task: str | WMTask, env_kwargs: dict[str, Any]) -> None:
-    """PresetError naming the problem when `env_kwargs` are not arguments the task's env takes, or bad values."""
+def check_env_kwargs(task: str | WMTask, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every argument of the task's env that its dataset takes, `env_kwargs` over the env's defaults; PresetError
+    naming the problem for an argument it does not take or a bad value."""
     t = task if isinstance(task, WMTask) else TASKS[task]
     unknown = set(env_kwargs) - set(t.args)
     if unknown:
         raise PresetError(f"{t.name}: unknown env argument(s) {sorted(unknown)}; it takes {', '.join(t.args)}")
     import seqrl.envs  # noqa: F401
 
+    params = inspect.signature(load_env_creator(gym.spec(t.env_id).entry_point)).parameters
+    kwargs = {a: env_kwargs.get(a, params[a].default) for a in t.args}
     try:
-        gym.make(t.env_id, **env_kwargs).close()
+        gym.make(t.env_id, **kwargs).close()
     except ValueError as e:
         raise PresetError(f"{t.name}: {e}") from e
+    return kwargs
 
 
 def build_wm_dataset(task: str, n_steps: int, seed: int = 0, rebuild: bool = False, **env_kwargs: Any) -> str:
     """Write (or reuse, when its recipe matches) the scripted dataset of `task` (a name of `TASKS` or an env id):
-    at least `n_steps` steps of whole episodes; returns its id (`WMTask.dataset_id`)."""
+    at least `n_steps` steps of whole episodes; returns its id (`WMTask.dataset_id`). The recipe records every
+    env argument (defaults filled in), so the same data asked for with or without its defaults is reused.
+    PresetError for a bad n_steps, seed or env argument."""
     t = wm_task(task)
     if t is None:
         raise PresetError(f"no world-model task {task!r}; known: {', '.join(TASKS)}")
-    kwargs = {t.id_arg: env_kwargs.pop(t.id_arg, t.id_default), **env_kwargs}
+    for name, v, lo in (("n_steps", n_steps, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise PresetError(f"{t.name}: {name} must be an integer >= {lo}, got {v!r}")
+    kwargs = check_env_kwargs(t, env_kwargs)
     did = t.dataset_id(kwargs)
     recipe = {"env_id": t.env_id, "env_kwargs": kwargs, "n_steps": n_steps, "seed": seed, "policy": t.policy}
     if reuse_dataset(did, recipe, rebuild):
@@ -277,5 +284,5 @@ def check_frames(data_space: gym.Space, env_space: gym.Space, did: str, env_id: 
 
 
 __all__ = ["TASKS", "GridExplorer", "WMTask", "build_distracting_memory", "build_wm_dataset", "check_env_kwargs",
-           "check_frames", "dataset_id", "distances_to", "distracting_memory_episodes", "explore_episodes",
+           "check_frames", "distances_to", "distracting_memory_episodes", "explore_episodes",
            "load_image_store", "wm_task"]

@@ -46,7 +46,7 @@ back; the incoming state reaches each row's first segment (y_t gains 2 Re(C a^(t
 that of each row's last segment, from the same powers. It gives the scan's answer, resets or not
 (tests/test_s4.py), and is faster from about 16 steps at the backbone's default sizes without resets; with
 episode starts after the first step it also needs FFT_RESET_MIN_LEN steps (16 for S4D, 256 for S5, whose scan is
-cheap), and at T=1024 it is ahead of the scan at every reset rate (experiments/bench_s4_cpu.py). `step` is the exact
+cheap); see FFT_RESET_MIN_LEN for what was measured (experiments/bench_s4_cpu.py). `step` is the exact
 recurrence for one step, through `seqrl.kernels.linear_step`. A layer's state is its h, (B, M) complex, held as
 (B, M, 2) real/imaginary pairs in float32 (float64 in a float64 model) so that a state holds floating tensors of
 the model's dtype as every backbone's does; `torch.view_as_complex` reads it as complex64 (complex128).
@@ -166,8 +166,10 @@ class _ChannelOuter(torch.autograd.Function):
 # ----------------------------------------------------------------------------------- segments
 # Steps from which a sequence with episode starts after its first step runs as FFT convolutions over its episode
 # segments on the CPU (and from the layer's fft_min_len). Measured (experiments/bench_s4_cpu.py, 1 thread, B=8,
-# H=64, d_state 64): S4D's FFT path is ahead of its scan from 16 steps at every reset rate, S5's (whose scan is
-# cheap: 32 modes) from about 256; at T=1024 both are ahead whatever the rate, a reset at every step included.
+# H=64, d_state 64; docs/world_model.md): S4D's FFT path was ahead of its scan at every length tried (64 to 1,024
+# steps, an episode start every ~50) and, at 1,024 steps, at every rate of episode starts tried (every 1 to 50
+# steps); its threshold is fft_min_len's, not measured below 64. S5's scan is cheap (32 modes): its FFT path is
+# ahead from about 256 steps.
 FFT_RESET_MIN_LEN = {"s4d": FFT_MIN_LEN, "s5": 256}
 
 
@@ -200,7 +202,7 @@ def _segments(reset: torch.Tensor) -> _Segments:
     """The segments of reset (B, T) bool on the CPU, planned in numpy: on (B, T) flags its small operations cost a
     fraction of torch's (about 0.2 ms a plan at B=8, T=1024, against hundreds of ms for the layer's FFTs)."""
     Bsz, T = reset.shape
-    r = reset.numpy().copy()
+    r = reset.cpu().numpy().copy()
     r[:, 0] = True
     starts = np.flatnonzero(r)  # each segment's first step in the flattened (B T) steps, in order
     length = np.diff(starts, append=Bsz * T)  # a row's last segment ends at the row's end

@@ -165,13 +165,14 @@ class EnvSource:
             self._new_episodes(agent)
         L = getattr(agent, "segment", None)
         obs_t = obs_tensor(self.obs, dev)  # (n, *obs_shape), or {leaf: (n, ...)}
-        obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t) if keep else None
-        flags = {k: torch.zeros(T, n, dtype=torch.bool, device=dev) for k in ("term", "trunc", "first")}
-        rew_buf = torch.zeros(T, n, device=dev)
         act_buf, extras, final_extras, starts = None, {}, {}, []
+        if keep:
+            obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t)
+            flags = {k: torch.zeros(T, n, dtype=torch.bool, device=dev) for k in ("term", "trunc", "first")}
+            rew_buf = torch.zeros(T, n, device=dev)
         agent.eval()  # collection takes no gradient
         for t in range(T):
-            if L and t % L == 0:
+            if keep and L and t % L == 0:
                 starts.append(self.state)  # states are never modified in place: keeping the reference is enough
             action, env_action, ex, self.state = agent.explore(obs_t, self.state)
             if keep and act_buf is None:
