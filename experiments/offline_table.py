@@ -66,7 +66,7 @@ def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out:
     label, agent, overrides = parse_spec(spec)
     folder = run_dir(Path(out), dataset, label, seed)
     t = time.perf_counter()
-    _, results = train_run(agent, dataset, None, overrides + [
+    _, results, _ = train_run(agent, dataset, None, overrides + [
         f"trainer.seed={seed}", f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
         folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
     record = dict(dataset=dataset, label=label, spec=spec, seed=seed, device=device,
