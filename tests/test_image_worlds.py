@@ -155,7 +155,7 @@ def test_bad_action(cls):
     env = cls()
     env.reset(seed=0)
     for a in (4, -1):
-        with pytest.raises(ValueError, match="actions are 0"):
+        with pytest.raises(ValueError, match=rf"action {a} is not one of the {cls.__name__}'s moves 0 up, 1 right"):
             env.step(a)
 
 

@@ -38,30 +38,14 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from seqrl.envs.checks import check_action, check_int
+
 Split = Literal["train", "test"]
 
 # One seed per family; a task's parameters come from default_rng([family seed, task id]).
 _BANDIT_SEED = 0x5EED_0B01  # Gaussian and Bernoulli arms share it: task k has the same means in both
 _LINEAR_SEED = 0x5EED_0B02
 _LINEAR_FEATURES_SEED = 0x5EED_0B03  # DPT's shared features, drawn once per (arms, dim)
-
-
-def check_int(owner: str, name: str, value: Any, lo: int) -> int:
-    """`value` as an int, or a ValueError naming `owner`'s argument `name` and the value."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{owner} {name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def check_action(action: Any, n: int, what: str) -> int:
-    """A Discrete(n) action as an int, or a ValueError naming it (`what` says what the n actions are)."""
-    if type(action) is int and 0 <= action < n:  # the common case, first: envs step millions of times
-        return action
-    if isinstance(action, np.ndarray) and action.shape == ():
-        action = action.item()
-    if isinstance(action, bool) or not isinstance(action, (int, np.integer)) or not 0 <= action < n:
-        raise ValueError(f"action {action!r} is not one of the {what} (ints 0 to {n - 1})")
-    return int(action)
 
 
 class TaskEnv(gym.Env):

@@ -35,7 +35,8 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
-from seqrl.envs.bandits import TaskEnv, check_action, check_int
+from seqrl.envs.bandits import TaskEnv
+from seqrl.envs.checks import check_action, check_int
 
 Start = Literal["corner", "centre"]
 TRAIN_FRACTION = 0.8  # DPT's split: 80 of the 100 goals of the 10x10 room train, 20 are held out

@@ -31,6 +31,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from seqrl.envs.checks import check_action, check_int
+
 SIZE = 32
 WALL = np.array([110, 110, 110], np.uint8)
 DOORWAY = np.array([170, 170, 170], np.uint8)
@@ -44,14 +46,8 @@ KEY_COLOURS = OBJECT_COLOURS  # key i and door i share colour i
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]])  # up, right, down, left
 
 
-def _check_int(env: str, name: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-        raise ValueError(f"{env} {name} must be an integer in [{lo}, {hi}], got {v!r}")
-    return int(v)
-
-
 def _check_view(env: str, view: Any) -> int:
-    view = _check_int(env, "view", view, 3, 9)
+    view = check_int(env, "view", view, 3, 9)
     if view % 2 == 0:
         raise ValueError(f"{env} view must be odd (the agent sits in the centre cell), got {view}")
     return view
@@ -67,7 +63,7 @@ class _GridWorld(gym.Env):
     def __init__(self, view: int, max_steps: int, render_mode: str | None):
         name = type(self).__name__
         self.view = _check_view(name, view)
-        self.max_steps = _check_int(name, "max_steps", max_steps, 1, 10**8)
+        self.max_steps = check_int(name, "max_steps", max_steps, 1, 10**8)
         self.render_mode = render_mode
         self.cell = (SIZE - self.strip) // self.view
         self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
@@ -136,9 +132,7 @@ class _GridWorld(gym.Env):
         return self._frame.copy(), self._info()
 
     def step(self, action):
-        a = int(action)
-        if not 0 <= a < 4:
-            raise ValueError(f"{type(self).__name__}: actions are 0 (up), 1 (right), 2 (down), 3 (left), got {action!r}")
+        a = check_action(action, 4, f"{type(self).__name__}'s moves 0 up, 1 right, 2 down, 3 left")
         nxt = self._pos + MOVES[a]
         cell = (int(nxt[0]), int(nxt[1]))
         inside = 0 <= cell[0] < self._wall.shape[0] and 0 <= cell[1] < self._wall.shape[1]
@@ -158,8 +152,8 @@ class _GridWorld(gym.Env):
 class FourRooms(_GridWorld):
     def __init__(self, room: int = 7, view: int = 7, objects: int = 2, max_steps: int = 1000,
                  render_mode: str | None = None):
-        self.room = _check_int("FourRooms", "room", room, 2, 64)
-        self.objects = _check_int("FourRooms", "objects", objects, 0, self.room * self.room)
+        self.room = check_int("FourRooms", "room", room, 2, 64)
+        self.objects = check_int("FourRooms", "objects", objects, 0, self.room * self.room)
         super().__init__(view, max_steps, render_mode)
         self.floors = np.zeros(4, np.int64)
         self.doorways: list[tuple[int, int]] = []
@@ -211,7 +205,7 @@ class MultiDoorsKeys(_GridWorld):
 
     def __init__(self, n_keys: int = 7, view: int = 7, max_steps: int = 600, key_reward: float = 0.1,
                  door_reward: float = 1.0, render_mode: str | None = None):
-        self.n_keys = _check_int("MultiDoorsKeys", "n_keys", n_keys, 1, len(KEY_COLOURS))
+        self.n_keys = check_int("MultiDoorsKeys", "n_keys", n_keys, 1, len(KEY_COLOURS))
         for name, v in (("key_reward", key_reward), ("door_reward", door_reward)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v):
                 raise ValueError(f"MultiDoorsKeys {name} must be a finite number, got {v!r}")

@@ -18,6 +18,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from seqrl.envs.checks import check_int
+
 SIZE = 32
 CUE_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 90, 230], [230, 210, 40]], np.uint8)  # red green blue yellow
 DISTRACTOR_COLOURS = np.array([[200, 60, 200], [60, 210, 210], [240, 140, 30], [140, 90, 50], [150, 150, 255],
@@ -29,11 +31,9 @@ class DistractingMemory(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, width: int = 16, n_cues: int = 2, distractors: int = 3, render_mode: str | None = None):
-        for name, v, lo, hi in (("width", width, 1, 10**6), ("n_cues", n_cues, 2, len(CUE_COLOURS)),
-                                ("distractors", distractors, 0, 16)):
-            if not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                raise ValueError(f"DistractingMemory {name} must be an integer in [{lo}, {hi}], got {v!r}")
-        self.width, self.n_cues, self.distractors = int(width), int(n_cues), int(distractors)
+        self.width = check_int("DistractingMemory", "width", width, 1, 10**6)
+        self.n_cues = check_int("DistractingMemory", "n_cues", n_cues, 2, len(CUE_COLOURS))
+        self.distractors = check_int("DistractingMemory", "distractors", distractors, 0, 16)
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(self.n_cues)

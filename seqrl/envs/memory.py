@@ -45,14 +45,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from seqrl.envs.checks import check_int
+
 
 class TMaze(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, length: int = 10):
-        if not isinstance(length, (int, np.integer)) or length < 1:
-            raise ValueError(f"TMaze length must be an integer >= 1, got {length!r}")
-        self.length = int(length)
+        self.length = check_int("TMaze", "length", length, 1)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (3,), np.float32)
         self.action_space = gym.spaces.Discrete(2)
         self._cue = 0
@@ -84,10 +84,8 @@ class RepeatPrevious(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, k: int = 4, n_symbols: int = 4, queries: int = 16):
-        for name, v, lo in (("k", k, 1), ("n_symbols", n_symbols, 2), ("queries", queries, 1)):
-            if not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"RepeatPrevious {name} must be an integer >= {lo}, got {v!r}")
-        self.k, self.n, self.queries = int(k), int(n_symbols), int(queries)
+        self.k, self.n = check_int("RepeatPrevious", "k", k, 1), check_int("RepeatPrevious", "n_symbols", n_symbols, 2)
+        self.queries = check_int("RepeatPrevious", "queries", queries, 1)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n,), np.float32)
         self.action_space = gym.spaces.Discrete(self.n)
         self._symbols = np.zeros(0, np.int64)
@@ -120,19 +118,12 @@ class RepeatPrevious(gym.Env):
         return self._obs(), reward, False, False, {}
 
 
-def _check_ints(task: str, **bounds: tuple[Any, int]) -> None:
-    """ValueError naming the first argument that is not an integer at or above its bound."""
-    for name, (v, lo) in bounds.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{task} {name} must be an integer >= {lo}, got {v!r}")
-
-
 class Count(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, k: int = 8, n_symbols: int = 3, queries: int = 3):
-        _check_ints("Count", k=(k, 1), n_symbols=(n_symbols, 2), queries=(queries, 1))
-        self.k, self.n, self.queries = int(k), int(n_symbols), int(queries)
+        self.k, self.n = check_int("Count", "k", k, 1), check_int("Count", "n_symbols", n_symbols, 2)
+        self.queries = check_int("Count", "queries", queries, 1)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (2 * self.n,), np.float32)
         self.action_space = gym.spaces.Discrete(self.k + 1)
         self._shown = np.zeros(0, np.int64)
@@ -175,8 +166,7 @@ class Autoencode(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, k: int = 4, n_symbols: int = 4):
-        _check_ints("Autoencode", k=(k, 1), n_symbols=(n_symbols, 2))
-        self.k, self.n = int(k), int(n_symbols)
+        self.k, self.n = check_int("Autoencode", "k", k, 1), check_int("Autoencode", "n_symbols", n_symbols, 2)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n + 1,), np.float32)
         self.action_space = gym.spaces.Discrete(self.n)
         self._symbols = np.zeros(0, np.int64)
