@@ -214,10 +214,13 @@ class _Imagined(torch.nn.Module):
 
 def test_box_actor_gradient_backpropagates_through_imagination():
     """Box actions: the actor's gradient of the imagined return, through reparameterised actions and the world
-    model's dynamics, equals finite differences (gradcheck, float64, Gaussian latents, fixed noise)."""
-    agent = make_agent("gru", gym.spaces.Box(-1, 1, (2,), np.float32), latent="gaussian")
+    model's dynamics (and the reward ensemble's penalty), equals finite differences (gradcheck, float64, Gaussian
+    latents, fixed noise)."""
+    agent = make_agent("gru", gym.spaces.Box(-1, 1, (2,), np.float32), latent="gaussian", reward_heads=3,
+                       reward_penalty=0.5)
     with torch.no_grad():
-        for p in list(agent.actor.parameters()) + list(agent.wm.reward_head.parameters()):
+        for p in [*agent.actor.parameters(), *agent.wm.reward_head.parameters(),
+                  *agent.wm.reward_ensemble.parameters()]:
             p.copy_(torch.randn_like(p) * 0.3)
     obs, act, first = batch_of(agent, B=2, K=8)
     out = agent.wm.posterior_pass(obs, act, first, sample=False, ends=(8,))
@@ -306,6 +309,7 @@ def test_online_training_replays_at_the_train_ratio_and_resumes(tmp_path, agent)
     assert src2.store.num_episodes == src.store.num_episodes and len(src2.store) == len(src.store)  # replay.npz
     t2.run()
     assert src2.env_steps == 192 and t2.step > trainer.step
+    assert src2.collect(policy2) is None and src2.env_steps == 208  # a replaying agent's steps go to the store only
     loaded = policy_from_checkpoint(tmp_path / "run" / "checkpoint.pt")[0]
     assert isinstance(loaded, Dreamer)
 

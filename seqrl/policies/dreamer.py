@@ -32,11 +32,12 @@ One update (`losses`) on B sequences of real steps:
 6. Offline (source.kind = "dataset"), `bc_weight` > 0 adds a behaviour-cloning term on the batch's own
    actions at their posterior features: -bc_weight mean log pi(a_t | f_t). An actor kept near the data's
    actions cannot exploit the world model where the data never went (TD3+BC's idea, Fujimoto & Gu 2021);
-   it is one line, and cheaper than an ensemble of reward heads. agents/s4wm_agent_offline.toml sets it.
+   it is one line, and cheaper than an ensemble of reward heads.
    The other conservatism, `reward_penalty` > 0 with `world_model.reward_heads` = R >= 2: imagined rewards are
    the R heads' mean less `reward_penalty` standard deviations of their predictions (a lower confidence bound,
    as MOPO's penalty, Yu et al. 2020, with the spread of reward heads in place of a dynamics ensemble's). The
    heads agree where the data went and part where it did not, so imagination away from the data pays less.
+   agents/s4wm_agent_offline.toml uses this one (docs/results.md compares the two).
 
 The three optimiser groups (world model, actor, critic) step on their own loss terms.
 
@@ -238,7 +239,7 @@ class Dreamer(Agent):
     def dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Imagine H steps from N states: backbone state, h (N, d), z (N, Z) -> features (H+1, N, F), actions
         (H, N[, A]) as sampled, rewards (H, N) in env units (the reward heads' mean, less `reward_penalty` times their
-        spread), the spread (H, N) and continuation probabilities (H, N). Discrete
+        spread), continuation probabilities (H, N) and, with several reward heads, their spread (H, N). Discrete
         actions: no gradient. Box actions: reparameterised samples, and the graph kept through the world model
         (the actor's gradient backpropagates through the dynamics; the trainer steps only the actor on it)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
@@ -254,14 +255,16 @@ class Dreamer(Agent):
             a_in = self._action_input(a)
             fa = torch.cat([f, a_in], -1)
             r = symexp(wm.rewards(fa))  # (R, N) env units, one row per reward head
-            spread = r.std(0, unbiased=False)
-            rews.append(r.mean(0) - lam * spread if lam else r.mean(0)), spreads.append(spread)
+            if len(r) > 1:
+                spreads.append(r.std(0, unbiased=False))
+            rews.append(r.mean(0) - lam * spreads[-1] if lam else r.mean(0))
             conts.append(torch.sigmoid(wm.cont_head(fa)[..., 0]))
             feats.append(f), acts.append(a)
             h, z, state = wm.dream_step(z, a_in, state)
         feats.append(torch.cat([h, z], -1))
-        return {"feat": torch.stack(feats), "act": torch.stack(acts), "rew": torch.stack(rews),
-                "spread": torch.stack(spreads), "cont": torch.stack(conts)}
+        out = {"feat": torch.stack(feats), "act": torch.stack(acts), "rew": torch.stack(rews),
+               "cont": torch.stack(conts)}
+        return out | ({"spread": torch.stack(spreads)} if spreads else {})
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         c = self.config
