@@ -15,7 +15,7 @@ from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import DataError, PresetError
 from seqrl.nn import map_state
 from seqrl.policies import TaskSpec, policy_class
-from seqrl.policies.dreamer import Dreamer, DreamerConfig, lambda_returns, percentile
+from seqrl.policies.dreamer import Dreamer, DreamerConfig, lambda_returns, percentiles
 from seqrl.policies.world_model import WorldModelConfig
 from seqrl.presets import EnvPreset, load_agent, parse_overrides
 from seqrl.runners.sources import EnvSource
@@ -74,8 +74,9 @@ def test_lambda_returns_equal_their_n_step_definition(lam):
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
 def test_percentile_equals_torch_quantile(n):
     x = torch.randn(n, 3, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
-    for p in (0.0, 0.05, 0.5, 0.95, 1.0):
-        torch.testing.assert_close(percentile(x, p), torch.quantile(x.flatten().float(), p))
+    ps = (0.0, 0.05, 0.5, 0.95, 1.0)
+    for p, got in zip(ps, percentiles(x, ps), strict=True):
+        torch.testing.assert_close(got, torch.quantile(x.flatten().float(), p))
 
 
 def batch_of(agent, B=3, K=8, seed=0):

@@ -142,14 +142,18 @@ def lambda_returns(rew: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, g
     return torch.stack(out[::-1])
 
 
-def percentile(x: torch.Tensor, p: float) -> torch.Tensor:
-    """The p-quantile of all of x, interpolated linearly between order statistics (torch.quantile's default),
-    with Python-side positions: no host synchronisation (torch.quantile checks its q on the device)."""
+def percentiles(x: torch.Tensor, ps: tuple[float, ...]) -> list[torch.Tensor]:
+    """The p-quantiles of all of x for each p of ps, from one sort, interpolated linearly between order statistics
+    (torch.quantile's default), with Python-side positions: no host synchronisation (torch.quantile checks its q
+    on the device)."""
     v = x.flatten().float().sort().values
-    pos = p * (v.numel() - 1)
-    lo = int(pos)
-    hi = min(lo + 1, v.numel() - 1)
-    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+    out = []
+    for p in ps:
+        pos = p * (v.numel() - 1)
+        lo = int(pos)
+        hi = min(lo + 1, v.numel() - 1)
+        out.append(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+    return out
 
 
 @dataclass
@@ -319,7 +323,8 @@ class Dreamer(Agent):
 
     def _update_return_scale(self, ret: torch.Tensor) -> None:
         """S <- decay S + (1 - decay) (P95 - P5) of the imagined returns (the first value as is). No host sync."""
-        spread = (percentile(ret, 0.95) - percentile(ret, 0.05)).to(self.return_scale.dtype)
+        p5, p95 = percentiles(ret, (0.05, 0.95))
+        spread = (p95 - p5).to(self.return_scale.dtype)
         d = self.config.return_decay
         self.return_scale.copy_(torch.where(self.return_seen, d * self.return_scale + (1 - d) * spread, spread))
         self.return_seen.fill_(True)
