@@ -283,12 +283,9 @@ def icrl(
         raise PresetError(f"--family {family!r}: one of {sorted(FAMILIES)}")
     family = family or trained_on
     if family != trained_on:  # the pretrained family's env arguments that the other family's env does not take
-        import inspect
+        from seqrl.envs.checks import env_arguments
 
-        import gymnasium as gym
-        from gymnasium.envs.registration import load_env_creator
-
-        takes = inspect.signature(load_env_creator(gym.spec(FAMILIES[family]).entry_point)).parameters
+        takes = env_arguments(FAMILIES[family])
         if set(kw) - set(takes):
             console.print(f"--family {family}: its env takes no {sorted(set(kw) - set(takes))} (from the "
                           f"{trained_on} recipe); left out")

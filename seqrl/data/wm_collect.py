@@ -23,18 +23,17 @@ are both seeded from the collect seed.
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.registration import load_env_creator
 
 from seqrl.data.collect import random_policy, rollout
 from seqrl.data.minari_io import dataset_exists, reuse_dataset, write_dataset
 from seqrl.data.store import ReplayStore, same_space
+from seqrl.envs.checks import env_arguments
 from seqrl.envs.gridworlds import MOVES
 from seqrl.errors import DataError, PresetError
 from seqrl.progress import progress
@@ -230,7 +229,7 @@ def check_env_kwargs(task: str | WMTask, env_kwargs: dict[str, Any]) -> dict[str
         raise PresetError(f"{t.name}: unknown env argument(s) {sorted(unknown)}; it takes {', '.join(t.args)}")
     import seqrl.envs  # noqa: F401
 
-    params = inspect.signature(load_env_creator(gym.spec(t.env_id).entry_point)).parameters
+    params = env_arguments(t.env_id)
     kwargs = {a: env_kwargs.get(a, params[a].default) for a in t.args}
     try:
         gym.make(t.env_id, **kwargs).close()

@@ -1,10 +1,19 @@
-"""Argument checks the shipped envs share: a clear ValueError naming the env, the argument and the value."""
+"""Argument checks the shipped envs share: a clear ValueError naming the env, the argument and the value; and
+the arguments a registered env id takes."""
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Mapping
 
+import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import load_env_creator
+
+
+def env_arguments(env_id: str) -> Mapping[str, inspect.Parameter]:
+    """The constructor arguments of a registered env id (names and defaults), without making the env."""
+    return inspect.signature(load_env_creator(gym.spec(env_id).entry_point)).parameters
 
 
 def check_int(owner: str, name: str, value: Any, lo: int, hi: int | None = None) -> int:
