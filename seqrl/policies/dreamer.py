@@ -69,8 +69,8 @@ from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import DataError
 from seqrl.nn import map_state, stack_states
 from seqrl.policies.base import Agent, OptimizerGroup, TaskSpec, log_prob_entropy
-from seqrl.policies.world_model import (WorldModel, WorldModelConfig, latent_sample, mlp, symexp, symlog,
-                                        world_model_loss)
+from seqrl.policies.world_model import (WorldModel, WorldModelConfig, latent_sample, mlp, sample_categorical,
+                                        symexp, symlog, world_model_loss)
 from seqrl.presets import require_at_least, require_in
 
 WORLD_MODEL_LOSSES = ("loss_recon", "loss_reward", "loss_cont", "loss_kl_dyn", "loss_kl_rep")
@@ -207,14 +207,15 @@ class Dreamer(Agent):
 
     # ------------------------------------------------------------------------------------- actor
     def policy(self, f: torch.Tensor) -> Distribution:
-        """The actor's distribution at features f (..., F); Box actions in [-1, 1] units."""
+        """The actor's distribution at features f (..., F); Box actions in [-1, 1] units. Without argument
+        validation: its checks read values back to the host, which a CUDA graph's capture forbids."""
         c, out = self.config, self.actor(f)
         if self.discrete:
             probs = (1 - c.unimix) * F.softmax(out, -1) + c.unimix / out.shape[-1]
-            return Categorical(probs=probs)
+            return Categorical(probs=probs, validate_args=False)
         mean, raw = out.chunk(2, -1)
         std = (c.max_std - c.min_std) * torch.sigmoid(raw + 2.0) + c.min_std
-        return Normal(torch.tanh(mean), std)
+        return Normal(torch.tanh(mean), std, validate_args=False)
 
     def _mode(self, dist: Distribution) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.discrete else dist.mean
@@ -255,7 +256,10 @@ class Dreamer(Agent):
         for _ in range(H):
             f = torch.cat([h, z], -1)
             dist = self.policy(f)
-            a = dist.rsample() if torch.is_grad_enabled() else dist.sample()
+            if self.discrete:  # (without gradient) Categorical.sample's draws, with no host sync
+                a = sample_categorical(dist.probs)
+            else:
+                a = dist.rsample() if torch.is_grad_enabled() else dist.sample()
             a_in = self._action_input(a)
             fa = torch.cat([f, a_in], -1)
             r = symexp(wm.rewards(fa))  # (R, N) env units, one row per reward head

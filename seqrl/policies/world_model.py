@@ -169,6 +169,13 @@ def _log_probs(stats: torch.Tensor, cfg: WorldModelConfig) -> torch.Tensor:
     return torch.log((1 - cfg.unimix) * p + cfg.unimix / cfg.z_classes)
 
 
+def sample_categorical(p: torch.Tensor) -> torch.Tensor:
+    """One draw per row of probabilities p (..., C) -> indices (...): argmax of p / Exp(1) noise. The same draws as
+    torch.multinomial(p, 1) (its own one-sample path) without its check that reads p back to the host, which a
+    CUDA graph's capture forbids."""
+    return (p / torch.empty_like(p).exponential_()).argmax(-1)
+
+
 def latent_sample(stats: torch.Tensor, cfg: WorldModelConfig, sample: bool = True) -> torch.Tensor:
     """(..., S) statistics -> z (..., Z): a reparameterised sample (categorical: one-hot, straight-through
     gradients), or the mode (Gaussian mean, categorical argmax) when `sample` is False."""
@@ -177,7 +184,7 @@ def latent_sample(stats: torch.Tensor, cfg: WorldModelConfig, sample: bool = Tru
         return mean + std * torch.randn_like(std) if sample else mean
     logp = _log_probs(stats, cfg)  # (..., G, C)
     if sample:
-        idx = torch.multinomial(logp.exp().flatten(0, -2), 1).view(logp.shape[:-1])
+        idx = sample_categorical(logp.exp())
     else:
         idx = logp.argmax(-1)
     onehot = F.one_hot(idx, cfg.z_classes).to(logp.dtype)
