@@ -109,6 +109,45 @@ class Rollout:
     starts: list[Any]  # the agent's state before steps 0, L, 2L, ... (L = agent.segment)
 
 
+class _RolloutWriter:
+    """The `Rollout` of one collection, written step by step (action and extras buffers at the first step)."""
+
+    def __init__(self, T: int, n: int, obs_t: Any, segment: int | None, device: torch.device):
+        self.T, self.n, self.segment, self.dev = T, n, segment, device
+        self.obs = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=device), obs_t)
+        self.flags = {k: torch.zeros(T, n, dtype=torch.bool, device=device) for k in ("term", "trunc", "first")}
+        self.rew = torch.zeros(T, n, device=device)
+        self.act, self.extras, self.final_extras, self.starts = None, {}, {}, []
+
+    def state_before(self, t: int, state: Any) -> None:
+        if self.segment and t % self.segment == 0:
+            self.starts.append(state)  # states are never modified in place: keeping the reference is enough
+
+    def add(self, t: int, obs_t: Any, action: torch.Tensor, rew_t: torch.Tensor, extras: dict[str, torch.Tensor],
+            term: np.ndarray, cut: np.ndarray, first: np.ndarray) -> None:
+        if self.act is None:
+            self.act = torch.zeros(self.T, *action.shape, dtype=action.dtype, device=self.dev)
+            self.extras = {k: torch.zeros(self.T, self.n, device=self.dev) for k in extras}
+            self.final_extras = {k: torch.zeros(self.T, self.n, device=self.dev) for k in extras}
+        tree_map(lambda buf, o: buf[t].copy_(o), self.obs, obs_t)
+        self.act[t], self.rew[t] = action, rew_t
+        for k, v in extras.items():
+            self.extras[k][t] = v
+        for k, v in (("term", term), ("trunc", cut), ("first", first)):
+            self.flags[k][t] = torch.as_tensor(v, device=self.dev)
+
+    def final(self, t: int, cut: np.ndarray, bootstrap: dict[str, torch.Tensor]) -> None:
+        """What the agent reported at the final observations of the episodes cut at step t (zero elsewhere)."""
+        mask = torch.as_tensor(cut, device=self.dev)
+        for k, v in bootstrap.items():
+            self.final_extras[k][t] = torch.where(mask, v.float(), 0.0)
+
+    def rollout(self, last_extras: dict[str, torch.Tensor]) -> Rollout:
+        f = self.flags
+        return Rollout(self.obs, self.act, self.rew, f["term"], f["trunc"], f["first"], self.extras, self.final_extras,
+                       last_extras, self.starts)
+
+
 def _fresh_log() -> dict[str, Any]:
     """What the env source logs, gathered since the last `scalars()`."""
     return {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
@@ -160,58 +199,35 @@ class EnvSource:
         """T steps of every env into the store; and, for an agent that learns from its rollouts (not `replay`),
         into the returned `Rollout` (None for a replaying agent)."""
         T, n, dev = self.cfg.n_steps, self.cfg.n_envs, self.device
-        keep = not agent.replay
         if self.obs is None:
             self._new_episodes(agent)
-        L = getattr(agent, "segment", None)
         obs_t = obs_tensor(self.obs, dev)  # (n, *obs_shape), or {leaf: (n, ...)}
-        act_buf, extras, final_extras, starts = None, {}, {}, []
-        if keep:
-            obs_buf = tree_map(lambda o: torch.zeros(T, *o.shape, dtype=o.dtype, device=dev), obs_t)
-            flags = {k: torch.zeros(T, n, dtype=torch.bool, device=dev) for k in ("term", "trunc", "first")}
-            rew_buf = torch.zeros(T, n, device=dev)
+        out = None if agent.replay else _RolloutWriter(T, n, obs_t, getattr(agent, "segment", None), dev)
         agent.eval()  # collection takes no gradient
         for t in range(T):
-            if keep and L and t % L == 0:
-                starts.append(self.state)  # states are never modified in place: keeping the reference is enough
+            if out is not None:
+                out.state_before(t, self.state)
             action, env_action, ex, self.state = agent.explore(obs_t, self.state)
-            if keep and act_buf is None:
-                act_buf = torch.zeros(T, *action.shape, dtype=action.dtype, device=dev)
-                extras = {k: torch.zeros(T, n, device=dev) for k in ex}
-                final_extras = {k: torch.zeros(T, n, device=dev) for k in ex}
             a = env_action.cpu().numpy()
             next_obs, rew, term, trunc, info = self.envs.step(a)
             cut = trunc & ~term
             done = term | trunc
             self._record(self.obs, a, rew, term, done, info)
-            if keep and cut.any():  # a time limit, not an end: what the agent reports at the final observation
-                final = tree_map(np.array, flatten_obs(next_obs))  # a copy, {leaf: (n, ...)} for Dict/Tuple
-                for i in np.flatnonzero(cut):
-                    tree_map(lambda f, o: f.__setitem__(i, o), final, flatten_obs(info["final_obs"][i]))
-                fin = agent.bootstrap(obs_tensor(final, dev), self.state)
-                mask = torch.as_tensor(cut, device=dev)
-                for k, v in fin.items():
-                    final_extras[k][t] = torch.where(mask, v.float(), 0.0)
             rew_t = torch.as_tensor(rew, dtype=torch.float32, device=dev)
-            if keep:
-                tree_map(lambda buf, o: buf[t].copy_(o), obs_buf, obs_t)
-                act_buf[t], rew_buf[t] = action, rew_t
-                for k, v in ex.items():
-                    extras[k][t] = v
-                flags["term"][t] = torch.as_tensor(term, device=dev)
-                flags["trunc"][t] = torch.as_tensor(cut, device=dev)
-                flags["first"][t] = torch.as_tensor(self.first, device=dev)
+            if out is not None:
+                out.add(t, obs_t, action, rew_t, ex, term, cut, self.first)
+                if cut.any():  # a time limit, not an end: what the agent reports at the final observation
+                    final = tree_map(np.array, flatten_obs(next_obs))  # a copy, {leaf: (n, ...)} for Dict/Tuple
+                    for i in np.flatnonzero(cut):
+                        tree_map(lambda f, o: f.__setitem__(i, o), final, flatten_obs(info["final_obs"][i]))
+                    out.final(t, cut, agent.bootstrap(obs_tensor(final, dev), self.state))
             self.state = agent.observe(self.state, rew_t, torch.as_tensor(done, device=dev))
             self.first, self.obs = done, next_obs
             obs_t = obs_tensor(next_obs, dev)
         self.env_steps += T * n
         self.collections += 1
         self._log["steps"] += T * n
-        if not keep:
-            return None
-        last = agent.bootstrap(obs_t, self.state)
-        return Rollout(obs_buf, act_buf, rew_buf, flags["term"], flags["trunc"], flags["first"], extras, final_extras,
-                       last, starts)
+        return None if out is None else out.rollout(agent.bootstrap(obs_t, self.state))
 
     def _record(self, obs: np.ndarray, action: np.ndarray, rew: np.ndarray, term: np.ndarray, done: np.ndarray,
                 info: dict) -> None:
