@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--bench-batch", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--eager", action="store_true", help="trainer.cuda_graph = false (CUDA graphs are untested here)")
+    ap.add_argument("--eager", action="store_true", help="trainer.cuda_graph = false (eager updates)")
     ap.add_argument("--out", default="runs/wm_compare")
     args = ap.parse_args()
     out = Path(args.out)
