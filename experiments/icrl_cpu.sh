@@ -5,17 +5,23 @@
 # thread each. Every size is a variable: the full-size GPU run sets them, e.g.
 #   OUT=runs/icrl_full DEVICE=cuda BANDIT_TASKS=100000 STEPS=100000 K_BANDIT=500 K_ROOM=400 EMBED=128 LAYERS=4 \
 #   HEADS=4 THREADS=0 bash experiments/icrl_cpu.sh
+# PARTS=linear (not in the default PARTS) runs the same four models on the linear bandit, DPT's protocol (the env's
+# defaults: 10 arms with features in R^2 shared by every task, theta per task, noise 0.3, horizon 200): DPT data and
+# LinUCB histories (AD), regret at step 200 beside LinUCB, UCB, ... in the same run (writes $OUT/eval_linear), e.g.
+#   OUT=runs/icrl_linear PARTS=linear STEPS=3000 bash experiments/icrl_cpu.sh
 set -euo pipefail
 OUT=${OUT:-runs/icrl_cpu}
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-1}                # per pipeline (two run side by side)
 BANDIT_TASKS=${BANDIT_TASKS:-2000}   # training bandits (DPT pretrains on 100,000)
+LINEAR_TASKS=${LINEAR_TASKS:-$BANDIT_TASKS}  # training linear bandits (PARTS=linear)
 ROOM_DPT_EPISODES=${ROOM_DPT_EPISODES:-50}   # random-walk contexts per training goal (80 goals)
 ROOM_AD_EPISODES=${ROOM_AD_EPISODES:-40}     # Q-learning episodes per training goal
 STEPS=${STEPS:-2000}                 # updates per model
 BATCH=${BATCH:-32}
 K_BANDIT=${K_BANDIT:-50}             # context transitions per training sample
 K_ROOM=${K_ROOM:-100}
+K_LINEAR=${K_LINEAR:-$K_BANDIT}      # the full-size run: 200, the linear bandit's horizon
 BANDIT_TOKENS=${BANDIT_TOKENS:-"s ar"}  # policy.tokens on the bandits (docs/icrl.md: "s a r" learned far slower there)
 ROOM_TOKENS=${ROOM_TOKENS:-"s a r"}
 EMBED=${EMBED:-32}
@@ -53,6 +59,20 @@ bandit() {
   seqrl icrl "$OUT"/bandit_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
     --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
     --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_bandit" > "$OUT/eval_bandit.log" 2>&1
+}
+
+linear() {  # DPT's linear bandit: the env's defaults (arms=10, dim=2, noise=0.3, horizon=200, protocol="dpt")
+  seqrl collect --env linear-bandit --quality dpt --set "tasks=$LINEAR_TASKS"
+  seqrl collect --env linear-bandit --quality ad-linucb --set "tasks=$LINEAR_TASKS"
+  local env=seqrl/LinearBandit-v0 tok=(--set "policy.tokens=\"$BANDIT_TOKENS\"")
+  train dpt seqrl/linear-bandit/dpt-v0 $env "$K_LINEAR" linear_dpt "${tok[@]}"
+  train ad seqrl/linear-bandit/ad-linucb-v0 $env "$K_LINEAR" linear_ad "${tok[@]}"
+  train dpt_mamba seqrl/linear-bandit/dpt-v0 $env "$K_LINEAR" linear_dpt_mamba "${mamba[@]}" "${tok[@]}"
+  train ad_mamba seqrl/linear-bandit/ad-linucb-v0 $env "$K_LINEAR" linear_ad_mamba "${mamba[@]}" "${tok[@]}"
+  # 200 pulls > K: Mamba extrapolates, as on the Gaussian bandit
+  seqrl icrl "$OUT"/linear_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
+    --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
+    --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_linear" > "$OUT/eval_linear.log" 2>&1
 }
 
 room() {
