@@ -13,6 +13,8 @@
 
     python experiments/bench_wm_agent.py --device cuda --out docs/results/bench_wm_agent_cuda.json
     python experiments/bench_wm_agent.py --device cpu --threads 2 --parts update --modes eager-fp32 --out ...
+    python experiments/bench_wm_agent.py --device cuda --parts update --models s4wm-full rssm-full twm-full \
+        --modes graph-fp32 eager-fp32 --seq-lens 1024 --batch 4 --out ...   # S4 vs GRU vs transformer at length
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ MODELS = {  # name: (agent preset, policy overrides)
     "s4wm": ("s4wm_small", {}),
     "rssm": ("rssm_small", {}),
     "twm": ("twm_small", {}),
+    "s4wm-full": ("s4wm", {}),  # the GPU presets (width 256, two blocks)
+    "rssm-full": ("rssm", {}),
+    "twm-full": ("twm", {}),
     "agent-s4": ("s4wm_agent_offline", {}),
     "agent-gru": ("s4wm_agent_offline", {"world_model": {"backbone": "gru"}}),
     "agent-transformer": ("s4wm_agent_offline", {"world_model": {"backbone": "transformer"}}),
@@ -48,14 +53,14 @@ MODES = {"graph-bf16": (True, True), "eager-bf16": (False, True), "graph-fp32": 
          "eager-fp32": (False, False)}
 
 
-def pendulum_like_store(device: str) -> tuple[ReplayStore, EnvPreset]:
+def pendulum_like_store(device: str, T: int = 200, E: int = 100) -> tuple[ReplayStore, EnvPreset]:
     rng = np.random.default_rng(0)
-    T, E = 200, 100
-    eps = [{"obs": rng.standard_normal((T + 1, 3), dtype=np.float32), "act": rng.uniform(-2, 2, (T, 1)).astype(np.float32),
-            "rew": rng.standard_normal(T).astype(np.float32), "term": np.zeros(T, bool),
-            "trunc": np.eye(T, dtype=bool)[-1]} for _ in range(E)]
+    eps = [{"obs": rng.standard_normal((T + 1, 3), dtype=np.float32),
+            "act": rng.uniform(-2, 2, (T, 1)).astype(np.float32), "rew": rng.standard_normal(T).astype(np.float32),
+            "term": np.zeros(T, bool), "trunc": np.eye(T, dtype=bool)[-1]} for _ in range(E)]
     store = ReplayStore.from_episodes(eps, gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
-                                      gym.spaces.Box(-2.0, 2.0, (1,), np.float32), meta={"dataset_id": "bench/pendulum-like"})
+                                      gym.spaces.Box(-2.0, 2.0, (1,), np.float32),
+                                      meta={"dataset_id": "bench/pendulum-like"})
     return store.to(device), EnvPreset(name="pendulum", env_id="Pendulum-v1", max_episode_steps=200)
 
 
@@ -64,13 +69,25 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_update(model: str, mode: str, device: str, threads: int, warmup: int, timed: int, repeats: int) -> dict:
+def bench_update(model: str, mode: str, device: str, threads: int, warmup: int, timed: int, repeats: int,
+                 seq_len: int = 0, batch: int = 0) -> dict:
     name, policy_over = MODELS[model]
     graph, amp = MODES[mode]
-    store, env = pendulum_like_store(device)
+    # episodes longer than the longest sequence asked for (sequences run across episode ends too)
+    store, env = pendulum_like_store(device, *((max(200, seq_len + 1), 8) if seq_len else (200, 100)))
     trainer = {"device": device, "cuda_graph": graph, "amp": amp, "threads": threads, "eval_episodes": 0,
                "checkpoint_every": 0, "steps": 10**9}
-    preset = load_agent(name, {"policy": policy_over, "trainer": trainer})
+    over = {"policy": dict(policy_over), "trainer": trainer}
+    if seq_len:
+        if model.startswith("agent"):
+            over["policy"]["world_model"] = over["policy"].get("world_model", {}) | {"seq_len": seq_len}
+        else:
+            over["policy"]["seq_len"] = seq_len
+    if batch:
+        over["source"] = {"batch_size": batch}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    preset = load_agent(name, over)
     torch.manual_seed(0)
     agent = policy_class(preset.agent)(preset.policy, TaskSpec.from_store(store, env))
     with tempfile.TemporaryDirectory() as run_dir:
@@ -87,9 +104,11 @@ def bench_update(model: str, mode: str, device: str, threads: int, warmup: int, 
             times.append((time.perf_counter() - t) / timed * 1e3)
         finite = all(bool(torch.isfinite(v).all()) for v in out.values())
     wm = preset.policy.world_model if hasattr(preset.policy, "world_model") else preset.policy
-    return {"model": model, "mode": mode, "graph": r.use_graph, "amp": r.amp, "ms": round(statistics.median(times), 3),
-            "ms_all": [round(x, 3) for x in times], "batch": preset.source.batch_size, "seq_len": wm.seq_len,
+    return {"model": model, "mode": mode, "asked_seq_len": seq_len, "graph": r.use_graph, "amp": r.amp,
+            "ms": round(statistics.median(times), 3), "ms_all": [round(x, 3) for x in times],
+            "batch": preset.source.batch_size, "seq_len": wm.seq_len,
             "d_model": wm.d_model, "params": sum(p.numel() for p in agent.parameters()), "finite": finite,
+            "peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None,
             "loss_recon": round(float(out["loss_recon"]), 4)}
 
 
@@ -122,6 +141,8 @@ def main() -> None:
     ap.add_argument("--timed", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--env-steps", type=int, default=8192)
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[0], help="training sequence lengths (0: the preset's)")
+    ap.add_argument("--batch", type=int, default=0, help="sequences per update (0: the preset's)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if not args.device.startswith("cuda"):
@@ -135,9 +156,10 @@ def main() -> None:
     # generator unusable for the rest of the process, and should cost only what comes after it
     eager = [m for m in args.modes if not MODES[m][0]]
     graphs = [m for m in args.modes if MODES[m][0]]
-    order = [(mod, m) for m in eager for mod in args.models] if "update" in args.parts else []
-    for model, mode in order + [("online", None)] + [(mod, m) for m in graphs for mod in args.models
-                                                      if "update" in args.parts]:
+    upd = "update" in args.parts
+    order = [(mod, m, L) for m in eager for mod in args.models for L in args.seq_lens] if upd else []
+    for model, mode, L in order + [("online", None, 0)] + [(mod, m, L) for m in graphs for mod in args.models
+                                                         for L in args.seq_lens if upd]:
         if model == "online":
             if "online" not in args.parts:
                 continue
@@ -151,20 +173,22 @@ def main() -> None:
                 out.write_text(json.dumps(rec, indent=1))
             continue
         try:
-            row = bench_update(model, mode, args.device, args.threads, args.warmup, args.timed, args.repeats)
+            row = bench_update(model, mode, args.device, args.threads, args.warmup, args.timed, args.repeats, L,
+                               args.batch)
         except Exception as e:  # report and go on: one failing setting must not hide the others
-            row = {"model": model, "mode": mode, "error": f"{type(e).__name__}: {e}"[:500]}
+            row = {"model": model, "mode": mode, "asked_seq_len": L, "error": f"{type(e).__name__}: {e}"[:500]}
         rec["update"].append(row)
         print(json.dumps(row), flush=True)
         out.write_text(json.dumps(rec, indent=1))
     print("\n| model | " + " | ".join(args.modes) + " | eager / graph (bf16) |")
     print("|---" * (len(args.modes) + 2) + "|")
     for model in args.models:
-        rows = {r["mode"]: r for r in rec["update"] if r["model"] == model}
-        cells = [f"{rows[m]['ms']:.2f} ms" if "ms" in rows.get(m, {}) else "error" for m in args.modes]
-        ratio = (f"{rows['eager-bf16']['ms'] / rows['graph-bf16']['ms']:.1f}x"
-                 if all("ms" in rows.get(m, {}) for m in ("eager-bf16", "graph-bf16")) else "")
-        print(f"| {model} | " + " | ".join(cells) + f" | {ratio} |")
+        for L in args.seq_lens:
+            rows = {r["mode"]: r for r in rec["update"] if r["model"] == model and r["asked_seq_len"] == L}
+            cells = [f"{rows[m]['ms']:.2f} ms" if "ms" in rows.get(m, {}) else "error" for m in args.modes]
+            ratio = (f"{rows['eager-bf16']['ms'] / rows['graph-bf16']['ms']:.1f}x"
+                     if all("ms" in rows.get(m, {}) for m in ("eager-bf16", "graph-bf16")) else "")
+            print(f"| {model}{f' L={L}' if L else ''} | " + " | ".join(cells) + f" | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -369,7 +369,10 @@ class Batch:
     stream: torch.Tensor  # (B, K) int64 stream/task id of the step's episode
 
     def to(self, device: torch.device | str) -> "Batch":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        """The batch on `device`. Copies to an accelerator are asynchronous; copies to the CPU are not (an
+        asynchronous device-to-host copy may still be running when the caller reads the result)."""
+        to_host = torch.device(device).type == "cpu"
+        move = lambda t: t.to(device, non_blocking=not to_host)  # noqa: E731
         return Batch(**{f.name: tree_map(move, getattr(self, f.name)) for f in fields(self)})
 
     def split(self, n: int, i: int) -> "Batch":

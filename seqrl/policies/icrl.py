@@ -119,7 +119,7 @@ class ICBatch:
     label: torch.Tensor  # (B, K) int64
 
     def to(self, device: torch.device | str) -> "ICBatch":
-        return ICBatch(self.batch.to(device), self.label.to(device, non_blocking=True))
+        return ICBatch(self.batch.to(device), self.label.to(device, non_blocking=torch.device(device).type != "cpu"))
 
 
 @dataclass
