@@ -219,9 +219,8 @@ WM_TINY = {"d_model": 16, "n_layers": 1, "d_state": 4, "n_heads": 2, "z_groups":
 
 
 def _wm_runner(store, tmp_path, graph, agent):
-    """A tiny world model (agent "s4wm"/"rssm"/"twm") or world-model agent ("s4wm_agent_offline", "dreamer_gru",
-    "dreamer_discrete": S4)
-    on the CUDA store, through the Trainer, with or without its CUDA graph."""
+    """A tiny world model (agent "s4wm", "rssm", "twm") or world-model agent ("s4wm_agent_offline" and
+    "dreamer_discrete" on S4, "dreamer_gru") on the CUDA store, through the Trainer, with or without its CUDA graph."""
     from seqrl.policies import policy_class
 
     if agent.startswith("dreamer") or agent.endswith("offline"):
