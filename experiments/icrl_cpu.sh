@@ -9,6 +9,11 @@
 # defaults: 10 arms with features in R^2 shared by every task, theta per task, noise 0.3, horizon 200): DPT data and
 # LinUCB histories (AD), regret at step 200 beside LinUCB, UCB, ... in the same run (writes $OUT/eval_linear), e.g.
 #   OUT=runs/icrl_linear PARTS=linear STEPS=3000 bash experiments/icrl_cpu.sh
+# PARTS=room_adeps (not in the default PARTS) measures AD-epsilon (Zisman et al. 2024) on Dark Room: AD and AD-Mamba
+# trained on a noisy demonstrator's histories (--quality ad-noisy: the shortest-path policy with injected noise
+# falling from 1 to 0 over ROOM_AD_EPISODES episodes) beside the same models on the Q-learning histories (ad-q; reused
+# when $OUT/room_ad and $OUT/room_ad_mamba already hold checkpoints), one at a time (writes $OUT/eval_room_adeps), e.g.
+#   OUT=runs/icrl_adeps PARTS=room_adeps STEPS=3000 bash experiments/icrl_cpu.sh
 set -euo pipefail
 OUT=${OUT:-runs/icrl_cpu}
 DEVICE=${DEVICE:-cpu}
@@ -89,6 +94,26 @@ room() {
     --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds 3 --episodes "$ROOM_EPISODES" --mode online \
     --mode online-episode --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_room" \
     > "$OUT/eval_room.log" 2>&1
+}
+
+room_adeps() {  # AD-epsilon against AD on Q-learning histories, the room part's sizes, tokens, K and evaluation
+  local env=seqrl/DarkRoom-v0 tok=(--set "policy.tokens=\"$ROOM_TOKENS\"") t
+  for q in ad-noisy ad-q; do
+    t=$(date +%s)
+    seqrl collect --env darkroom --quality $q --set tasks=80 --set "episodes=$ROOM_AD_EPISODES"
+    echo "collect $q: $(( $(date +%s) - t )) s"
+  done
+  train ad seqrl/darkroom/ad-noisy-v0 $env "$K_ROOM" room_adeps_ad "${tok[@]}"
+  train ad_mamba seqrl/darkroom/ad-noisy-v0 $env "$K_ROOM" room_adeps_ad_mamba "${mamba[@]}" "${tok[@]}"
+  [ -f "$OUT/room_ad/checkpoint.pt" ] || train ad seqrl/darkroom/ad-q-v0 $env "$K_ROOM" room_ad "${tok[@]}"
+  [ -f "$OUT/room_ad_mamba/checkpoint.pt" ] ||
+    train ad_mamba seqrl/darkroom/ad-q-v0 $env "$K_ROOM" room_ad_mamba "${mamba[@]}" "${tok[@]}"
+  t=$(date +%s)
+  seqrl icrl "$OUT"/room_adeps_{ad,ad_mamba}/checkpoint.pt "$OUT"/room_{ad,ad_mamba}/checkpoint.pt \
+    --name ad-eps-transformer --name ad-eps-mamba --name ad-q-transformer --name ad-q-mamba \
+    --tasks "$TEST_TASKS" --seeds 3 --episodes "$ROOM_EPISODES" --mode online --mode online-episode --mode offline \
+    --extrapolate --device "$DEVICE" --out "$OUT/eval_room_adeps" > "$OUT/eval_room_adeps.log" 2>&1
+  echo "eval: $(( $(date +%s) - t )) s"
 }
 
 start=$(date +%s)
