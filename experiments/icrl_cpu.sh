@@ -52,33 +52,23 @@ train() {  # agent dataset env K run-name [extra --set ...]
   grep -o "[0-9]*/$STEPS update.*" "$OUT/$name.log" | tail -1 | sed "s|^|$name: |"
 }
 
-bandit() {
-  seqrl collect --env gaussian-bandit --quality dpt --set "tasks=$BANDIT_TASKS"
-  seqrl collect --env gaussian-bandit --quality ad-ucb --set "tasks=$BANDIT_TASKS"
-  local env=seqrl/GaussianBandit-v0 tok=(--set "policy.tokens=\"$BANDIT_TOKENS\"")
-  train dpt seqrl/gaussian-bandit/dpt-v0 $env "$K_BANDIT" bandit_dpt "${tok[@]}"
-  train ad seqrl/gaussian-bandit/ad-ucb-v0 $env "$K_BANDIT" bandit_ad "${tok[@]}"
-  train dpt_mamba seqrl/gaussian-bandit/dpt-v0 $env "$K_BANDIT" bandit_dpt_mamba "${mamba[@]}" "${tok[@]}"
-  train ad_mamba seqrl/gaussian-bandit/ad-ucb-v0 $env "$K_BANDIT" bandit_ad_mamba "${mamba[@]}" "${tok[@]}"
-  # Mamba acts past its trained context (500 pulls > K): --extrapolate, labelled so in docs/icrl.md
-  seqrl icrl "$OUT"/bandit_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
+bandits() {  # family env-id AD-source-quality tasks K run-prefix: DPT and AD, transformer and Mamba, then evaluation
+  local fam=$1 env=$2 adq=$3 tasks=$4 k=$5 p=$6 tok=(--set "policy.tokens=\"$BANDIT_TOKENS\"")
+  seqrl collect --env "$fam" --quality dpt --set "tasks=$tasks"
+  seqrl collect --env "$fam" --quality "$adq" --set "tasks=$tasks"
+  train dpt "seqrl/$fam/dpt-v0" "$env" "$k" "${p}_dpt" "${tok[@]}"
+  train ad "seqrl/$fam/$adq-v0" "$env" "$k" "${p}_ad" "${tok[@]}"
+  train dpt_mamba "seqrl/$fam/dpt-v0" "$env" "$k" "${p}_dpt_mamba" "${mamba[@]}" "${tok[@]}"
+  train ad_mamba "seqrl/$fam/$adq-v0" "$env" "$k" "${p}_ad_mamba" "${mamba[@]}" "${tok[@]}"
+  # Mamba acts past its trained context (the horizon's pulls > K): --extrapolate, labelled so in docs/icrl.md
+  seqrl icrl "$OUT/${p}"_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
     --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
-    --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_bandit" > "$OUT/eval_bandit.log" 2>&1
+    --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_$p" > "$OUT/eval_$p.log" 2>&1
 }
 
-linear() {  # DPT's linear bandit: the env's defaults (arms=10, dim=2, noise=0.3, horizon=200, protocol="dpt")
-  seqrl collect --env linear-bandit --quality dpt --set "tasks=$LINEAR_TASKS"
-  seqrl collect --env linear-bandit --quality ad-linucb --set "tasks=$LINEAR_TASKS"
-  local env=seqrl/LinearBandit-v0 tok=(--set "policy.tokens=\"$BANDIT_TOKENS\"")
-  train dpt seqrl/linear-bandit/dpt-v0 $env "$K_LINEAR" linear_dpt "${tok[@]}"
-  train ad seqrl/linear-bandit/ad-linucb-v0 $env "$K_LINEAR" linear_ad "${tok[@]}"
-  train dpt_mamba seqrl/linear-bandit/dpt-v0 $env "$K_LINEAR" linear_dpt_mamba "${mamba[@]}" "${tok[@]}"
-  train ad_mamba seqrl/linear-bandit/ad-linucb-v0 $env "$K_LINEAR" linear_ad_mamba "${mamba[@]}" "${tok[@]}"
-  # 200 pulls > K: Mamba extrapolates, as on the Gaussian bandit
-  seqrl icrl "$OUT"/linear_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
-    --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
-    --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_linear" > "$OUT/eval_linear.log" 2>&1
-}
+bandit() { bandits gaussian-bandit seqrl/GaussianBandit-v0 ad-ucb "$BANDIT_TASKS" "$K_BANDIT" bandit; }
+# DPT's linear bandit: the env's defaults (arms=10, dim=2, noise=0.3, horizon=200, protocol="dpt")
+linear() { bandits linear-bandit seqrl/LinearBandit-v0 ad-linucb "$LINEAR_TASKS" "$K_LINEAR" linear; }
 
 room() {
   seqrl collect --env darkroom --quality dpt --set tasks=80 --set "episodes=$ROOM_DPT_EPISODES"
