@@ -107,7 +107,7 @@ room_adeps() {  # AD-epsilon against AD on Q-learning histories, the room part's
 }
 
 start=$(date +%s)
-echo "start $(date -u +%FT%TZ) on $(nproc) cores: $(python -c 'import platform; print(platform.processor() or platform.machine())')"
+echo "start $(date -u +%FT%TZ) on $(nproc --all) cores: $(python -c 'import platform; print(platform.processor() or platform.machine())')"
 PARTS=${PARTS:-"bandit room"}        # which pipelines to run (side by side)
 for part in $PARTS; do
   $part > "$OUT/$part.out" 2>&1 &
