@@ -246,6 +246,12 @@ def tree_map(fn: Any, x: Any, *rest: Any) -> Any:
     return fn(x, *rest)
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """t on `device`: asynchronously to an accelerator, synchronously to the CPU (an asynchronous device-to-host
+    copy may still be running when the caller reads the result)."""
+    return t.to(device, non_blocking=torch.device(device).type != "cpu")
+
+
 def obs_tensor(obs: Any, device: torch.device | str) -> torch.Tensor | dict[str, torch.Tensor]:
     """Env observations (a vector env's batch, or one) as tensors on `device`: a Dict/Tuple observation
     becomes a flat dict of leaf tensors. The one conversion evaluation, env sources and PPO use."""
@@ -369,11 +375,7 @@ class Batch:
     stream: torch.Tensor  # (B, K) int64 stream/task id of the step's episode
 
     def to(self, device: torch.device | str) -> "Batch":
-        """The batch on `device`. Copies to an accelerator are asynchronous; copies to the CPU are not (an
-        asynchronous device-to-host copy may still be running when the caller reads the result)."""
-        to_host = torch.device(device).type == "cpu"
-        move = lambda t: t.to(device, non_blocking=not to_host)  # noqa: E731
-        return Batch(**{f.name: tree_map(move, getattr(self, f.name)) for f in fields(self)})
+        return Batch(**{f.name: tree_map(lambda t: to_device(t, device), getattr(self, f.name)) for f in fields(self)})
 
     def split(self, n: int, i: int) -> "Batch":
         """The i-th of n equal slices along the batch (DDP ranks)."""

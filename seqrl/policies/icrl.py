@@ -57,7 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seqrl.data.samplers import context_query, histories
-from seqrl.data.store import Batch, ReplayStore
+from seqrl.data.store import Batch, ReplayStore, to_device
 from seqrl.errors import DataError
 from seqrl.nn.gtrxl import GTrXL
 from seqrl.nn.mamba import MambaBackbone
@@ -119,7 +119,7 @@ class ICBatch:
     label: torch.Tensor  # (B, K) int64
 
     def to(self, device: torch.device | str) -> "ICBatch":
-        return ICBatch(self.batch.to(device), self.label.to(device, non_blocking=torch.device(device).type != "cpu"))
+        return ICBatch(self.batch.to(device), to_device(self.label, device))
 
 
 @dataclass
