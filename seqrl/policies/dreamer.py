@@ -220,6 +220,13 @@ class Dreamer(Agent):
     def _mode(self, dist: Distribution) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.discrete else dist.mean
 
+    def _sample(self, dist: Distribution) -> torch.Tensor:
+        """A draw of the actor: Categorical.sample's draws without its host sync (`sample_categorical`); Box
+        actions reparameterised while gradients flow."""
+        if self.discrete:
+            return sample_categorical(dist.probs)
+        return dist.rsample() if torch.is_grad_enabled() else dist.sample()
+
     def _action_input(self, a: torch.Tensor) -> torch.Tensor:
         """Actor sample (..., ) int or (..., A) in [-1, 1] units -> the world model's action input (..., A)."""
         return F.one_hot(a.long(), self.wm.a_dim).to(self.wm.dtype) if self.discrete else a.clamp(-1.0, 1.0)
@@ -255,11 +262,7 @@ class Dreamer(Agent):
         feats, acts, rews, spreads, conts = [], [], [], [], []
         for _ in range(H):
             f = torch.cat([h, z], -1)
-            dist = self.policy(f)
-            if self.discrete:  # (without gradient) Categorical.sample's draws, with no host sync
-                a = sample_categorical(dist.probs)
-            else:
-                a = dist.rsample() if torch.is_grad_enabled() else dist.sample()
+            a = self._sample(self.policy(f))
             a_in = self._action_input(a)
             fa = torch.cat([f, a_in], -1)
             r = symexp(wm.rewards(fa))  # (R, N) env units, one row per reward head
@@ -355,7 +358,7 @@ class Dreamer(Agent):
         e = wm.embed(obs)
         z = latent_sample(wm.posterior(torch.cat([h, e], -1) if wm.rssm else e), wm.config, sample)
         dist = self.policy(torch.cat([h, z], -1))
-        a = dist.sample() if sample else self._mode(dist)
+        a = self._sample(dist) if sample else self._mode(dist)
         return a, DreamerState(bstate, h, z, self._action_input(a).to(z.dtype), torch.zeros_like(state.start))
 
     @torch.no_grad()
