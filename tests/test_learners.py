@@ -3,15 +3,15 @@
 Regrets and returns asserted here were measured (seed 0, the 200 test tasks; the report gives them):
 5-arm Gaussian bandits, horizon 500: random 169.1, greedy 10.7, UCB (c=0.3) 11.0, Thompson 9.2, optimal 0
 (DPT's figures: Thompson about 9.2, UCB about 10); linear bandits (DPT's, d=2, T=200): LinUCB 3.8 (DPT:
-3.9), random 170."""
+3.9), linear Thompson sampling 3.9, random 170."""
 
 from functools import partial
 
 import numpy as np
 import pytest
 
-from seqrl.data.learners import (UCB, BernoulliThompson, EmpiricalMean, GaussianThompson, LinUCB, NoisyDemonstrator,
-                                 Optimal, QLearning, Random, learning_histories)
+from seqrl.data.learners import (UCB, BernoulliThompson, EmpiricalMean, GaussianThompson, LinearThompson, LinUCB,
+                                 NoisyDemonstrator, Optimal, QLearning, Random, learning_histories)
 from seqrl.data.store import ReplayStore
 from seqrl.envs import BernoulliBandit, DarkRoom, GaussianBandit, KeyToDoor, LinearBandit
 
@@ -59,6 +59,38 @@ def test_linucb_on_linear_bandits():
     assert lin < rnd / 20 and 2.5 < lin < 5.5  # DPT: LinUCB about 3.9
     per_task = partial(LinearBandit, dim=5, noise=1.5, protocol="lin2023")  # features drawn per task
     assert regret(per_task, tasks[:100], LinUCB.from_envs) < regret(per_task, tasks[:100], Random.from_envs) / 2
+
+
+def test_linear_thompson_on_linear_bandits():
+    env = LinearBandit()
+    m, v = env.theta_prior
+    ts = partial(LinearThompson.from_envs, noise=env.noise, prior_mean=m, prior_var=v)
+    tasks = env.tasks("test")
+    assert 2.5 < regret(LinearBandit, tasks, ts) < 5.5  # LinUCB 3.8 on the same tasks
+    per_task = partial(LinearBandit, dim=5, noise=1.5, protocol="lin2023")
+    m, v = per_task().theta_prior
+    ts = partial(LinearThompson.from_envs, noise=1.5, prior_mean=m, prior_var=v)
+    assert regret(per_task, tasks[:100], ts) < regret(per_task, tasks[:100], Random.from_envs) / 5
+
+
+def test_linear_thompson_posterior_is_the_regularised_least_squares_fit():
+    """The incremental posterior against one least-squares solve over the whole history (float64): the posterior
+    mean minimises |X theta - r|^2 / sigma^2 + |theta - m0|^2 / v0, the covariance is the inverse Gram matrix."""
+    h = learning_histories(partial(LinearBandit, dim=3, protocol="lin2023"), [0, 1, 2], Random.from_envs, 1, seed=3)
+    envs = [LinearBandit(dim=3, protocol="lin2023", task=t) for t in (0, 1, 2)]
+    sigma, m0, v0 = 0.3, 0.5, 1 / 12
+    ts = LinearThompson.from_envs(envs, noise=sigma, prior_mean=m0, prior_var=v0)
+    for t in range(40):
+        ts.update(None, h.actions[:, 0, t], h.rewards[:, 0, t], None, None)
+    mean, cov = ts.posterior()
+    for i, env in enumerate(envs):
+        X = env.features[h.actions[i, 0, :40]]  # (40, d)
+        A = np.vstack([X / sigma, np.eye(3) / np.sqrt(v0)])
+        b = np.concatenate([h.rewards[i, 0, :40].astype(np.float64) / sigma, np.full(3, m0 / np.sqrt(v0))])
+        np.testing.assert_allclose(mean[i], np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(cov[i], np.linalg.inv(A.T @ A), rtol=1e-9, atol=1e-12)
+    ts.update(None, np.array([0, 0, 0]), np.zeros(3), None, None, live=np.array([False, True, False]))
+    np.testing.assert_array_equal(ts.posterior()[0][[0, 2]], mean[[0, 2]])  # rows that did not step keep theirs
 
 
 def test_greedy_and_ucb_pull_every_arm_once_first():

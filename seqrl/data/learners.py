@@ -19,7 +19,9 @@ Bandits (observations ignored; statistics kept across episodes, since the task s
     c: mean + c sqrt(2 ln t / N_a), each arm once first; c = the noise's standard deviation is UCB1 for
     sub-Gaussian rewards); GaussianThompson (Gaussian prior, known noise; DPT's baseline: prior N(0.5,
     1/12), the mean and variance of U[0, 1]); BernoulliThompson (Beta(1, 1) priors); LinUCB (ridge
-    regression, lambda, and a bonus alpha ||x||_{A^-1}; Li et al. 2010); Optimal (knows the means).
+    regression, lambda, and a bonus alpha ||x||_{A^-1}; Li et al. 2010); LinearThompson (a Gaussian prior
+    on the linear bandit's theta, known noise: the exact posterior, one draw per pull); Optimal (knows the
+    means).
 Grids:
     QLearning: tabular, epsilon-greedy with epsilon decaying per episode (random tie-breaking among the
         greedy actions); `reward_memory` adds "a reward came earlier in this episode" to the state, which
@@ -146,6 +148,47 @@ class LinUCB:
         x = self.features[rows, np.asarray(actions)[rows]]  # (m, d)
         self.A[rows] += x[:, :, None] * x[:, None, :]
         self.b[rows] += np.asarray(rewards, dtype=np.float64)[rows, None] * x
+
+    def reset_episode(self) -> None:
+        pass
+
+
+class LinearThompson:
+    """Thompson sampling for linear bandits with a Gaussian prior theta ~ N(m0 1, v0 I) and known noise sigma:
+    the posterior is N(mu, P^-1), P = I / v0 + sum x x^T / sigma^2, mu = P^-1 (m0 1 / v0 + sum r x / sigma^2);
+    each pull draws theta from it and takes argmax_a x_a . theta. features as LinUCB's."""
+
+    def __init__(self, n: int, features: np.ndarray, noise: float = 0.3, prior_mean: float = 0.0,
+                 prior_var: float = 1.0):
+        features = np.asarray(features, dtype=np.float64)
+        self.n = int(n)
+        self.features = np.broadcast_to(features, (self.n, *features.shape[-2:]))  # (n, K, d)
+        d = self.features.shape[-1]
+        self.noise2 = float(noise) ** 2
+        self.P = np.broadcast_to(np.eye(d) / float(prior_var), (self.n, d, d)).copy()  # (n, d, d) precision
+        self.h = np.full((self.n, d), float(prior_mean) / float(prior_var))  # (n, d) precision times mean
+        self._rows = np.arange(self.n)
+
+    @classmethod
+    def from_envs(cls, envs: Sequence[gym.Env], **kw: Any) -> "LinearThompson":
+        return cls(len(envs), np.stack([e.unwrapped.features for e in envs]), **kw)
+
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (n, d), covariance (n, d, d)) of theta."""
+        cov = np.linalg.inv(self.P)
+        return np.einsum("nij,nj->ni", cov, self.h), cov
+
+    def act(self, obs, rng: np.random.Generator) -> np.ndarray:
+        mean, cov = self.posterior()
+        L_ = np.linalg.cholesky(cov)  # (n, d, d)
+        theta = mean + np.einsum("nij,nj->ni", L_, rng.standard_normal(mean.shape))
+        return np.argmax(np.einsum("nkd,nd->nk", self.features, theta), axis=1)
+
+    def update(self, obs, actions, rewards, next_obs, terminated, live=None) -> None:
+        rows = self._rows if live is None else self._rows[live]
+        x = self.features[rows, np.asarray(actions)[rows]]  # (m, d)
+        self.P[rows] += x[:, :, None] * x[:, None, :] / self.noise2
+        self.h[rows] += np.asarray(rewards, dtype=np.float64)[rows, None] * x / self.noise2
 
     def reset_episode(self) -> None:
         pass

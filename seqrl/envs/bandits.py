@@ -198,3 +198,9 @@ class LinearBandit(_Bandit):
 
     def _pull(self, a: int) -> float:
         return float(self.means[a] + self.noise * self.np_random.standard_normal())
+
+    @property
+    def theta_prior(self) -> tuple[float, float]:
+        """(mean, variance) of each coordinate of theta as tasks draw it: N(0, 1/d) under "dpt"; under
+        "lin2023" the mean and variance of U[0, 1] (linear Thompson sampling's Gaussian prior)."""
+        return (0.0, 1.0 / self.dim) if self.protocol == "dpt" else (0.5, 1.0 / 12.0)

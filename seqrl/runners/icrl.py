@@ -140,6 +140,8 @@ def baselines(family: str, env: Any) -> dict[str, Callable]:
         if family == "bernoulli-bandit":
             out["thompson"] = L.BernoulliThompson.from_envs
         if family == "linear-bandit":
+            m, v = env.theta_prior
+            out["thompson"] = functools.partial(L.LinearThompson.from_envs, noise=noise, prior_mean=m, prior_var=v)
             out["linucb"] = L.LinUCB.from_envs
         out["optimal"] = L.Optimal.from_envs
         return out
