@@ -225,6 +225,29 @@ def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
     assert res.exit_code == 2 and "were training tasks" in " ".join(res.output.split())
 
 
+def test_training_makes_the_env_as_the_data_was_recorded(minari_root, tmp_path):
+    """AD's 9x9 Dark Room has other spaces than the registered default (10x10): `seqrl train` takes the env's
+    kwargs from the dataset's recipe, and --set env.env_kwargs.* still wins."""
+    from seqrl.presets import load_agent
+    from seqrl.runners.sources import build_source
+
+    kw = {"size": 9, "horizon": 20, "start": "centre"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Minari records the default's spaces
+        collect_icrl("darkroom", "ad-noisy", {"tasks": 3, "episodes": 2, "env_kwargs": kw})
+    preset = load_agent("ad", {})
+    _, spec, _ = build_source(preset, "seqrl/darkroom/ad-noisy-v0", ROOM, {})
+    assert spec.env.env_kwargs == kw and list(spec.observation_space.nvec) == [9, 9]
+    _, spec, _ = build_source(preset, "seqrl/darkroom/ad-noisy-v0", ROOM, {"env_kwargs": {"horizon": 30}})
+    assert spec.env.env_kwargs == kw | {"horizon": 30}
+    with pytest.raises(DataError, match=r"MultiDiscrete\(\[9 9\]\) does not match"):
+        build_source(preset, "seqrl/darkroom/ad-noisy-v0", ROOM, {"env_kwargs": {"size": 10}})
+    res = runner.invoke(app, ["train", "--agent", "ad", "--dataset", "seqrl/darkroom/ad-noisy-v0", "--env", ROOM,
+                              "--run-dir", str(tmp_path / "ad"), "--set", "trainer.steps=2", "--set", "policy.embed_dim=16",
+                              "--set", "policy.n_layers=1", "--set", "policy.context_len=8", "--set", "source.batch_size=4"])
+    assert res.exit_code == 0, res.output
+
+
 def test_registry_and_presets():
     from seqrl.presets import load_agent
 

@@ -109,14 +109,15 @@ def load_store(dataset_id: str) -> ReplayStore:
     return store
 
 
-def check_env_matches(store: ReplayStore, env_or_id: gym.Env | str) -> None:
+def check_env_matches(store: ReplayStore, env_or_id: gym.Env | str,
+                      env_kwargs: Mapping[str, Any] | None = None) -> None:
     """Raise DataError when the store was recorded on another env id (its Minari env_spec), or when its
-    spaces differ from the environment's."""
+    spaces differ from the environment's (an id is made with `env_kwargs`)."""
     recorded, name = store.meta.get("env_id"), store.meta.get("dataset_id", "store")
     if isinstance(env_or_id, str) and recorded and recorded != env_or_id:
         raise DataError(f"dataset {name!r} was recorded on {recorded}, not on {env_or_id}: evaluate it on the env "
                         f"it was recorded on (--env {recorded} or its preset)")
-    env = gym.make(env_or_id) if isinstance(env_or_id, str) else env_or_id
+    env = gym.make(env_or_id, **(env_kwargs or {})) if isinstance(env_or_id, str) else env_or_id
     try:
         check_spaces(store.observation_space, store.action_space, env, store.meta.get("dataset_id", "store"))
     finally:

@@ -360,7 +360,7 @@ def checkpoint_env(env_id: str, where: Any) -> None:
 
 
 def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over: dict):
-    from seqrl.data.minari_io import check_env_matches, load_store
+    from seqrl.data.minari_io import check_env_matches, dataset_recipe, load_store
     from seqrl.policies.base import TaskSpec
     from seqrl.presets import find_env_for_dataset
 
@@ -374,7 +374,12 @@ def _dataset_source(preset: Any, dataset: str | None, env: str | None, env_over:
             raise PresetError(f"no env preset owns dataset {dataset!r}: pass --env NAME (a file in envs/)")
         env = found.name
     env_preset = resolve_env(env, env_over)
-    check_env_matches(store, env_preset.env_id)
+    recorded = dataset_recipe(dataset) or {}
+    if recorded.get("env_id") == env_preset.env_id and recorded.get("env_kwargs"):
+        # the env as the data was recorded on it (`seqrl collect` keeps its kwargs); --set env.env_kwargs.* wins
+        kw = env_preset.env_kwargs | recorded["env_kwargs"] | env_over.get("env_kwargs", {})
+        env_preset = dataclasses.replace(env_preset, env_kwargs=kw)
+    check_env_matches(store, env_preset.env_id, env_preset.env_kwargs)
     longest = int(store.episode_lengths.max())
     if longest > env_preset.max_episode_steps:
         raise PresetError(f"dataset {dataset!r} has episodes of {longest} steps, longer than env.max_episode_steps="
