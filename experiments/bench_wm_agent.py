@@ -8,8 +8,8 @@
    200 steps). `--warmup` updates (the graph's 3 eager warm-ups and its capture among them), then `--timed`
    updates between two synchronisations, `--repeats` times; the median is reported.
 2. `online`: env-steps/s and updates/s of agents/s4wm_agent.toml and agents/dreamer.toml on CartPole-v1 through
-   the env source (4 envs; the train ratio is the preset's, 256 replayed steps per env step; eager, since an env
-   source is not graphed), for `--env-steps` env steps.
+   the env source (4 envs; the train ratio is the preset's, 256 replayed steps per env step), for `--env-steps`
+   env steps: eager, and on CUDA also with the update as a CUDA graph (batches sampled outside it, copied in).
 
     python experiments/bench_wm_agent.py --device cuda --out docs/results/bench_wm_agent_cuda.json
     python experiments/bench_wm_agent.py --device cpu --threads 2 --parts update --modes eager-fp32 --out ...
@@ -112,9 +112,10 @@ def bench_update(model: str, mode: str, device: str, threads: int, warmup: int, 
             "loss_recon": round(float(out["loss_recon"]), 4)}
 
 
-def bench_online(agent: str, device: str, threads: int, env_steps: int) -> dict:
+def bench_online(agent: str, device: str, threads: int, env_steps: int, graph: bool) -> dict:
     over = {"source": {"env_steps": env_steps, "learning_starts": 1024},
-            "trainer": {"device": device, "threads": threads, "eval_episodes": 0, "checkpoint_every": 0}}
+            "trainer": {"device": device, "threads": threads, "eval_episodes": 0, "checkpoint_every": 0,
+                        "cuda_graph": graph}}
     preset = load_agent(agent, over)
     source, spec, _ = build_source(preset, None, "CartPole-v1", {})
     torch.manual_seed(0)
@@ -124,7 +125,7 @@ def bench_online(agent: str, device: str, threads: int, env_steps: int) -> dict:
         r = Trainer(policy, source, preset, Path(run_dir) / "run")
         r.run()
         wall = time.perf_counter() - t
-    return {"agent": agent, "env_steps": source.env_steps, "updates": r.step, "wall_s": round(wall, 1),
+    return {"agent": agent, "cuda_graph": r.use_graph, "env_steps": source.env_steps, "updates": r.step, "wall_s": round(wall, 1),
             "env_steps_per_s": round(source.env_steps / wall, 1), "updates_per_s": round(r.step / wall, 2),
             "train_ratio": preset.source.train_ratio, "n_envs": preset.source.n_envs,
             "batch": f"{preset.source.batch_size} x {preset.policy.world_model.seq_len}"}
@@ -152,22 +153,23 @@ def main() -> None:
            "torch": torch.__version__, "threads": args.threads, "update": [], "online": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # eager settings first, then the online runs (eager), then the graphs: a capture that fails leaves the CUDA
-    # generator unusable for the rest of the process, and should cost only what comes after it
+    # eager settings first (the online runs' eager one last among them), then the graphs: a capture that fails
+    # leaves the CUDA generator unusable for the rest of the process, and should cost only what comes after it
     eager = [m for m in args.modes if not MODES[m][0]]
     graphs = [m for m in args.modes if MODES[m][0]]
     upd = "update" in args.parts
     order = [(mod, m, L) for m in eager for mod in args.models for L in args.seq_lens] if upd else []
-    for model, mode, L in order + [("online", None, 0)] + [(mod, m, L) for m in graphs for mod in args.models
-                                                         for L in args.seq_lens if upd]:
-        if model == "online":
+    online = [("online", False, 0)] + ([("online", True, 0)] if args.device.startswith("cuda") else [])
+    for model, mode, L in order + online[:1] + [(mod, m, L) for m in graphs for mod in args.models
+                                                for L in args.seq_lens if upd] + online[1:]:
+        if model == "online":  # mode: the update as a CUDA graph
             if "online" not in args.parts:
                 continue
             for agent in ("s4wm_agent", "dreamer"):
                 try:
-                    row = bench_online(agent, args.device, args.threads, args.env_steps)
+                    row = bench_online(agent, args.device, args.threads, args.env_steps, mode)
                 except Exception as e:
-                    row = {"agent": agent, "error": f"{type(e).__name__}: {e}"[:500]}
+                    row = {"agent": agent, "cuda_graph": mode, "error": f"{type(e).__name__}: {e}"[:500]}
                 rec["online"].append(row)
                 print(json.dumps(row), flush=True)
                 out.write_text(json.dumps(rec, indent=1))

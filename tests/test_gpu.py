@@ -9,7 +9,7 @@ import torch
 from conftest import make_episodes, step_through
 from seqrl.data.store import ReplayStore
 from seqrl.nn.transformer import CausalTransformer
-from seqrl.policies import TaskSpec
+from seqrl.policies import TaskSpec, policy_class
 from seqrl.policies.dt import DecisionTransformer
 from seqrl.presets import load_agent, load_env, parse_overrides
 from seqrl.data.samplers import windows_at
@@ -290,3 +290,42 @@ def test_world_model_learns_under_a_cuda_graph(hopper_like, tmp_path, agent):
     outs = [float(r.iteration()[0]["loss_recon"]) for _ in range(150)]
     assert r._graph is not None and r.step == 151
     assert np.mean(outs[-20:]) < 0.8 * first
+
+
+@pytest.mark.parametrize("agent", ["s4wm_agent", "dreamer"])
+def test_online_graph_updates_equal_eager_updates(tmp_path, monkeypatch, agent):
+    """The online world-model agent on CartPole (S4 and GRU): its replay grows, so batches are sampled outside
+    the graph and copied into the captured batch (`copy_batch`). One collection's 8 updates (3 eager warm-ups,
+    the capture, 4 replays on other batches) equal 8 eager updates, with the draws pinned as above; the data
+    are the same in both modes (collected before the first update) and so are the batches (the trainer's
+    generator)."""
+    import seqrl.policies.dreamer as dreamer_module
+    import seqrl.policies.world_model as wm_module
+    from seqrl.runners.sources import EnvSource, resolve_env
+
+    for mod in (wm_module, dreamer_module):
+        monkeypatch.setattr(mod, "sample_categorical", lambda p: p.argmax(-1))
+    monkeypatch.setattr(torch, "randn_like", lambda x: torch.full_like(x, 0.3))
+    monkeypatch.setattr(torch.distributions.Normal, "rsample", lambda d, shape=(): d.mean + 0.3 * d.stddev)
+    env = resolve_env("CartPole-v1", {})
+    wm = [f"policy.world_model.{k}={v}" for k, v in (WM_TINY | {"z_dim": 4}).items()]
+    params, losses = {}, {}
+    for graph in (False, True):
+        preset = load_agent(agent, parse_overrides(wm + [
+            "policy.horizon=4", "policy.starts=2", "policy.hidden=16", "source.n_envs=2", "source.n_steps=32",
+            "source.batch_size=4", "source.learning_starts=1", "source.train_ratio=4", "source.env_steps=64",
+            "trainer.device=cuda", f"trainer.cuda_graph={str(graph).lower()}", "trainer.amp=false",
+            "trainer.warmup_steps=2", "trainer.eval_episodes=0", "trainer.checkpoint_every=0"]))
+        torch.manual_seed(0)
+        r = Trainer(policy_class("dreamer")(preset.policy, TaskSpec.from_env(env)), EnvSource(preset.source, env),
+                    preset, tmp_path / f"{agent}_{graph}")
+        assert r.use_graph is graph and r.source.fixed_batches
+        outs = []
+        while not r.done():
+            outs += r.iteration()
+        assert r.step == 8 and (r._graph is not None) is graph
+        losses[graph] = [float(o["loss"]) for o in outs]
+        params[graph] = torch.cat([p.detach().flatten() for p in r.agent.parameters()])
+    assert len(set(losses[True])) == 8  # each replay's scalars are its own, not the last one's
+    torch.testing.assert_close(losses[True], losses[False], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(params[True], params[False], atol=1e-4, rtol=1e-3)

@@ -313,3 +313,27 @@ def test_param_groups_skip_marked_parameters():
     decayed = {id(p) for p in param_groups(list(mixer.parameters()), 0.1)[0]["params"]}
     assert mixer.A_log.dim() == 2 and id(mixer.A_log) not in decayed  # marked _no_weight_decay
     assert id(mixer.in_proj.weight) in decayed
+
+
+def test_copy_batch_copies_in_place_and_refuses_another_shape():
+    """What the online CUDA graph runs on: each batch copied into the captured batch's tensors (dict leaves
+    included); a batch of another shape, dtype or structure is a TrainingError naming the field."""
+    from seqrl.errors import TrainingError
+    from seqrl.runners.trainer import copy_batch
+
+    from conftest import make_episodes
+
+    store = ReplayStore.from_episodes(make_episodes([30, 40], act_dim=2), gym.spaces.Box(-9, 9, (3,)),
+                                      gym.spaces.Box(-9, 9, (2,)))
+    a, b = (windows(store, 4, 8, torch.Generator().manual_seed(s)) for s in (0, 1))
+    a.obs, b.obs = {"x": a.obs, "y": a.rew.clone()}, {"x": b.obs, "y": b.rew + 1}
+    ptr = a.act.data_ptr()
+    copy_batch(a, b)
+    assert a.act.data_ptr() == ptr and torch.equal(a.act, b.act) and torch.equal(a.timestep, b.timestep)
+    assert torch.equal(a.obs["y"], b.obs["y"]) and a.obs["x"] is not b.obs["x"]
+    with pytest.raises(TrainingError, match=r"batch field obs is \(4, 7, 3\) torch.float32, the graph was "
+                                            r"captured on \(4, 8, 3\)"):
+        copy_batch(windows(store, 4, 8, torch.Generator()), windows(store, 4, 7, torch.Generator()))
+    b.obs = {"x": b.obs["x"]}
+    with pytest.raises(TrainingError, match="batch field obs is"):
+        copy_batch(a, b)

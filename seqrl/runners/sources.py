@@ -9,6 +9,8 @@ A source is picked by the agent preset's `source.kind` and has one small interfa
 - ``iteration(agent, generator)``: a generator of batches, one optimiser update each. It may read back
   each update's scalars (``scalars = yield batch``).
 - ``draw(agent, generator)`` and ``graphable``: one batch drawn inside a CUDA graph (dataset sources).
+- ``fixed_batches``: every batch has the same shapes, so the trainer may replay a CUDA graph of the update on
+  each, copied in (a replaying env source).
 - ``done()``, ``progress()`` (share of its own budget, for learning-rate decay), ``global_step(updates)``
   (the TensorBoard x axis), ``scalars()`` (what it logs), ``state_dict()``/``load_state_dict()``, ``close()``.
 - ``save(run_dir)``/``restore(run_dir)``: what a checkpoint holds beside the weights (a replaying env
@@ -53,6 +55,7 @@ class DatasetSource:
         if self.cfg.store_on_device:
             self.store.to(device)
         self.graphable = device.type == "cuda" and self.cfg.store_on_device
+        self.fixed_batches = False  # graphable instead, or the store on the host: eager
         gen = torch.Generator(device=device if self.cfg.store_on_device else "cpu")
         gen.manual_seed(seed * 1_000_003 + rank)
         return gen
@@ -178,6 +181,7 @@ class EnvSource:
                                  meta={"env_id": env.env_id, "online": True}, capacity=cfg.capacity)
         self.replay = agent.replay
         self.graphable = False
+        self.fixed_batches = self.replay  # sequences of one length, `batch_size` of them (PPO's minibatches vary)
         self.obs = None  # the envs start their episodes at the first collection, seeded by the count restored by then
         gen = torch.Generator()
         gen.manual_seed(seed * 1_000_003)

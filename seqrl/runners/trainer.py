@@ -16,11 +16,15 @@ agent declares its optimiser groups (`optimizer_groups()`: parameters, the loss 
 learning-rate scale); each gets a fused AdamW on CUDA, weight decay on matrices only, linear warm-up
 then a constant or linearly decaying learning rate, and gradient-norm clipping of its own.
 
-CUDA graphs (`trainer.cuda_graph`, one CUDA device, a dataset source on the device): the first three
-updates run eagerly on a side stream (warm-up, as capture requires), the fourth captures sampling +
-losses + backward + clipping + AdamW + `after_update` as one graph and replays it; every update is one
-optimiser step. Learning rates live in device tensors the graph reads, and samples are drawn from the
-default CUDA generator (graph-safe) instead of the trainer's own.
+CUDA graphs (`trainer.cuda_graph`, one CUDA device): the first three updates run eagerly on a side stream
+(warm-up, as capture requires), the fourth captures losses + backward + clipping + AdamW + `after_update` as
+one graph and replays it; every update is one optimiser step. Learning rates live in device tensors the graph
+reads. Two kinds of source take a graph:
+- a dataset source on the device (`source.graphable`): sampling is captured too, drawn from the default CUDA
+  generator (graph-safe) instead of the trainer's own;
+- a source whose batches all have one shape (`source.fixed_batches`: the world-model agents' replay, which
+  grows, so its sampling stays outside): each batch is copied into the tensors the graph was captured on
+  (`copy_batch`), then the graph replays.
 
 DDP: launched under `torchrun` (WORLD_SIZE > 1) each rank draws `batch_size / world_size` samples and
 DDP averages the ranks' gradients. Each rank's loss is a mean over its own real (unpadded) steps, so the
@@ -51,6 +55,35 @@ from seqrl.policies.base import Agent
 from seqrl.presets import AgentPreset, differences, training_device
 from seqrl.progress import progress
 from seqrl.runners.evaluate import evaluate
+
+
+def copy_batch(dst: Any, src: Any) -> None:
+    """Copy batch `src` into batch `dst` in place, tensor by tensor (dataclasses, dicts, tuples of tensors):
+    how a CUDA graph captured on `dst` runs on `src`. TrainingError when their structure, shapes or dtypes
+    differ (a graph replays one shape)."""
+    def walk(d: Any, s: Any, where: str) -> None:
+        if isinstance(d, torch.Tensor):
+            if not isinstance(s, torch.Tensor) or d.shape != s.shape or d.dtype != s.dtype:
+                got = f"{tuple(s.shape)} {s.dtype}" if isinstance(s, torch.Tensor) else type(s).__name__
+                raise TrainingError(f"cuda_graph: batch field {where} is {got}, the graph was captured on "
+                                    f"{tuple(d.shape)} {d.dtype}; a graph replays batches of one shape (set "
+                                    f"trainer.cuda_graph = false for this source)")
+            d.copy_(s, non_blocking=True)
+        elif dataclasses.is_dataclass(d) and type(s) is type(d):
+            for f in dataclasses.fields(d):
+                walk(getattr(d, f.name), getattr(s, f.name), f"{where}.{f.name}".lstrip("."))
+        elif isinstance(d, dict) and isinstance(s, dict) and d.keys() == s.keys():
+            for k in d:
+                walk(d[k], s[k], f"{where}[{k!r}]")
+        elif isinstance(d, (tuple, list)) and isinstance(s, (tuple, list)) and len(d) == len(s):
+            for i, (a, b) in enumerate(zip(d, s)):
+                walk(a, b, f"{where}[{i}]")
+        elif isinstance(d, (dict, tuple, list)) or dataclasses.is_dataclass(d) or d != s:
+            desc = lambda x: sorted(x) if isinstance(x, dict) else type(x).__name__  # noqa: E731
+            raise TrainingError(f"cuda_graph: batch field {where or 'batch'} is {desc(s)}, the graph was captured on "
+                                f"{desc(d)}; a graph replays batches of one structure")
+
+    walk(dst, src, "")
 
 
 def param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
@@ -101,7 +134,8 @@ class Trainer:
         self.groups = agent.optimizer_groups()
         if self.world > 1 and len(self.groups) > 1:
             raise PresetError(f"agent {preset.agent!r} has {len(self.groups)} optimiser groups: DDP takes one")
-        self.use_graph = cfg.cuda_graph and device.type == "cuda" and self.world == 1 and source.graphable
+        self.use_graph = (cfg.cuda_graph and device.type == "cuda" and self.world == 1
+                          and (source.graphable or source.fixed_batches))
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warmups = 0  # eager updates done before the graph is captured
         # fused AdamW on CUDA: one kernel per group; capturable, with the learning rate in a device tensor,
@@ -199,14 +233,16 @@ class Trainer:
         self.step += 1
         return out
 
-    def graph_step(self) -> dict[str, torch.Tensor]:
-        """One update that draws its own batch from the dataset source: a graph replay once captured."""
+    def graph_step(self, batch: Any = None) -> dict[str, torch.Tensor]:
+        """One update as a graph replay once captured: on `batch` (copied into the captured batch's tensors), or
+        with None on a batch the dataset source draws inside the graph."""
+        draw = (lambda: self.source.draw(self.agent, None)) if batch is None else (lambda: batch)  # noqa: E731
         if self._warmups < 3:  # eager warm-up on a side stream, as graph capture requires
             current = torch.cuda.current_stream(self.device)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(current)
             with torch.cuda.stream(side):
-                out = self.train_step(self.source.draw(self.agent, None))
+                out = self.train_step(draw())
             current.wait_stream(side)
             self._warmups += 1
             return out
@@ -214,19 +250,24 @@ class Trainer:
             self.agent.train()
             self._zero_grad()  # grads are allocated inside the graph, overwritten on replay
             self._graph = torch.cuda.CUDAGraph()
+            self._graph_in = batch  # the tensors the graph reads (None: it draws its own)
             with torch.cuda.graph(self._graph):
-                self._graph_out = self._loss_and_update(self.source.draw(self.agent, None))
+                self._graph_out = self._loss_and_update(draw())
+        elif batch is not None:
+            copy_batch(self._graph_in, batch)
         self._set_lr()
         self._graph.replay()
         self.step += 1
-        return self._graph_out
+        # a copied-in batch: several updates per iteration, each keeps its own scalars (a replay overwrites them)
+        return self._graph_out if batch is None else {k: v.clone() for k, v in self._graph_out.items()}
 
     def iteration(self) -> list[dict[str, torch.Tensor]]:
         """One iteration of the source (one sampled batch, or one rollout's minibatches): its updates' scalars.
 
         The source may read each update's scalars back (PPO stops an epoch loop early on its KL)."""
-        if self.use_graph:
+        if self.use_graph and self.source.graphable:
             return [self.graph_step()]
+        step = self.graph_step if self.use_graph else self.train_step
         outs: list[dict[str, torch.Tensor]] = []
         it = self.source.iteration(self.agent, self.gen)
         scalars = None
@@ -235,7 +276,7 @@ class Trainer:
                 batch = it.send(scalars)
             except StopIteration:
                 break
-            scalars = self.train_step(batch)
+            scalars = step(batch)
             outs.append(scalars)
         it.close()
         return outs
