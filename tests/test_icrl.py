@@ -90,6 +90,23 @@ def test_dpt_labels_are_the_optimal_action_at_each_state(minari_root):
     assert (b.batch.stream == b.batch.stream[:, :1]).all()  # context and query from one task
 
 
+def test_dpt_grid_contexts_visit_every_cell_about_equally(minari_root):
+    """DPT's random transitions: walks from a uniformly random cell keep every step's state uniform (the random
+    walk with wall-stays is doubly stochastic); walks from the start cell (dpt_start = "start") pile up near it."""
+    from seqrl.data.minari_io import read_episodes
+
+    counts = {}
+    for start in ("uniform", "start"):
+        collect_icrl("darkroom", "dpt", {"tasks": 4, "episodes": 50, "dpt_start": start}, rebuild=True)
+        eps, _, _ = read_episodes("seqrl/darkroom/dpt-v0")
+        obs = [np.asarray(e["obs"]) for e in eps]
+        assert all(np.abs(np.diff(o, axis=0)).sum(1).max() <= 1 for o in obs)  # true walks: one move per step
+        states = np.concatenate([o[:-1] for o in obs])
+        counts[start] = np.bincount(states[:, 0] * 10 + states[:, 1], minlength=100) / len(states) * 100
+    assert 0.4 < counts["uniform"].min() and counts["uniform"].max() < 1.8  # 20,000 states over 100 cells
+    assert counts["start"].max() > 5 and counts["start"].min() < 0.2
+
+
 def test_ranges():
     assert ranges([5, 1, 2, 3, 9]) == [[1, 4], [5, 6], [9, 10]]
     assert in_ranges([0, 1, 4, 9], [[1, 4], [9, 10]]).tolist() == [False, True, False, True]

@@ -206,6 +206,20 @@ def test_dark_room_corner_start_and_goal_on_start():
     assert rews == [1.0] * 100 and env.optimal_return() == 100.0
 
 
+def test_start_option_places_the_agent_for_one_episode():
+    env = DarkRoom(task=3)
+    obs, _ = env.reset(options={"start": (4, 7)})
+    assert obs.tolist() == [4, 7] and env.step(4)[0].tolist() == [4, 8]
+    assert env.reset()[0].tolist() == [0, 0]  # the next episode starts at the env's start cell again
+    cells = {tuple(env.reset(seed=0 if i == 0 else None, options={"start": "uniform"})[0]) for i in range(2000)}
+    assert len(cells) == 100  # every cell of the 10x10 room
+    a = [env.reset(seed=5, options={"start": "uniform"})[0].tolist() for _ in range(2)]
+    assert a[0] == a[1]  # drawn from the env's seeded generator
+    for bad in ((10, 0), (1, 2, 3), "random"):
+        with pytest.raises(ValueError, match="start must be 'uniform' or a cell"):
+            env.reset(options={"start": bad})
+
+
 def test_key_then_door():
     env = KeyToDoor()
 

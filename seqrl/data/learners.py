@@ -327,12 +327,14 @@ class Histories:
 
 
 def learning_histories(make_env: Callable[[], gym.Env], tasks: Sequence[int],
-                       make_learner: Callable[[list[gym.Env]], Any], episodes: int, seed: int = 0) -> Histories:
+                       make_learner: Callable[[list[gym.Env]], Any], episodes: int, seed: int = 0,
+                       start: Any = None) -> Histories:
     """Run a learner on `tasks` (one env and one learner row each) for `episodes` episodes; return the
     histories. Pure: the envs (`make_env()`, one per task) and the learner (`make_learner(envs)`, e.g.
     `functools.partial(UCB.from_envs, c=0.3)`) are made here, and the result depends only on the
     arguments. Each env is reset to its task with a seed drawn from `seed` before its first episode; the
-    learner's randomness comes from `seed` too. Envs must have a `horizon` (the longest episode)."""
+    learner's randomness comes from `seed` too. Envs must have a `horizon` (the longest episode). `start`,
+    if given, is every reset's `start` option (the grids: "uniform" starts each episode at a random cell)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes!r}")
     tasks = np.asarray(tasks, dtype=np.int64).reshape(-1)
@@ -344,7 +346,8 @@ def learning_histories(make_env: Callable[[], gym.Env], tasks: Sequence[int],
     env_seq, learner_seq = np.random.SeedSequence(seed).spawn(2)
     env_seeds = env_seq.generate_state(n)
     rng = np.random.default_rng(learner_seq)
-    first = [env.reset(seed=int(s), options={"task": int(t)}) for env, s, t in zip(envs, env_seeds, tasks)]
+    opts = lambda t: {"task": int(t)} | ({} if start is None else {"start": start})  # noqa: E731
+    first = [env.reset(seed=int(s), options=opts(t)) for env, s, t in zip(envs, env_seeds, tasks)]
     learner = make_learner(envs)  # after the resets: oracles read the tasks' parameters from the envs
     obs0 = np.asarray(first[0][0])
     obs = np.zeros((n, episodes, T + 1, *obs0.shape), dtype=obs0.dtype)
@@ -357,7 +360,7 @@ def learning_histories(make_env: Callable[[], gym.Env], tasks: Sequence[int],
 
     for e in range(episodes):
         if e > 0:
-            first = [env.reset(options={"task": int(t)}) for env, t in zip(envs, tasks)]
+            first = [env.reset(options=opts(t)) for env, t in zip(envs, tasks)]
         learner.reset_episode()
         o = np.stack([np.asarray(f[0]) for f in first])  # (n, *obs_shape)
         obs[:, e, 0] = o

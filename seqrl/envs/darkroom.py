@@ -7,6 +7,7 @@ actions `Discrete(5)`: 0 noop, 1 up (row - 1), 2 down (row + 1), 3 left (col - 1
 DPT's five (its code orders them differently, with the noop last); a move into a wall leaves the agent
 where it is. Episodes start at `start`, "corner" (cell (0, 0)) or "centre" (cell (size // 2, size // 2)),
 and are truncated (a time limit) after `horizon` steps. Rewards are for the cell the step ends in.
+The reset option `start` ("uniform" or a cell) starts one episode elsewhere (DPT's random contexts).
 `optimal_action(obs)` is a shortest-path action (rows first, then columns; noop on the target), used to
 label DPT's query states and by the noise-curriculum demonstrator; `optimal_return()` the best return of
 the current task from the start cell.
@@ -74,6 +75,22 @@ class _Grid(TaskEnv):
         self.action_space = gym.spaces.Discrete(5)
         self._pos = self.start_cell
         self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """TaskEnv's reset; the option `start` places the agent for this episode: a cell (row, col), or
+        "uniform", a cell drawn uniformly from the env's generator (DPT's random transitions)."""
+        obs, info = super().reset(seed=seed, options=options)
+        where = (options or {}).get("start")
+        if where is None:
+            return obs, info
+        if isinstance(where, str) and where == "uniform":
+            where = self._cell(int(self.np_random.integers(self.size * self.size)))
+        cell = tuple(np.asarray(where).reshape(-1).tolist())
+        if len(cell) != 2 or not all(isinstance(v, int) and 0 <= v < self.size for v in cell):
+            raise ValueError(f"{type(self).__name__} reset option start must be 'uniform' or a cell (row, col) "
+                             f"inside the {self.size}x{self.size} grid, got {where!r}")
+        self._pos = cell
+        return self._obs(), info
 
     def _obs(self) -> np.ndarray:
         return np.array(self._pos, dtype=np.int64)
