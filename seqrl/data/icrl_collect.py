@@ -9,8 +9,8 @@ Gymnasium ids). Kinds (`--quality`):
     dpt          DPT's pretraining data (Lee et al. 2023): per training task one episode of H steps from a
                  random policy. Bandits: a policy that mixes Dirichlet(1) arm weights with a point mass on a
                  uniformly drawn arm (the paper's recipe; the mixing weight's law, uniform in [0, 1), is ours:
-                 contexts from near-uniform to near-greedy). Grids: uniformly random moves from a uniformly
-                 random cell (`dpt_start`; every step's state is then uniform, as DPT's random transitions).
+                 contexts from near-uniform to near-greedy). Grids: uniformly random moves from the start cell
+                 (`dpt_start="uniform"`: from a uniformly random cell, DPT's state distribution).
     ad-ucb, ad-thompson     AD's learning histories (Laskin et al. 2022) on bandits: UCB1 (c = the noise's
                  std), Gaussian Thompson sampling (Gaussian bandit) or Beta-Bernoulli (Bernoulli bandit);
                  LinUCB for the linear bandit is `ad-linucb`.
@@ -73,10 +73,10 @@ class ICRLCollectConfig:
     """seeds the envs' reward noise and the behaviour policies"""
     chunk: int = 1000
     """tasks run together (memory)"""
-    dpt_start: str = "uniform"
-    """grids, DPT's contexts: "uniform", random walks each from a uniformly random cell (a random walk that
-    stays put at walls keeps the uniform distribution, so every step's state is uniform, as in DPT's random
-    transitions); "start", random walks from the env's start cell"""
+    dpt_start: str = "start"
+    """grids, DPT's contexts: "start", random walks from the env's start cell; "uniform", random walks each
+    from a uniformly random cell (a random walk that stays put at walls keeps the uniform distribution, so
+    every step's state is uniform, as DPT's random transitions; worse at the CPU size, docs/icrl.md)"""
     ucb_c: float = -1.0
     """UCB's bonus scale; < 0: the bandit's noise std (0.5 for Bernoulli arms)"""
     q_lr: float = 0.5
@@ -201,11 +201,6 @@ class _FixedPolicy:
         pass
 
 
-def context_start(family: str) -> str | None:
-    """Where DPT's random contexts start: grids at a uniformly random cell; bandits have no states."""
-    return None if family in BANDITS else "uniform"
-
-
 def random_context_policy(family: str, envs: list[gym.Env], rng: np.random.Generator) -> _FixedPolicy:
     """DPT's context policy for these envs: the Dirichlet mixture on bandits, uniform moves on grids."""
     A = int(envs[0].action_space.n)
@@ -225,7 +220,7 @@ def _episodes(family: str, kind: str, cfg: ICRLCollectConfig, env_id: str, tasks
         if kind == "dpt":
             policy_rng = np.random.default_rng([cfg.seed, c0, 7])
             make = functools.partial(random_context_policy, family, rng=policy_rng)
-            start = context_start(family) if cfg.dpt_start == "uniform" else None
+            start = "uniform" if cfg.dpt_start == "uniform" and family not in BANDITS else None
         else:
             make = _learner(family, kind, cfg, probe)
         h = L.learning_histories(mk, chunk, make, cfg.episodes, seed, start)

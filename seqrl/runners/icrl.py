@@ -14,9 +14,8 @@ face identical tasks and identical noise draws per step. An agent runs as a lear
                       unless `extrapolate`)
     online-episode    at each episode start the context is re-read from the previous episode alone, then
                       grows within the episode (DPT's public code keeps the last episode as the context)
-    offline           a fixed context of one random episode per task (DPT's data recipe, other seeds; on the
-                      grids a random walk from a uniformly random cell), never updated; greedy actions
-                      (DPT's offline protocol)
+    offline           a fixed context of one random episode per task (DPT's data recipe, other seeds),
+                      never updated; greedy actions (DPT's offline protocol)
 
 Online modes sample actions from the predicted distribution (DPT's and AD's online protocol).
 
@@ -43,8 +42,7 @@ import numpy as np
 import torch
 
 from seqrl.data import learners as L
-from seqrl.data.icrl_collect import (BANDITS, FAMILIES, context_start, family_of, in_ranges, make_env,
-                                    random_context_policy)
+from seqrl.data.icrl_collect import BANDITS, FAMILIES, family_of, in_ranges, make_env, random_context_policy
 from seqrl.data.store import check_spaces
 from seqrl.errors import DataError
 from seqrl.io import atomic_write, atomic_write_json
@@ -224,8 +222,7 @@ def evaluate_icrl(agents: dict[str, Any], family: str, env_kwargs: dict[str, Any
                 ctx = None
                 if mode == "offline":  # one random episode per task, from seeds the trial never uses
                     pol = functools.partial(random_context_policy, family, rng=np.random.default_rng([seed, 99]))
-                    h = L.learning_histories(mk, tasks, pol, 1, seed=10_000_019 + seed,
-                                             start=context_start(family))
+                    h = L.learning_histories(mk, tasks, pol, 1, seed=10_000_019 + seed)
                     ctx = {"obs": h.obs[:, 0, :T], "act": h.actions[:, 0], "rew": h.rewards[:, 0]}
                 make = lambda envs: AgentLearner(agent, len(envs), mode, ctx, device)  # noqa: E731
                 return L.learning_histories(mk, tasks, make, episodes, seed)
