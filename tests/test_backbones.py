@@ -36,6 +36,8 @@ D, B = 16, 4  # model width; envs (each gets its own reset pattern, see `resets`
 
 BACKBONES = [  # name -> factory of a small model; windows and memories shorter than the longest T below
     pytest.param(lambda: CausalTransformer(D, n_layers=2, n_heads=4, window=5, dropout=0.0), id="transformer"),
+    pytest.param(lambda: CausalTransformer(D, n_layers=2, n_heads=4, window=5, dropout=0.0, rope=True),
+                 id="transformer-rope"),
     pytest.param(lambda: GTrXL(D, n_layers=2, n_heads=4, memory=5, d_ff=32), id="gtrxl"),
     pytest.param(lambda: MambaBackbone(D, n_layers=2, d_state=4, d_conv=3, expand=2), id="mamba"),
     pytest.param(lambda: MambaBackbone(D, n_layers=2, d_state=4, d_conv=3, expand=2, fine_group=3), id="mamba-fine3"),

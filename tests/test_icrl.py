@@ -113,12 +113,14 @@ def test_ranges():
 
 
 # ------------------------------------------------------------------------------------- equivalence
-@pytest.mark.parametrize("backbone,tokens", [("transformer", "s a r"), ("mamba", "s a r"), ("transformer", "s ar"),
-                                             ("mamba", "s ar"), ("gtrxl", "s ar")])
-def test_acting_step_by_step_equals_the_whole_context(room_ad, backbone, tokens):
+@pytest.mark.parametrize("backbone,tokens,rope", [("transformer", "s a r", False), ("transformer", "s a r", True),
+                                                  ("mamba", "s a r", False), ("transformer", "s ar", False),
+                                                  ("transformer", "s ar", True), ("mamba", "s ar", False),
+                                                  ("gtrxl", "s ar", False)])
+def test_acting_step_by_step_equals_the_whole_context(room_ad, backbone, tokens, rope):
     """act/observe one token at a time (cache or recurrent state) = predict over the whole history, float64
     backbone and head; and `encode` of a context then a query = the prediction at that position."""
-    agent, store = agent_on(AD, room_ad, ROOM, backbone=backbone, context_len=20, tokens=tokens)
+    agent, store = agent_on(AD, room_ad, ROOM, backbone=backbone, context_len=20, tokens=tokens, rope=rope)
     agent.backbone.double(), agent.head.double()
     agent.eval()
     b = full_windows(store, 20)
@@ -136,12 +138,13 @@ def test_acting_step_by_step_equals_the_whole_context(room_ad, backbone, tokens)
     assert not torch.allclose(ref[:, 3], ref[:, 15])  # the context changes the prediction
 
 
-@pytest.mark.parametrize("tokens", ["s a r", "s ar"])
-def test_transformer_acts_on_a_window_of_the_last_k_transitions(room_ad, tokens):
+@pytest.mark.parametrize("tokens,rope", [("s a r", False), ("s ar", False), ("s a r", True)])
+def test_transformer_acts_on_a_window_of_the_last_k_transitions(room_ad, tokens, rope):
     """Past K transitions each token attends to its last 3K-2 tokens, cached (sliding-window attention): with one
     layer that is the prediction at the end of a K-step window exactly (deeper layers see further back, through
-    the keys of earlier tokens, as in DT)."""
-    agent, store = agent_on(AD, room_ad, ROOM, context_len=6, n_layers=1, tokens=tokens)
+    the keys of earlier tokens, as in DT). With rotary positions too: a window read from scratch starts at
+    position 0, the cache is far along, and only distances count."""
+    agent, store = agent_on(AD, room_ad, ROOM, context_len=6, n_layers=1, tokens=tokens, rope=rope)
     agent.backbone.double(), agent.head.double()
     agent.eval()
     b = full_windows(store, 20, seed=3)

@@ -1,8 +1,10 @@
 """CausalTransformer specifics: the fused causal path against the masked one, the attention window.
 The backbone contract (step == forward, resets, segments, dtypes) is tests/test_backbones.py."""
 
+import dataclasses
 from unittest import mock
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,3 +59,27 @@ def test_window_limits_attention():
     x2[:, 0] += torch.randn(32, dtype=torch.float64)  # token 0 reaches token 9 only via 0->3->6->9: 3 hops > 2 layers
     y2, _ = m(x2, m.initial_state(1, "cpu", torch.float64))
     assert torch.allclose(y[:, 9], y2[:, 9]) and not torch.allclose(y[:, 3], y2[:, 3])
+
+
+def test_rotary_positions_make_attention_see_order_and_only_distances_count():
+    """With rope the output depends on the order of the tokens (without it, a token's output is the same for any
+    order of the tokens before it: attention is a weighted sum over a set), and a segment read at positions
+    1000.. equals the same segment read at 0..: rotations cancel to the distance between two tokens.
+    Odd head sizes are refused."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    perm = x[:, [2, 0, 1, 3, 4, 5]]  # the first three tokens shuffled; the last three the same
+    for rope in (False, True):
+        torch.manual_seed(0)
+        m = CausalTransformer(32, n_layers=1, n_heads=4, window=8, dropout=0.0, rope=rope).double().eval()
+        same = torch.allclose(m(x)[0][:, -1], m(perm)[0][:, -1], atol=1e-12)
+        assert same is (not rope)
+        if rope:
+            s = m.initial_state(2, "cpu", torch.float64)
+            far = dataclasses.replace(s, pos=torch.full((2,), 1000))
+            y0, s0 = m(x, s)
+            y1, s1 = m(x, far)
+            torch.testing.assert_close(y0, y1, atol=1e-9, rtol=1e-9)
+            assert s0.pos.tolist() == [6, 6] and s1.pos.tolist() == [1006, 1006]
+    with pytest.raises(ValueError, match="even head size"):
+        CausalTransformer(12, n_layers=1, n_heads=4, window=4, rope=True)

@@ -6,7 +6,11 @@ tokens a segment continues from (W, or 0 without a state), d model width, nh hea
 
 GPT-2 style pre-LayerNorm blocks, without positional embeddings of their own: order enters through
 the causal mask and whatever the tokenizer adds (DT adds in-episode timestep embeddings, as Chen et
-al. 2021 did). Each token attends to itself and the W-1 tokens before it in its episode.
+al. 2021 did), and with `rope=True` through rotary position embeddings in attention (Su et al. 2021,
+RoFormer): queries and keys rotated by their token's position, so attention scores depend on how far
+apart two tokens are, whatever the absolute positions (the in-context agents, whose tokens carry no
+timestep). The state counts the tokens seen (`pos`); cached keys keep their rotation. Each token attends
+to itself and the W-1 tokens before it in its episode.
 
 `forward` runs a segment, continuing from a `KVState` (the keys and values of the last W tokens of
 every layer); `step` is `forward` on one token. Because attention is limited to W tokens, a rollout
@@ -54,6 +58,14 @@ class KVState:
     k: tuple[torch.Tensor, ...]  # per layer (B, nh, W, hs), oldest token first
     v: tuple[torch.Tensor, ...]  # per layer (B, nh, W, hs)
     valid: torch.Tensor  # (B, W) bool: slot holds a token of the current episode
+    pos: torch.Tensor  # (B,) int64 tokens seen so far: the position of the next one (rotary embeddings)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (B, nh, T, hs): its two halves as the real and imaginary parts of hs/2 complex
+    numbers, each turned by the angle whose cos/sin (B, 1, T, hs/2) are given."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -67,10 +79,13 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x, cache_k, cache_v, mask):
-        """x (B, T, d); cache_k/v (B, nh, C, hs) or None; mask (B, 1, T, C+T) bool or None (plain causal)."""
+    def forward(self, x, cache_k, cache_v, mask, rot=None):
+        """x (B, T, d); cache_k/v (B, nh, C, hs) or None; mask (B, 1, T, C+T) bool or None (plain causal);
+        rot: (cos, sin) of the segment's rotary angles (B, 1, T, hs/2), or None."""
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.nh, self.hs).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        if rot is not None:
+            q, k = rotate(q, *rot), rotate(k, *rot)
         if cache_k is not None:
             k = torch.cat([cache_k, k], dim=2)  # (B, nh, C+T, hs)
             v = torch.cat([cache_v, v], dim=2)
@@ -94,33 +109,49 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU() if activation == "relu" else nn.GELU(),
                                  out, nn.Dropout(dropout))
 
-    def forward(self, x, cache_k, cache_v, mask):
-        a, k, v = self.attn(self.ln1(x), cache_k, cache_v, mask)
+    def forward(self, x, cache_k, cache_v, mask, rot=None):
+        a, k, v = self.attn(self.ln1(x), cache_k, cache_v, mask, rot)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
 
 class CausalTransformer(nn.Module):
     def __init__(self, d_model: int, n_layers: int, n_heads: int, window: int, dropout: float = 0.1,
-                 activation: Literal["relu", "gelu"] = "relu"):
-        """`window`: tokens each token attends to, itself included (DT: 3 tokens x context steps)."""
+                 activation: Literal["relu", "gelu"] = "relu", rope: bool = False):
+        """`window`: tokens each token attends to, itself included (DT: 3 tokens x context steps). `rope`:
+        rotary position embeddings in attention (module docstring)."""
         super().__init__()
         self.d_model, self.n_layers, self.n_heads, self.window = d_model, n_layers, n_heads, window
         self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, activation) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(functools.partial(gpt2_init, n_layers=n_layers))
+        self.rope = rope
+        if rope:
+            hs = d_model // n_heads
+            if hs % 2:
+                raise ValueError(f"rotary embeddings need an even head size, got d_model / n_heads = {hs}")
+            # angle per position of each of the hs/2 pairs: 10000^(-2i/hs), RoFormer's frequencies
+            self.register_buffer("inv_freq", 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs),
+                                 persistent=False)
 
     # ------------------------------------------------------------------------------------ state
     def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> KVState:
         nh, hs, W = self.n_heads, self.d_model // self.n_heads, self.window
         zeros = lambda: torch.zeros(batch, nh, W, hs, device=device, dtype=dtype)  # noqa: E731
         return KVState(tuple(zeros() for _ in self.blocks), tuple(zeros() for _ in self.blocks),
-                       torch.zeros(batch, W, dtype=torch.bool, device=device))
+                       torch.zeros(batch, W, dtype=torch.bool, device=device),
+                       torch.zeros(batch, dtype=torch.long, device=device))
 
     @staticmethod
     def reset(state: KVState, done: torch.Tensor) -> KVState:
-        """Forget the cache of the envs where `done` (B,) is True."""
-        return KVState(state.k, state.v, state.valid & ~done[:, None])
+        """Forget the cache of the envs where `done` (B,) is True (positions go on: only distances count)."""
+        return KVState(state.k, state.v, state.valid & ~done[:, None], state.pos)
+
+    def _rotation(self, pos: torch.Tensor, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) (B, 1, T, hs/2) of the rotary angles of positions pos (B,) + 0..T-1."""
+        p = (pos[:, None] + torch.arange(T, device=pos.device)).float()  # (B, T)
+        ang = p[:, None, :, None] * self.inv_freq  # (B, 1, T, hs/2)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
 
     # ---------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, state: KVState | None = None,
@@ -147,9 +178,11 @@ class CausalTransformer(nn.Module):
             dist = torch.arange(T, device=dev)[:, None] - torch.arange(-C, T, device=dev)[None, :]  # (T, C+T)
             mask = ((dist >= 0) & (dist < W))[None] & (seg_ep[:, :, None] == key_ep[:, None, :]) & key_valid[:, None, :]
             mask = mask[:, None]  # (B, 1, T, C+T), broadcast over heads
+        pos = state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=dev)
+        rot = self._rotation(pos, T, x.dtype) if self.rope else None
         ks, vs = [], []
         for i, blk in enumerate(self.blocks):
-            x, k, v = blk(x, None if state is None else state.k[i], None if state is None else state.v[i], mask)
+            x, k, v = blk(x, None if state is None else state.k[i], None if state is None else state.v[i], mask, rot)
             ks.append(k[:, :, -W:])
             vs.append(v[:, :, -W:])
         # the new state: the last W keys/values, valid where they belong to the segment's last episode
@@ -163,7 +196,7 @@ class CausalTransformer(nn.Module):
             ks = [F.pad(k, (0, 0, pad, 0)) for k in ks]
             vs = [F.pad(v, (0, 0, pad, 0)) for v in vs]
             valid = F.pad(valid, (pad, 0), value=False)
-        return self.ln_f(x), KVState(tuple(ks), tuple(vs), valid)
+        return self.ln_f(x), KVState(tuple(ks), tuple(vs), valid, pos + T)
 
     def step(self, x: torch.Tensor, state: KVState) -> tuple[torch.Tensor, KVState]:
         """One token per env: x (B, d) -> y (B, d). O(W) per call."""

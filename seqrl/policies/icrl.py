@@ -83,6 +83,9 @@ class ICRLConfig:
     """transformer blocks or Mamba layers"""
     n_heads: int = 2
     """attention heads (transformer)"""
+    rope: bool = False
+    """transformer: rotary position embeddings in attention, the only order it sees (the in-context tokens carry
+    no timestep). The presets turn it on; off is how checkpoints made before it existed were trained"""
     context_len: int = 100
     """K: transitions per training sample (DPT: K-1 context transitions and the query); the transformer acts
     on a sliding window of the last K-1 transitions, Mamba is trained for contexts up to K"""
@@ -179,7 +182,7 @@ class InContextAgent(Agent):
         if config.backbone == "transformer":
             # window m(K-1)+1: what the "s" token of the last transition of a K-window sees
             self.backbone = CausalTransformer(d, config.n_layers, config.n_heads, window=m * (K - 1) + 1,
-                                              dropout=config.dropout, activation="gelu")
+                                              dropout=config.dropout, activation="gelu", rope=config.rope)
         elif config.backbone == "gtrxl":  # a token attends to itself and the M before it: the same window
             self.backbone = GTrXL(d, config.n_layers, config.n_heads, memory=m * (K - 1))
         else:
