@@ -14,6 +14,11 @@
 # falling from 1 to 0 over ROOM_AD_EPISODES episodes) beside the same models on the Q-learning histories (ad-q; reused
 # when $OUT/room_ad and $OUT/room_ad_mamba already hold checkpoints), one at a time (writes $OUT/eval_room_adeps), e.g.
 #   OUT=runs/icrl_adeps PARTS=room_adeps STEPS=3000 bash experiments/icrl_cpu.sh
+# PARTS=ad_protocol (not in the default PARTS) runs AD's own protocol: Dark Room 9x9, H=20, start at the centre, and
+# Dark Key-to-Door 9x9, H=50; AD and AD-Mamba on AD-epsilon histories (ad-noisy) and on Q-learning histories (ad-q),
+# with K spanning AD_CONTEXT_EPISODES episodes, evaluated online over AD_EVAL_EPISODES episodes on held-out tasks
+# (writes $OUT/eval_room9 and $OUT/eval_keydoor; its datasets live in $OUT/minari_ad, apart from the 10x10 room's), e.g.
+#   OUT=runs/icrl_ad PARTS=ad_protocol STEPS=3000 bash experiments/icrl_cpu.sh
 set -euo pipefail
 OUT=${OUT:-runs/icrl_cpu}
 DEVICE=${DEVICE:-cpu}
@@ -35,6 +40,10 @@ HEADS=${HEADS:-2}
 TEST_TASKS=${TEST_TASKS:-20}         # held-out tasks (Dark Room has 20)
 SEEDS=${SEEDS:-5}
 ROOM_EPISODES=${ROOM_EPISODES:-20}   # episodes per in-context trial on Dark Room
+AD_HISTORY_EPISODES=${AD_HISTORY_EPISODES:-100}  # PARTS=ad_protocol: episodes per learning history
+AD_CONTEXT_EPISODES=${AD_CONTEXT_EPISODES:-4}    # ... episodes per training context (K = this x the horizon)
+AD_EVAL_EPISODES=${AD_EVAL_EPISODES:-200}        # ... episodes per in-context trial
+KEYDOOR_TASKS=${KEYDOOR_TASKS:-500}              # ... training key/door pairs (of 5,184)
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 # absolute: Minari 0.5.4 fails to write a dataset under a relative MINARI_DATASETS_PATH
@@ -106,6 +115,33 @@ room_adeps() {  # AD-epsilon against AD on Q-learning histories, the room part's
   echo "eval: $(( $(date +%s) - t )) s"
 }
 
+ad_protocol() {  # AD's Dark Room (9x9, H=20) and Key-to-Door (9x9, H=50): AD-epsilon and Q-learning histories
+  export MINARI_DATASETS_PATH=$OUT/minari_ad   # another recipe for seqrl/darkroom/ad-*-v0 than the 10x10 room's
+  local tok=(--set "policy.tokens=\"$ROOM_TOKENS\"") fam env h tasks test kw k p q t
+  for fam in darkroom keytodoor; do
+    if [ $fam = darkroom ]; then
+      env=seqrl/DarkRoom-v0 h=20 tasks=64 test=17 p=room9 kw=(--set env_kwargs.size=9 --set env_kwargs.horizon=20
+                                                      --set env_kwargs.start=\"centre\")
+    else
+      env=seqrl/KeyToDoor-v0 h=50 tasks=$KEYDOOR_TASKS test=$TEST_TASKS p=keydoor kw=()
+    fi
+    k=$(( AD_CONTEXT_EPISODES * h ))
+    for q in ad-noisy ad-q; do
+      t=$(date +%s)
+      seqrl collect --env $fam --quality $q --set "tasks=$tasks" --set "episodes=$AD_HISTORY_EPISODES" "${kw[@]}"
+      echo "collect $p $q: $(( $(date +%s) - t )) s"
+      train ad "seqrl/$fam/$q-v0" $env $k "${p}_${q}" "${tok[@]}"
+      train ad_mamba "seqrl/$fam/$q-v0" $env $k "${p}_${q}_mamba" "${mamba[@]}" "${tok[@]}"
+    done
+    t=$(date +%s)
+    seqrl icrl "$OUT/${p}"_{ad-noisy,ad-noisy_mamba,ad-q,ad-q_mamba}/checkpoint.pt --name ad-eps-transformer \
+      --name ad-eps-mamba --name ad-q-transformer --name ad-q-mamba --tasks "$test" --seeds 3 \
+      --episodes "$AD_EVAL_EPISODES" --mode online --mode online-episode --extrapolate --device "$DEVICE" \
+      --out "$OUT/eval_$p" > "$OUT/eval_$p.log" 2>&1
+    echo "eval $p: $(( $(date +%s) - t )) s"
+  done
+}
+
 start=$(date +%s)
 echo "start $(date -u +%FT%TZ) on $(nproc --all) cores: $(python -c 'import platform; print(platform.processor() or platform.machine())')"
 PARTS=${PARTS:-"bandit room"}        # which pipelines to run (side by side)
@@ -116,5 +152,5 @@ status=0
 for part in $PARTS; do wait -n || status=$?; done
 for part in $PARTS; do cat "$OUT/$part.out"; done
 echo "wall $(( $(date +%s) - start )) s, exit $status"
-for part in $PARTS; do cat "$OUT/eval_$part/results.md" || true; done
+for part in $PARTS; do cat "$OUT/eval_$part/results.md" 2>/dev/null || true; done
 exit $status
