@@ -117,13 +117,15 @@ room_adeps() {  # AD-epsilon against AD on Q-learning histories, the room part's
 
 ad_protocol() {  # AD's Dark Room (9x9, H=20) and Key-to-Door (9x9, H=50): AD-epsilon and Q-learning histories
   export MINARI_DATASETS_PATH=$OUT/minari_ad   # another recipe for seqrl/darkroom/ad-*-v0 than the 10x10 room's
-  local tok=(--set "policy.tokens=\"$ROOM_TOKENS\"") fam env h tasks test kw k p q t
+  local tok=(--set "policy.tokens=\"$ROOM_TOKENS\"") fam env h tasks test kw k p q t modes
   for fam in darkroom keytodoor; do
     if [ $fam = darkroom ]; then
       env=seqrl/DarkRoom-v0 h=20 tasks=64 test=17 p=room9 kw=(--set env_kwargs.size=9 --set env_kwargs.horizon=20
                                                       --set env_kwargs.start=\"centre\")
+      modes=(--mode online --mode online-episode)
     else
       env=seqrl/KeyToDoor-v0 h=50 tasks=$KEYDOOR_TASKS test=$TEST_TASKS p=keydoor kw=()
+      modes=(--mode online)  # online-episode re-reads the last episode and needs episodes of one length
     fi
     k=$(( AD_CONTEXT_EPISODES * h ))
     for q in ad-noisy ad-q; do
@@ -136,7 +138,7 @@ ad_protocol() {  # AD's Dark Room (9x9, H=20) and Key-to-Door (9x9, H=50): AD-ep
     t=$(date +%s)
     seqrl icrl "$OUT/${p}"_{ad-noisy,ad-noisy_mamba,ad-q,ad-q_mamba}/checkpoint.pt --name ad-eps-transformer \
       --name ad-eps-mamba --name ad-q-transformer --name ad-q-mamba --tasks "$test" --seeds 3 \
-      --episodes "$AD_EVAL_EPISODES" --mode online --mode online-episode --extrapolate --device "$DEVICE" \
+      --episodes "$AD_EVAL_EPISODES" "${modes[@]}" --extrapolate --device "$DEVICE" \
       --out "$OUT/eval_$p" > "$OUT/eval_$p.log" 2>&1
     echo "eval $p: $(( $(date +%s) - t )) s"
   done
