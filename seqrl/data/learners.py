@@ -118,80 +118,71 @@ class BernoulliThompson(_ArmLearner):
         return np.argmax(draws, axis=1)
 
 
-class LinUCB:
-    """LinUCB (Li et al. 2010): ridge estimate theta = A^-1 b with A = lam I + sum x x^T, b = sum r x; pull
-    argmax_a x_a . theta + alpha sqrt(x_a^T A^-1 x_a). features (K, d), shared by every row, or (n, K, d)."""
+class _LinearGaussian:
+    """Per-row Gaussian linear regression on the pulled arms' features, the statistics LinUCB and linear Thompson
+    sampling share: precision A = A0 + sum x x^T / s and b = b0 + sum r x / s, where s is the reward noise's
+    variance (1: LinUCB's ridge form); the estimate of theta is A^-1 b. features (K, d), shared by every row,
+    or (n, K, d)."""
 
-    def __init__(self, n: int, features: np.ndarray, alpha: float = 1.0, lam: float = 1.0):
+    def __init__(self, n: int, features: np.ndarray, prior_precision: float, prior_b: float, s: float):
         features = np.asarray(features, dtype=np.float64)
         self.n = int(n)
         self.features = np.broadcast_to(features, (self.n, *features.shape[-2:]))  # (n, K, d)
         d = self.features.shape[-1]
-        self.alpha = float(alpha)
-        self.A = np.broadcast_to(float(lam) * np.eye(d), (self.n, d, d)).copy()  # (n, d, d)
-        self.b = np.zeros((self.n, d))  # (n, d)
+        self.A = np.broadcast_to(float(prior_precision) * np.eye(d), (self.n, d, d)).copy()  # (n, d, d)
+        self.b = np.full((self.n, d), float(prior_b))  # (n, d)
+        self.s = float(s)
         self._rows = np.arange(self.n)
 
     @classmethod
-    def from_envs(cls, envs: Sequence[gym.Env], **kw: Any) -> "LinUCB":
+    def from_envs(cls, envs: Sequence[gym.Env], **kw: Any) -> "_LinearGaussian":
         return cls(len(envs), np.stack([e.unwrapped.features for e in envs]), **kw)
 
-    def act(self, obs, rng: np.random.Generator) -> np.ndarray:
-        A_inv = np.linalg.inv(self.A)  # (n, d, d)
-        theta = np.einsum("nij,nj->ni", A_inv, self.b)  # (n, d)
-        width = np.einsum("nkd,nde,nke->nk", self.features, A_inv, self.features)  # (n, K) x^T A^-1 x
-        ucb = np.einsum("nkd,nd->nk", self.features, theta) + self.alpha * np.sqrt(np.maximum(width, 0.0))
-        return np.argmax(ucb, axis=1)
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean A^-1 b (n, d), A^-1 (n, d, d)): theta's posterior mean and covariance (Thompson sampling)."""
+        cov = np.linalg.inv(self.A)
+        return np.einsum("nij,nj->ni", cov, self.b), cov
 
     def update(self, obs, actions, rewards, next_obs, terminated, live=None) -> None:
         rows = self._rows if live is None else self._rows[live]
         x = self.features[rows, np.asarray(actions)[rows]]  # (m, d)
-        self.A[rows] += x[:, :, None] * x[:, None, :]
-        self.b[rows] += np.asarray(rewards, dtype=np.float64)[rows, None] * x
+        self.A[rows] += x[:, :, None] * x[:, None, :] / self.s
+        self.b[rows] += np.asarray(rewards, dtype=np.float64)[rows, None] * x / self.s
 
     def reset_episode(self) -> None:
         pass
 
 
-class LinearThompson:
+class LinUCB(_LinearGaussian):
+    """LinUCB (Li et al. 2010): ridge estimate theta = A^-1 b with A = lam I + sum x x^T, b = sum r x; pull
+    argmax_a x_a . theta + alpha sqrt(x_a^T A^-1 x_a)."""
+
+    def __init__(self, n: int, features: np.ndarray, alpha: float = 1.0, lam: float = 1.0):
+        super().__init__(n, features, prior_precision=lam, prior_b=0.0, s=1.0)
+        self.alpha = float(alpha)
+
+    def act(self, obs, rng: np.random.Generator) -> np.ndarray:
+        theta, A_inv = self.posterior()  # (n, d), (n, d, d)
+        width = np.einsum("nkd,nde,nke->nk", self.features, A_inv, self.features)  # (n, K) x^T A^-1 x
+        ucb = np.einsum("nkd,nd->nk", self.features, theta) + self.alpha * np.sqrt(np.maximum(width, 0.0))
+        return np.argmax(ucb, axis=1)
+
+
+class LinearThompson(_LinearGaussian):
     """Thompson sampling for linear bandits with a Gaussian prior theta ~ N(m0 1, v0 I) and known noise sigma:
     the posterior is N(mu, P^-1), P = I / v0 + sum x x^T / sigma^2, mu = P^-1 (m0 1 / v0 + sum r x / sigma^2);
-    each pull draws theta from it and takes argmax_a x_a . theta. features as LinUCB's."""
+    each pull draws theta from it and takes argmax_a x_a . theta."""
 
     def __init__(self, n: int, features: np.ndarray, noise: float = 0.3, prior_mean: float = 0.0,
                  prior_var: float = 1.0):
-        features = np.asarray(features, dtype=np.float64)
-        self.n = int(n)
-        self.features = np.broadcast_to(features, (self.n, *features.shape[-2:]))  # (n, K, d)
-        d = self.features.shape[-1]
-        self.noise2 = float(noise) ** 2
-        self.P = np.broadcast_to(np.eye(d) / float(prior_var), (self.n, d, d)).copy()  # (n, d, d) precision
-        self.h = np.full((self.n, d), float(prior_mean) / float(prior_var))  # (n, d) precision times mean
-        self._rows = np.arange(self.n)
-
-    @classmethod
-    def from_envs(cls, envs: Sequence[gym.Env], **kw: Any) -> "LinearThompson":
-        return cls(len(envs), np.stack([e.unwrapped.features for e in envs]), **kw)
-
-    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean (n, d), covariance (n, d, d)) of theta."""
-        cov = np.linalg.inv(self.P)
-        return np.einsum("nij,nj->ni", cov, self.h), cov
+        super().__init__(n, features, prior_precision=1.0 / float(prior_var),
+                         prior_b=float(prior_mean) / float(prior_var), s=float(noise) ** 2)
 
     def act(self, obs, rng: np.random.Generator) -> np.ndarray:
         mean, cov = self.posterior()
         L_ = np.linalg.cholesky(cov)  # (n, d, d)
         theta = mean + np.einsum("nij,nj->ni", L_, rng.standard_normal(mean.shape))
         return np.argmax(np.einsum("nkd,nd->nk", self.features, theta), axis=1)
-
-    def update(self, obs, actions, rewards, next_obs, terminated, live=None) -> None:
-        rows = self._rows if live is None else self._rows[live]
-        x = self.features[rows, np.asarray(actions)[rows]]  # (m, d)
-        self.P[rows] += x[:, :, None] * x[:, None, :] / self.noise2
-        self.h[rows] += np.asarray(rewards, dtype=np.float64)[rows, None] * x / self.noise2
-
-    def reset_episode(self) -> None:
-        pass
 
 
 class Optimal(_ArmLearner):
