@@ -125,8 +125,9 @@ def bench_online(agent: str, device: str, threads: int, env_steps: int, graph: b
         r = Trainer(policy, source, preset, Path(run_dir) / "run")
         r.run()
         wall = time.perf_counter() - t
-    return {"agent": agent, "cuda_graph": r.use_graph, "env_steps": source.env_steps, "updates": r.step, "wall_s": round(wall, 1),
-            "env_steps_per_s": round(source.env_steps / wall, 1), "updates_per_s": round(r.step / wall, 2),
+    return {"agent": agent, "cuda_graph": r.use_graph, "env_steps": source.env_steps, "updates": r.step,
+            "wall_s": round(wall, 1), "env_steps_per_s": round(source.env_steps / wall, 1),
+            "updates_per_s": round(r.step / wall, 2),
             "train_ratio": preset.source.train_ratio, "n_envs": preset.source.n_envs,
             "batch": f"{preset.source.batch_size} x {preset.policy.world_model.seq_len}"}
 

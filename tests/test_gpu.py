@@ -248,13 +248,10 @@ def discrete_like():
     return ReplayStore.from_episodes(eps, gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Discrete(3))
 
 
-@pytest.mark.parametrize("agent", ["s4wm", "rssm", "twm", "s4wm_agent_offline", "dreamer_gru", "dreamer_discrete"])
-def test_world_model_graph_updates_equal_eager_updates(hopper_like, discrete_like, tmp_path, monkeypatch, agent):
-    """World models (S4, GRU, transformer) and the world-model agent (imagination, actor, critic, slow critic,
-    return percentiles, three optimiser groups) under the Trainer's CUDA graph: on a fixed batch, 10 graph-mode
-    updates give the losses and parameters of 10 eager ones. Draws are made deterministic (latents and actions at
-    fixed points of their distributions, gradients still through them), so that the two modes compute the same;
-    the next test samples inside the graph."""
+@pytest.fixture
+def pinned_draws(monkeypatch):
+    """Latents and actions at fixed points of their distributions (gradients still through them): graph and eager
+    updates then compute the same numbers."""
     import seqrl.policies.dreamer as dreamer_module
     import seqrl.policies.world_model as wm_module
 
@@ -262,6 +259,16 @@ def test_world_model_graph_updates_equal_eager_updates(hopper_like, discrete_lik
         monkeypatch.setattr(mod, "sample_categorical", lambda p: p.argmax(-1))
     monkeypatch.setattr(torch, "randn_like", lambda x: torch.full_like(x, 0.3))
     monkeypatch.setattr(torch.distributions.Normal, "rsample", lambda d, shape=(): d.mean + 0.3 * d.stddev)
+
+
+@pytest.mark.parametrize("agent", ["s4wm", "rssm", "twm", "s4wm_agent_offline", "dreamer_gru", "dreamer_discrete"])
+def test_world_model_graph_updates_equal_eager_updates(hopper_like, discrete_like, tmp_path, monkeypatch, pinned_draws,
+                                                      agent):
+    """World models (S4, GRU, transformer) and the world-model agent (imagination, actor, critic, slow critic,
+    return percentiles, three optimiser groups) under the Trainer's CUDA graph: on a fixed batch, 10 graph-mode
+    updates give the losses and parameters of 10 eager ones. Draws are made deterministic (latents and actions at
+    fixed points of their distributions, gradients still through them), so that the two modes compute the same;
+    the next test samples inside the graph."""
     store = (discrete_like if agent == "dreamer_discrete" else hopper_like).to("cuda")
     params, losses = {}, {}
     fixed = None
@@ -293,20 +300,14 @@ def test_world_model_learns_under_a_cuda_graph(hopper_like, tmp_path, agent):
 
 
 @pytest.mark.parametrize("agent", ["s4wm_agent", "dreamer"])
-def test_online_graph_updates_equal_eager_updates(tmp_path, monkeypatch, agent):
+def test_online_graph_updates_equal_eager_updates(tmp_path, pinned_draws, agent):
     """The online world-model agent on CartPole (S4 and GRU): its replay grows, so batches are sampled outside
     the graph and copied into the captured batch (`copy_batch`). One collection's 8 updates (3 eager warm-ups,
-    the capture, 4 replays on other batches) equal 8 eager updates, with the draws pinned as above; the data
+    the capture, 4 replays on other batches) equal 8 eager updates, with the draws pinned (`pinned_draws`); the data
     are the same in both modes (collected before the first update) and so are the batches (the trainer's
     generator)."""
-    import seqrl.policies.dreamer as dreamer_module
-    import seqrl.policies.world_model as wm_module
     from seqrl.runners.sources import EnvSource, resolve_env
 
-    for mod in (wm_module, dreamer_module):
-        monkeypatch.setattr(mod, "sample_categorical", lambda p: p.argmax(-1))
-    monkeypatch.setattr(torch, "randn_like", lambda x: torch.full_like(x, 0.3))
-    monkeypatch.setattr(torch.distributions.Normal, "rsample", lambda d, shape=(): d.mean + 0.3 * d.stddev)
     env = resolve_env("CartPole-v1", {})
     wm = [f"policy.world_model.{k}={v}" for k, v in (WM_TINY | {"z_dim": 4}).items()]
     params, losses = {}, {}

@@ -263,8 +263,9 @@ def test_training_makes_the_env_as_the_data_was_recorded(minari_root, tmp_path):
     with pytest.raises(DataError, match=r"MultiDiscrete\(\[9 9\]\) does not match"):
         build_source(preset, "seqrl/darkroom/ad-noisy-v0", ROOM, {"env_kwargs": {"size": 10}})
     res = runner.invoke(app, ["train", "--agent", "ad", "--dataset", "seqrl/darkroom/ad-noisy-v0", "--env", ROOM,
-                              "--run-dir", str(tmp_path / "ad"), "--set", "trainer.steps=2", "--set", "policy.embed_dim=16",
-                              "--set", "policy.n_layers=1", "--set", "policy.context_len=8", "--set", "source.batch_size=4"])
+                              "--run-dir", str(tmp_path / "ad"), "--set", "trainer.steps=2",
+                              "--set", "policy.embed_dim=16", "--set", "policy.n_layers=1",
+                              "--set", "policy.context_len=8", "--set", "source.batch_size=4"])
     assert res.exit_code == 0, res.output
 
 
