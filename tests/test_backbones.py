@@ -61,11 +61,12 @@ def build(make, dtype=torch.float32):
 
 def resets(T: int) -> torch.Tensor:
     """(B, T) episode starts: env 0 none, env 1 one mid-segment, env 2 two (one right after the first
-    step), env 3 at the segment's first step (its episode ends exactly at the segment boundary)."""
+    step), env 3 at the segment's first step (its episode ends exactly at the segment boundary) and at its
+    last (an episode of one step at the end)."""
     r = torch.zeros(B, T, dtype=torch.bool)
     r[1, T // 2] = True
     r[2, min(1, T - 1)] = r[2, max(T - 2, 0)] = True
-    r[3, 0] = True
+    r[3, 0] = r[3, T - 1] = True
     return r
 
 

@@ -5,8 +5,11 @@ RSSM world model (`policies/world_model.py` with `backbone = "gru"`, DreamerV3's
 Dimension letters: B batch (or envs), T steps in a segment, d width, L layers.
 
 A segment without episode starts after its first step runs through `nn.LSTM`/`nn.GRU` in one call (cuDNN on
-CUDA); a segment with resets inside runs step by step, zeroing the state of an env where its new episode
-starts (as CleanRL's LSTM PPO does). Both paths give the same numbers as repeated `step` calls. Weights are
+CUDA). A segment with resets inside is cut into its episodes, which run together in one call as a packed
+batch (`nn.utils.rnn.pack_padded_sequence`): each piece after a reset starts from the zero state, the first
+piece of a row from the given state. CleanRL's LSTM PPO loops over the steps instead, zeroing the state where
+an episode starts; the result is the same (tests/test_backbones.py checks both paths against repeated `step`
+calls), in one call instead of T, which is what RL's short episodes (many resets per sequence) need. Weights are
 orthogonal and biases zero (CleanRL's LSTM init). DreamerV3's GRU adds a LayerNorm inside the cell and an
 update-gate bias of -1; this is PyTorch's plain GRU (our choice: cuDNN, and one less custom cell).
 """
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from seqrl.nn import index_state
 
 
 @dataclass
@@ -54,12 +59,26 @@ class _Recurrent(nn.Module):
             state = self.reset(state, reset[:, 0])
         if reset is None or not bool(reset[:, 1:].any()):
             return self._run(x, state)
-        ys = []
-        for t in range(x.shape[1]):
-            state = self.reset(state, reset[:, t])
-            y, state = self._run(x[:, t : t + 1], state)
-            ys.append(y)
-        return torch.cat(ys, 1), state
+        return self._episodes(x, state, reset)
+
+    def _episodes(self, x: torch.Tensor, state, reset: torch.Tensor):
+        """forward with resets inside: the P pieces between resets, packed, through one `_run`."""
+        B, T, d = x.shape
+        start = reset.clone()
+        start[:, 0] = True
+        flat = start.flatten()
+        first = flat.nonzero()[:, 0]  # (P,) flat index of each piece's first step, row by row
+        piece = flat.long().cumsum(0) - 1  # (B*T,) the piece of each step
+        pos = torch.arange(B * T, device=x.device) - first[piece]  # its place in the piece
+        lengths = torch.diff(first, append=first.new_tensor([B * T])).cpu()
+        padded = x.new_zeros(len(first), int(lengths.max()), d)
+        padded[piece, pos] = x.flatten(0, 1)
+        # a piece at the start of a row continues that row's state; the others start from zeros
+        init = self.reset(index_state(state, first // T), first % T != 0)
+        packed = nn.utils.rnn.pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
+        y, final = self._run(packed, init)
+        y = nn.utils.rnn.pad_packed_sequence(y, batch_first=True)[0][piece, pos].view(B, T, -1)
+        return y, index_state(final, piece.view(B, T)[:, -1])  # the state after each row's last piece
 
     def step(self, x: torch.Tensor, state):
         """x (B, d) -> y (B, d)."""
