@@ -53,27 +53,27 @@ def env_preset(task: str, length: int | None):
 
 
 # ------------------------------------------------------------------------------------------- ours
-def build_trainer(method: str, env, steps: int, seed: int, device: str, run_dir: Path, policy_over: dict | None = None):
-    """The preset `method` (agents/gtrxl.toml, agents/lstm_ppo.toml) through the one Trainer on an env source."""
+def build_trainer(method: str, env, steps: int, seed: int, device: str, run_dir: Path, over: dict | None = None):
+    """The preset `method` (agents/gtrxl.toml, agents/lstm_ppo.toml) through the one Trainer on an env source;
+    `over`: more preset overrides, nested as `parse_overrides` gives them ({"policy": {"epochs": 10}})."""
     from seqrl.policies import TaskSpec, policy_class
-    from seqrl.presets import load_agent
+    from seqrl.presets import load_agent, merge
     from seqrl.runners.sources import EnvSource
     from seqrl.runners.trainer import Trainer
 
-    over = {"source": {"env_steps": steps, "n_envs": PPO["n_envs"]},
-            "trainer": {"seed": seed, "device": device, "eval_episodes": EVAL_EPISODES, "checkpoint_every": 0},
-            "policy": policy_over or {}}
-    preset = load_agent(method, over)
+    base = {"source": {"env_steps": steps, "n_envs": PPO["n_envs"]},
+            "trainer": {"seed": seed, "device": device, "eval_episodes": EVAL_EPISODES, "checkpoint_every": 0}}
+    preset = load_agent(method, merge(over or {}, base))
     torch.manual_seed(seed)
     policy = policy_class(preset.agent)(preset.policy, TaskSpec.from_env(env))
     return Trainer(policy, EnvSource(preset.source, env), preset, run_dir)
 
 
-def run_ours(method: str, env, steps: int, seed: int, device: str, policy_over: dict | None = None) -> dict:
+def run_ours(method: str, env, steps: int, seed: int, device: str, over: dict | None = None) -> dict:
     """Train, then evaluate EVAL_EPISODES episodes with deterministic actions on env seeds seed + 10000 + i.
     `updates`: optimiser steps (minibatches) taken; `train_s`: training alone, `wall_s`: with evaluation."""
     with tempfile.TemporaryDirectory() as tmp:
-        t = build_trainer(method, env, steps, seed, device, Path(tmp), policy_over)
+        t = build_trainer(method, env, steps, seed, device, Path(tmp), over)
         t0 = time.perf_counter()
         while not t.done():  # what Trainer.run does, without its logging, so that training alone is timed
             t.iteration()
@@ -165,7 +165,7 @@ def sweep(task: str, methods, lengths, seeds, steps_for, device: str, gtrxl_memo
                     continue
                 over = {"gtrxl": {"memory": gtrxl_memory}} if method == "gtrxl" and gtrxl_memory else {}
                 out = (run_sb3(env, steps, seed, device) if method == "recurrent_ppo"
-                       else run_ours(method, env, steps, seed, device, over))
+                       else run_ours(method, env, steps, seed, device, {"policy": over}))
                 out |= {"task": task, "method": method, "length": length, "seed": seed, "budget": steps, "device": device,
                         "policy_overrides": over}
                 write_json(path, out)

@@ -17,6 +17,7 @@ updates per 2,048 env steps, against our presets' 16) or with our PPO settings (
 
     python experiments/memory_bench.py run --seeds 0 1 2 --steps 200000              # every task x method x seed
     python experiments/memory_bench.py run --tasks count:k=8 --methods gtrxl --steps 50000
+    python experiments/memory_bench.py run --methods lstm_ppo --set policy.epochs=10  # ours with preset overrides
     python experiments/memory_bench.py report                                         # the markdown table again
 
 Each run writes one JSON file under --out (default docs/results/memory/per_run) and is skipped when that file
@@ -28,6 +29,7 @@ to use more cores.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from math import comb
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import bench_online  # noqa: E402  build_trainer / run_ours / run_sb3 / the RecurrentPPO adapter
+from seqrl.presets import parse_overrides  # noqa: E402
 from seqrl.runners.sources import resolve_env  # noqa: E402
 
 METHODS = ("gtrxl", "lstm_ppo", "recurrent_ppo")
@@ -79,16 +82,20 @@ def reference_returns(env) -> tuple[float, float]:
     return float("nan"), float("nan")
 
 
-def tag(spec: str, method: str, seed: int, steps: int, sb3: str) -> str:
+def tag(spec: str, method: str, seed: int, steps: int, sb3: str, sets: list[str]) -> str:
     t = spec.replace(":", "_").replace("=", "")
-    return f"{t}_{method}{'-' + sb3 if method == 'recurrent_ppo' else ''}_{steps}_s{seed}"
+    if method == "recurrent_ppo":
+        method += f"-{sb3}"
+    elif sets:  # a digest of the overrides keeps one file per variant
+        method += "-" + hashlib.sha1(" ".join(sets).encode()).hexdigest()[:8]
+    return f"{t}_{method}_{steps}_s{seed}"
 
 
-def command_for(method: str, spec: str, steps: int, seed: int) -> str:
+def command_for(method: str, spec: str, steps: int, seed: int, over: list[str]) -> str:
     """The `seqrl train` command that trains what a run of ours trains (evaluated on the same seeds)."""
     name, kwargs = parse_task(spec)
     sets = [f"source.env_steps={steps}", f"trainer.seed={seed}", f"trainer.eval_episodes={bench_online.EVAL_EPISODES}"]
-    sets += [f"env.env_kwargs.{k}={v}" for k, v in kwargs.items()]
+    sets += [f"env.env_kwargs.{k}={v}" for k, v in kwargs.items()] + list(over)
     return f"seqrl train --agent {method} --env {name} " + " ".join(f"--set {s}" for s in sets)
 
 
@@ -100,7 +107,7 @@ def run(args) -> None:
         env = env_for(spec)
         for seed in args.seeds:
             for method in args.methods:
-                path = out / f"{tag(spec, method, seed, args.steps, args.sb3)}.json"
+                path = out / f"{tag(spec, method, seed, args.steps, args.sb3, args.set)}.json"
                 if path.exists():
                     continue
                 torch.set_num_threads(args.threads)
@@ -108,8 +115,9 @@ def run(args) -> None:
                     res = bench_online.run_sb3(env, args.steps, seed, args.device, args.sb3)
                     res["method"] = f"recurrent_ppo ({args.sb3})"
                 else:
-                    res = bench_online.run_ours(method, env, args.steps, seed, args.device)
-                    res |= {"method": method, "command": command_for(method, spec, args.steps, seed)}
+                    res = bench_online.run_ours(method, env, args.steps, seed, args.device, parse_overrides(args.set))
+                    res |= {"method": " ".join([method, *args.set]), "overrides": args.set,
+                            "command": command_for(method, spec, args.steps, seed, args.set)}
                 res |= {"task": spec, "env_id": env.env_id, "env_kwargs": dict(env.env_kwargs), "seed": seed,
                         "budget": args.steps, "eval_episodes": args.eval_episodes, "device": args.device,
                         "threads": args.threads}
@@ -153,6 +161,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=200_000, help="env steps per run, every method")
     ap.add_argument("--eval-episodes", type=int, default=100)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a value of our presets (repeatable), e.g. policy.epochs=10; not RecurrentPPO's")
     ap.add_argument("--sb3", choices=["defaults", "matched"], default="defaults",
                     help="RecurrentPPO's settings: sb3-contrib's defaults, or our presets' PPO settings")
     ap.add_argument("--out", default=str(OUT), help="folder of the per-run JSON files (present ones are skipped)")
