@@ -109,15 +109,17 @@ class SB3Recurrent:
 def recurrent_ppo(env, seed: int, device: str, settings: str = "matched"):
     """sb3-contrib's RecurrentPPO on PPO["n_envs"] envs. settings "matched": our PPO settings above (LSTM of
     128 units); "defaults": sb3-contrib's own defaults for everything else (128 steps per env, minibatches of
-    128 steps, 10 epochs, no entropy bonus, LSTM of 256 units)."""
+    128 steps, 10 epochs, no entropy bonus, LSTM of 256 units, and a second LSTM for the critic); "shared": the
+    defaults with one LSTM for actor and critic, as our presets and CleanRL have it."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
     venv = make_vec_env(env.env_id, n_envs=PPO["n_envs"], seed=seed, env_kwargs=dict(env.env_kwargs))
-    if settings == "defaults":
-        return RecurrentPPO("MlpLstmPolicy", venv, seed=seed, device=device, verbose=0)
+    if settings in ("defaults", "shared"):
+        shared = dict(shared_lstm=True, enable_critic_lstm=False) if settings == "shared" else {}
+        return RecurrentPPO("MlpLstmPolicy", venv, policy_kwargs=shared, seed=seed, device=device, verbose=0)
     if settings != "matched":
-        raise ValueError(f"RecurrentPPO settings must be 'matched' or 'defaults', got {settings!r}")
+        raise ValueError(f"RecurrentPPO settings must be 'matched', 'defaults' or 'shared', got {settings!r}")
     return RecurrentPPO(
         "MlpLstmPolicy", venv, n_steps=PPO["n_steps"], batch_size=PPO["n_envs"] * PPO["n_steps"] // PPO["minibatches"],
         n_epochs=PPO["epochs"], learning_rate=PPO["lr"], gamma=PPO["gamma"], gae_lambda=PPO["gae_lambda"],

@@ -12,8 +12,9 @@ same way: the mean return of --eval-episodes episodes with deterministic actions
 (`seqrl.runners.evaluate.evaluate`; RecurrentPPO through bench_online's adapter). Also reported: the
 optimiser steps taken ("updates": minibatches) and the training wall time. RecurrentPPO runs on the same 16
 envs with sb3-contrib's defaults otherwise (--sb3 defaults: 10 epochs of minibatches of 128 steps, 160
-updates per 2,048 env steps, against our presets' 16) or with our PPO settings (--sb3 matched). Needs the
-`bench` extra (pip install -e '.[bench]', or pip install sb3-contrib==2.9.2).
+updates per 2,048 env steps, against our presets' 16), with our PPO settings (--sb3 matched) or with one LSTM
+shared by actor and critic (--sb3 shared: our presets' layout and CleanRL's; the default gives the critic its
+own). Needs the `bench` extra (pip install -e '.[bench]', or pip install sb3-contrib==2.9.2).
 
     python experiments/memory_bench.py run --seeds 0 1 2 --steps 200000              # every task x method x seed
     python experiments/memory_bench.py run --tasks count:k=8 --methods gtrxl --steps 50000
@@ -163,8 +164,9 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a value of our presets (repeatable), e.g. policy.epochs=10; not RecurrentPPO's")
-    ap.add_argument("--sb3", choices=["defaults", "matched"], default="defaults",
-                    help="RecurrentPPO's settings: sb3-contrib's defaults, or our presets' PPO settings")
+    ap.add_argument("--sb3", choices=["defaults", "matched", "shared"], default="defaults",
+                    help="RecurrentPPO's settings: sb3-contrib's defaults, our presets' PPO settings, or the defaults "
+                    "with one LSTM shared by actor and critic")
     ap.add_argument("--out", default=str(OUT), help="folder of the per-run JSON files (present ones are skipped)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")

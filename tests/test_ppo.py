@@ -112,12 +112,14 @@ def test_sequences_and_states_line_up():
 
 
 # ------------------------------------------------------------------------- collection and replay
-@pytest.mark.parametrize("agent,backbone", [("gtrxl", "gtrxl"), ("lstm_ppo", "lstm"), ("gtrxl", "mamba")])
-def test_replay_from_recorded_memory_reproduces_collection(agent, backbone, tmp_path):
+@pytest.mark.parametrize("agent,backbone,separate", [("gtrxl", "gtrxl", False), ("lstm_ppo", "lstm", False),
+                                                     ("gtrxl", "mamba", False), ("lstm_ppo", "lstm", True)])
+def test_replay_from_recorded_memory_reproduces_collection(agent, backbone, separate, tmp_path):
     """Truncated BPTT: each sequence re-run from the memory recorded at its start gives back the
     log-probabilities and values of collection, across episode ends inside and between sequences; any
-    backbone with the contract plugs in (Mamba included)."""
-    extra = [f"policy.backbone={backbone}", "policy.mamba.n_layers=1", "policy.mamba.d_state=4"]
+    backbone with the contract plugs in (Mamba included), and so does a critic with its own memory."""
+    extra = [f"policy.backbone={backbone}", "policy.mamba.n_layers=1", "policy.mamba.d_state=4",
+             f"policy.separate_critic={str(separate).lower()}"]
     policy, preset = make(agent, tmaze(3), extra)
     t = start(policy, preset, tmaze(3), tmp_path)
     t.source.collect(policy)  # a second rollout starts from a carried, non-empty memory
@@ -127,14 +129,18 @@ def test_replay_from_recorded_memory_reproduces_collection(agent, backbone, tmp_
     assert len(batches) == preset.policy.epochs * preset.policy.minibatches
     L = preset.policy.seq_len
     with torch.no_grad():
-        h, _ = policy.backbone(policy._embed(sequences(ro.obs, L)), stack_states(ro.starts), sequences(ro.first, L))
+        h, hv, _ = policy.features(sequences(ro.obs, L), stack_states(ro.starts), sequences(ro.first, L))
         logp, _ = policy.head.log_prob_entropy(policy.head.dist(h), sequences(ro.act, L))
-        value = policy.critic(h)[..., 0]
+        value = policy.critic(hv)[..., 0]
     torch.testing.assert_close(logp, sequences(ro.extras["logp"], L), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(value, sequences(ro.extras["value"], L), atol=1e-5, rtol=1e-5)
     # at the start of training the ratio is 1 on every minibatch: approximate KL 0
     terms = policy.losses(batches[0])
     assert abs(float(terms["approx_kl"])) < 1e-6 and torch.isfinite(terms["loss_policy"])
+    # the value loss shapes the actor's memory only when the critic shares it
+    terms["loss_value"].backward()
+    actor_grad = sum(float(p.grad.abs().sum()) for p in policy.backbone.parameters() if p.grad is not None)
+    assert (actor_grad == 0) == separate
     t.source.close()
 
 

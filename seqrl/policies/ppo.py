@@ -4,10 +4,12 @@ Dimension letters: n envs, T steps per env per collection, L steps per sequence 
 S = T / L * n sequences per collection, d model width, A action dim.
 
 Network, like every seqrl agent: the shared TrajectoryTokenizer embeds the observation as one "s" token
-per env step (without LayerNorm, then a ReLU: CleanRL's Linear + ReLU encoder), a memory backbone (seqrl/nn/: the backbone contract of `forward(x, state, reset)`,
-`step`, `initial_state`, `reset`) reads it, and two heads give the action distribution (the shared
-ActionHead: categorical logits, or a diagonal Gaussian with a state-independent log-std for Box
-actions, CleanRL's continuous PPO) and the value.
+per env step (without LayerNorm, then a ReLU: CleanRL's Linear + ReLU encoder), a memory backbone
+(seqrl/nn/: the backbone contract of `forward(x, state, reset)`, `step`, `initial_state`, `reset`) reads
+it, and two heads give the action distribution (the shared ActionHead: categorical logits, or a diagonal
+Gaussian with a state-independent log-std for Box actions, CleanRL's continuous PPO) and the value. With
+`separate_critic` the value head reads a second embedding and memory of its own (sb3-contrib's
+RecurrentPPO does this by default); the agent's state is then the pair (actor memory, critic memory).
 
 Training (CleanRL's recurrent PPO, Huang et al. 2022, with the memory kept in the backbone's state):
 
@@ -187,6 +189,10 @@ class PPOConfig:
     """normalise advantages per minibatch"""
     target_kl: float = 0.0
     """stop a collection's epochs early when an epoch's mean approximate KL exceeds this; 0 disables"""
+    separate_critic: bool = False
+    """the critic reads the observations through an embedding and memory of its own (sb3-contrib's
+    RecurrentPPO default), so the value loss does not shape the actor's memory; False: one memory for both
+    (CleanRL)"""
 
     def __post_init__(self):
         require_at_least(self, 1, ("d_model", "seq_len", "epochs", "minibatches"))
@@ -251,6 +257,14 @@ class RecurrentPPO(Agent):
         self.head = ActionHead(d, spec.action_space, gaussian=True, init_log_std=config.init_log_std)
         _init_linear(self.head.out, 0.01)
         self.critic = _init_linear(nn.Linear(d, 1), 1.0)
+        self.critic_memory = None
+        if config.separate_critic:  # built last: the shared layout keeps the weights a seed always gave
+            self.critic_memory = nn.ModuleDict({"backbone": make_backbone(config), "tokenizer": TrajectoryTokenizer(
+                "s", spec.observation_space, spec.action_space, d, readout={"memory": "s"}, obs_mean=spec.obs_mean,
+                obs_std=spec.obs_std, norm=False)})
+            for m in self.critic_memory["tokenizer"].modules():
+                if isinstance(m, nn.Linear):
+                    _init_linear(m, np.sqrt(2))
         self.segment = config.seq_len  # the env source records the memory before every segment-th step
 
     @classmethod
@@ -264,28 +278,43 @@ class RecurrentPPO(Agent):
             raise ValueError(f"policy.minibatches {cfg.minibatches} does not divide the {n_seq} sequences of a "
                              f"collection (source.n_envs * source.n_steps / policy.seq_len)")
 
-    def _embed(self, obs: torch.Tensor) -> torch.Tensor:
+    def _embed(self, obs: torch.Tensor, tokenizer: TrajectoryTokenizer | None = None) -> torch.Tensor:
         """obs (..., *obs_shape) -> (..., d): the tokenizer's "s" token (no timestep embedding), then a ReLU."""
-        return torch.relu(self.tokenizer.step("s", obs, None))
+        return torch.relu((tokenizer or self.tokenizer).step("s", obs, None))
+
+    def features(self, obs: Any, state: Any, first: torch.Tensor | None = None, step: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The memories over sequences obs (S, L, ...) with episode starts `first` (S, L), or over one step
+        (n, ...) with `step`: (actor features, critic features, state), features (S, L, d) or (n, d)."""
+        def read(backbone, tokenizer, s):
+            x = self._embed(obs, tokenizer)
+            return backbone.step(x, s) if step else backbone(x, s, first)
+
+        if self.critic_memory is None:
+            h, state = read(self.backbone, self.tokenizer, state)
+            return h, h, state
+        h, actor = read(self.backbone, self.tokenizer, state[0])
+        hv, critic = read(self.critic_memory["backbone"], self.critic_memory["tokenizer"], state[1])
+        return h, hv, (actor, critic)
 
     # ---------------------------------------------------------------------------------- collect
     @torch.no_grad()
     def explore(self, obs: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Any]:
         """obs (n, *obs_shape) -> sampled action (n,) or (n, A) in [-1, 1] units (unclipped), the env's
         action, {"logp", "value"} (n,) each, state."""
-        h, state = self.backbone.step(self._embed(obs), state)
+        h, hv, state = self.features(obs, state, step=True)
         dist = self.head.dist(h)
         action = dist.sample()
         logp, _ = self.head.log_prob_entropy(dist, action)
         env_action = action if self.head.discrete else self.head.to_env(action)
-        return action, env_action, {"logp": logp, "value": self.critic(h)[:, 0]}, state
+        return action, env_action, {"logp": logp, "value": self.critic(hv)[:, 0]}, state
 
     @torch.no_grad()
     def bootstrap(self, obs: torch.Tensor, state: Any) -> dict[str, torch.Tensor]:
         """{"value": (n,)} at observations not acted on, from `state` (which is not advanced): the final
         observation of a truncated episode, the observation after a rollout."""
-        h, _ = self.backbone.step(self._embed(obs), state)
-        return {"value": self.critic(h)[:, 0]}
+        _, hv, _ = self.features(obs, state, step=True)
+        return {"value": self.critic(hv)[:, 0]}
 
     def rollout_batches(self, ro: Any, generator: torch.Generator) -> Iterator[PPOBatch]:
         cfg, L = self.config, self.config.seq_len
@@ -314,22 +343,27 @@ class RecurrentPPO(Agent):
     # ----------------------------------------------------------------------------------- losses
     def losses(self, b: PPOBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
-        h, _ = self.backbone(self._embed(b.obs), b.state, b.first)  # (S, L, d)
+        h, hv, _ = self.features(b.obs, b.state, b.first)  # (S, L, d) each
         logp, entropy = self.head.log_prob_entropy(self.head.dist(h), b.act)
-        value = self.critic(h)[..., 0]
+        value = self.critic(hv)[..., 0]
         return ppo_loss(logp, b.logp, b.adv, value, b.value, b.ret, entropy, cfg.clip_coef, cfg.vf_clip, cfg.ent_coef,
                         cfg.vf_coef, cfg.norm_adv)
 
     # ----------------------------------------------------------------------------------- acting
     def initial_state(self, n_envs: int, device: torch.device | str) -> Any:
-        return self.backbone.initial_state(n_envs, device)
+        state = self.backbone.initial_state(n_envs, device)
+        if self.critic_memory is None:
+            return state
+        return state, self.critic_memory["backbone"].initial_state(n_envs, device)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """Deterministic: the most likely action (Discrete) or the Gaussian's mean clipped to the bounds (Box)."""
-        h, state = self.backbone.step(self._embed(obs), state)
+        h, _, state = self.features(obs, state, step=True)  # the critic's memory too: one state layout
         return self.head.to_env(self.head(h)), state
 
     def observe(self, state: Any, reward: torch.Tensor, done: torch.Tensor) -> Any:
         """Clear the memory of the envs whose episode ended (`done` (n,) bool)."""
-        return self.backbone.reset(state, done)
+        if self.critic_memory is None:
+            return self.backbone.reset(state, done)
+        return self.backbone.reset(state[0], done), self.critic_memory["backbone"].reset(state[1], done)
