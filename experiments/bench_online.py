@@ -9,10 +9,10 @@ env-step budgets. Needs the `bench` extra (sb3-contrib, matplotlib).
 Every run writes one JSON file under docs/results/online/per_run/ and is skipped when that file exists, so
 an interrupted sweep resumes where it stopped. Evaluation: 100 episodes with deterministic actions
 through `seqrl.runners.evaluate.evaluate` for all three methods (RecurrentPPO through a small adapter).
-Ours run the agents/gtrxl.toml and agents/lstm_ppo.toml presets through the one Trainer (env source).
-Same PPO settings for all: 16 envs x 128 steps per update, 4 epochs of 4 minibatches, lr 3e-4,
-gamma 0.99, lambda 0.95, clip 0.2, entropy 0.01, value 0.5, grad clip 0.5; LSTMs of 128 units.
-(experiments/memory_bench.py reuses these pieces, with RecurrentPPO also at sb3-contrib's own defaults.)
+Ours run the agents/gtrxl.toml and agents/lstm_ppo.toml presets through the one Trainer (env source), on
+16 envs; RecurrentPPO runs on the same envs with the PPO settings and LSTM layout of agents/lstm_ppo.toml
+(`matched_settings`). (experiments/memory_bench.py reuses these pieces, with RecurrentPPO also at
+sb3-contrib's own defaults.)
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from seqrl.runners.sources import resolve_env  # noqa: E402
 
 OUT = ROOT / "docs" / "results" / "online"
 METHODS = ("gtrxl", "lstm_ppo", "recurrent_ppo")
-PPO = dict(n_envs=16, n_steps=128, epochs=4, minibatches=4, lr=3e-4, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
-           ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5)
+N_ENVS = 16
 EVAL_EPISODES = 100
 
 
@@ -61,7 +60,7 @@ def build_trainer(method: str, env, steps: int, seed: int, device: str, run_dir:
     from seqrl.runners.sources import EnvSource
     from seqrl.runners.trainer import Trainer
 
-    base = {"source": {"env_steps": steps, "n_envs": PPO["n_envs"]},
+    base = {"source": {"env_steps": steps, "n_envs": N_ENVS},
             "trainer": {"seed": seed, "device": device, "eval_episodes": EVAL_EPISODES, "checkpoint_every": 0}}
     preset = load_agent(method, merge(over or {}, base))
     torch.manual_seed(seed)
@@ -107,24 +106,36 @@ class SB3Recurrent:
 
 
 def recurrent_ppo(env, seed: int, device: str, settings: str = "matched"):
-    """sb3-contrib's RecurrentPPO on PPO["n_envs"] envs. settings "matched": our PPO settings above (LSTM of
-    128 units); "defaults": sb3-contrib's own defaults for everything else (128 steps per env, minibatches of
+    """sb3-contrib's RecurrentPPO on N_ENVS envs. settings "matched": `matched_settings()`; "defaults": sb3-contrib's own defaults for everything else (128 steps per env, minibatches of
     128 steps, 10 epochs, no entropy bonus, LSTM of 256 units, and a second LSTM for the critic); "shared": the
     defaults with one LSTM for actor and critic, as our presets and CleanRL have it."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    venv = make_vec_env(env.env_id, n_envs=PPO["n_envs"], seed=seed, env_kwargs=dict(env.env_kwargs))
+    venv = make_vec_env(env.env_id, n_envs=N_ENVS, seed=seed, env_kwargs=dict(env.env_kwargs))
     if settings in ("defaults", "shared"):
         shared = dict(shared_lstm=True, enable_critic_lstm=False) if settings == "shared" else {}
         return RecurrentPPO("MlpLstmPolicy", venv, policy_kwargs=shared, seed=seed, device=device, verbose=0)
     if settings != "matched":
         raise ValueError(f"RecurrentPPO settings must be 'matched', 'defaults' or 'shared', got {settings!r}")
-    return RecurrentPPO(
-        "MlpLstmPolicy", venv, n_steps=PPO["n_steps"], batch_size=PPO["n_envs"] * PPO["n_steps"] // PPO["minibatches"],
-        n_epochs=PPO["epochs"], learning_rate=PPO["lr"], gamma=PPO["gamma"], gae_lambda=PPO["gae_lambda"],
-        clip_range=PPO["clip_coef"], ent_coef=PPO["ent_coef"], vf_coef=PPO["vf_coef"], max_grad_norm=PPO["max_grad_norm"],
-        policy_kwargs=dict(lstm_hidden_size=128, n_lstm_layers=1), seed=seed, device=device, verbose=0)
+    return RecurrentPPO("MlpLstmPolicy", venv, **matched_settings(), seed=seed, device=device, verbose=0)
+
+
+def matched_settings() -> dict:
+    """RecurrentPPO's arguments for the PPO settings and LSTM layout of agents/lstm_ppo.toml: steps per env,
+    minibatch size (our minibatches are whole sequences of n_steps, so a collection over `minibatches`),
+    epochs, optimiser, GAE, ratio clipping, loss weights, LSTM width and layers, one LSTM or one per head
+    (not our value clipping: SB3's clips differently, so it stays off as in its defaults)."""
+    from seqrl.presets import load_agent
+
+    p = load_agent("lstm_ppo")
+    pol, n_steps, tr = p.policy, p.source.n_steps, p.trainer
+    return dict(n_steps=n_steps, batch_size=N_ENVS * n_steps // pol.minibatches, n_epochs=pol.epochs,
+                learning_rate=tr.lr, gamma=pol.gamma, gae_lambda=pol.gae_lambda, clip_range=pol.clip_coef,
+                ent_coef=pol.ent_coef, vf_coef=pol.vf_coef,
+                max_grad_norm=tr.grad_clip,
+                policy_kwargs=dict(lstm_hidden_size=pol.d_model, n_lstm_layers=pol.lstm.n_layers,
+                                   shared_lstm=not pol.separate_critic, enable_critic_lstm=pol.separate_critic))
 
 
 def count_updates(model) -> list[int]:
@@ -177,7 +188,7 @@ def sweep(task: str, methods, lengths, seeds, steps_for, device: str, gtrxl_memo
 def throughput(device: str, updates: int) -> None:
     """Training env-steps/s (collection + PPO update) on TMaze length 50, after one warm-up update."""
     env = env_preset("tmaze", 50)
-    batch = PPO["n_envs"] * PPO["n_steps"]
+    batch = N_ENVS * matched_settings()["n_steps"]  # both presets and RecurrentPPO collect 128 steps per env
     rows = {}
     for method in ("gtrxl", "lstm_ppo"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -205,9 +216,9 @@ def throughput(device: str, updates: int) -> None:
         model.learn(batch * updates, reset_num_timesteps=False)
         rows["recurrent_ppo"] = batch * updates / (time.perf_counter() - t0)
         print(f"recurrent_ppo: {rows['recurrent_ppo']:.0f} env-steps/s", flush=True)
-    name = ("cpu" if device == "cpu" else device.replace(":", "")) + f"_{PPO['n_envs']}envs"
+    name = ("cpu" if device == "cpu" else device.replace(":", "")) + f"_{N_ENVS}envs"
     info = {"device": device, "torch_threads": torch.get_num_threads(), "task": "TMaze length 50",
-            "n_envs": PPO["n_envs"], "env_steps_per_update": batch, "timed_updates": updates, "env_steps_per_s": rows,
+            "n_envs": N_ENVS, "env_steps_per_update": batch, "timed_updates": updates, "env_steps_per_s": rows,
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
     write_json(OUT / f"throughput_{name}.json", info)
 
@@ -285,7 +296,7 @@ def main() -> None:
         steps = int(args.budget[0]) if ":" not in args.budget[0] else 100_000
         sweep("cartpole", args.methods, [0], args.seeds, lambda _: steps, args.device)
     elif args.what == "throughput":
-        PPO["n_envs"] = args.n_envs
+        N_ENVS = args.n_envs
         throughput(args.device, args.updates)
     else:
         report()

@@ -191,7 +191,7 @@ def test_box_actions_with_gaussian_policy(tmp_path):
     assert ro.act.shape == (16, 4, 1) and ro.act.dtype == torch.float32
     assert ro.term.sum() == 0 and ro.trunc.sum() == 0 and ro.first[0].all()
     with torch.no_grad():  # log-prob of a diagonal Gaussian, checked by hand for one sample
-        h, _ = policy.backbone.step(policy._embed(ro.obs[0]), ro.starts[0])
+        h, _, _ = policy.features(ro.obs[0], ro.starts[0], step=True)
         mean, std = policy.head.out(h), policy.head.log_std.exp()
         by_hand = (-((ro.act[0] - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * np.log(2 * np.pi)).sum(-1)
     torch.testing.assert_close(ro.extras["logp"][0], by_hand, atol=1e-5, rtol=1e-5)
