@@ -294,7 +294,7 @@ def main() -> None:
               args.runs_dir)
     elif args.what == "cartpole":
         steps = int(args.budget[0]) if ":" not in args.budget[0] else 100_000
-        sweep("cartpole", args.methods, [0], args.seeds, lambda _: steps, args.device)
+        sweep("cartpole", args.methods, [0], args.seeds, lambda _: steps, args.device, runs_dir=args.runs_dir)
     elif args.what == "throughput":
         N_ENVS = args.n_envs
         throughput(args.device, args.updates)

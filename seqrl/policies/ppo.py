@@ -280,7 +280,7 @@ class RecurrentPPO(Agent):
 
     def _embed(self, obs: torch.Tensor, tokenizer: TrajectoryTokenizer | None = None) -> torch.Tensor:
         """obs (..., *obs_shape) -> (..., d): the tokenizer's "s" token (no timestep embedding), then a ReLU."""
-        return torch.relu((tokenizer or self.tokenizer).step("s", obs, None))
+        return torch.relu((self.tokenizer if tokenizer is None else tokenizer).step("s", obs, None))
 
     def features(self, obs: Any, state: Any, first: torch.Tensor | None = None, step: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, Any]:
