@@ -106,9 +106,10 @@ class SB3Recurrent:
 
 
 def recurrent_ppo(env, seed: int, device: str, settings: str = "matched"):
-    """sb3-contrib's RecurrentPPO on N_ENVS envs. settings "matched": `matched_settings()`; "defaults": sb3-contrib's own defaults for everything else (128 steps per env, minibatches of
-    128 steps, 10 epochs, no entropy bonus, LSTM of 256 units, and a second LSTM for the critic); "shared": the
-    defaults with one LSTM for actor and critic, as our presets and CleanRL have it."""
+    """sb3-contrib's RecurrentPPO on N_ENVS envs. settings "matched": `matched_settings()`; "defaults":
+    sb3-contrib's own defaults for everything else (128 steps per env, minibatches of 128 steps, 10 epochs, no
+    entropy bonus, LSTM of 256 units, and a second LSTM for the critic); "shared": the defaults with one LSTM
+    for actor and critic, as CleanRL has it."""
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -132,8 +133,7 @@ def matched_settings() -> dict:
     pol, n_steps, tr = p.policy, p.source.n_steps, p.trainer
     return dict(n_steps=n_steps, batch_size=N_ENVS * n_steps // pol.minibatches, n_epochs=pol.epochs,
                 learning_rate=tr.lr, gamma=pol.gamma, gae_lambda=pol.gae_lambda, clip_range=pol.clip_coef,
-                ent_coef=pol.ent_coef, vf_coef=pol.vf_coef,
-                max_grad_norm=tr.grad_clip,
+                ent_coef=pol.ent_coef, vf_coef=pol.vf_coef, max_grad_norm=tr.grad_clip,
                 policy_kwargs=dict(lstm_hidden_size=pol.d_model, n_lstm_layers=pol.lstm.n_layers,
                                    shared_lstm=not pol.separate_critic, enable_critic_lstm=pol.separate_critic))
 
@@ -271,6 +271,7 @@ def report() -> None:
 
 
 def main() -> None:
+    global N_ENVS  # throughput's --n-envs
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["memory", "cartpole", "throughput", "report"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

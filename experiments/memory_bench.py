@@ -12,9 +12,10 @@ same way: the mean return of --eval-episodes episodes with deterministic actions
 (`seqrl.runners.evaluate.evaluate`; RecurrentPPO through bench_online's adapter). Also reported: the
 optimiser steps taken ("updates": minibatches) and the training wall time. RecurrentPPO runs on the same 16
 envs with sb3-contrib's defaults otherwise (--sb3 defaults: 10 epochs of minibatches of 128 steps, 160
-updates per 2,048 env steps, against our presets' 16), with our PPO settings (--sb3 matched) or with one LSTM
-shared by actor and critic (--sb3 shared: our presets' layout and CleanRL's; the default gives the critic its
-own). Needs the `bench` extra (pip install -e '.[bench]', or pip install sb3-contrib==2.9.2).
+updates per 2,048 env steps, as agents/lstm_ppo.toml; agents/gtrxl.toml takes 64), with agents/lstm_ppo.toml's
+PPO settings (--sb3 matched) or with one LSTM shared by actor and critic (--sb3 shared: CleanRL's layout; the
+default gives the critic its own). Needs the `bench` extra (pip install -e '.[bench]', or pip install
+sb3-contrib==2.9.2).
 
     python experiments/memory_bench.py run --seeds 0 1 2 --steps 200000              # every task x method x seed
     python experiments/memory_bench.py run --tasks count:k=8 --methods gtrxl --steps 50000
