@@ -236,6 +236,17 @@ def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
     return layer
 
 
+def _encoder(spec: TaskSpec, d: int) -> TrajectoryTokenizer:
+    """The observation's token, to be followed by a ReLU: CleanRL's encoder (Linear + ReLU, orthogonal init with
+    gain sqrt 2), here the shared tokenizer's embedding without its LayerNorm."""
+    tokenizer = TrajectoryTokenizer("s", spec.observation_space, spec.action_space, d, readout={"memory": "s"},
+                                    obs_mean=spec.obs_mean, obs_std=spec.obs_std, norm=False)
+    for m in tokenizer.modules():
+        if isinstance(m, nn.Linear):
+            _init_linear(m, np.sqrt(2))
+    return tokenizer
+
+
 # -------------------------------------------------------------------------------------- agent
 class RecurrentPPO(Agent):
     Config = PPOConfig
@@ -246,25 +257,14 @@ class RecurrentPPO(Agent):
         self.config, self.spec = config, spec
         d = config.d_model
         backbone = make_backbone(config)  # built first: the initial weights of a seed are those seqrl always drew
-        # the observation's token, then a ReLU: CleanRL's encoder (Linear + ReLU, orthogonal init with gain
-        # sqrt 2), here the shared tokenizer's embedding without its LayerNorm
-        self.tokenizer = TrajectoryTokenizer("s", spec.observation_space, spec.action_space, d, readout={"memory": "s"},
-                                             obs_mean=spec.obs_mean, obs_std=spec.obs_std, norm=False)
-        for m in self.tokenizer.modules():
-            if isinstance(m, nn.Linear):
-                _init_linear(m, np.sqrt(2))
+        self.tokenizer = _encoder(spec, d)
         self.backbone = backbone
         self.head = ActionHead(d, spec.action_space, gaussian=True, init_log_std=config.init_log_std)
         _init_linear(self.head.out, 0.01)
         self.critic = _init_linear(nn.Linear(d, 1), 1.0)
         self.critic_memory = None
         if config.separate_critic:  # built last: the shared layout keeps the weights a seed always gave
-            self.critic_memory = nn.ModuleDict({"backbone": make_backbone(config), "tokenizer": TrajectoryTokenizer(
-                "s", spec.observation_space, spec.action_space, d, readout={"memory": "s"}, obs_mean=spec.obs_mean,
-                obs_std=spec.obs_std, norm=False)})
-            for m in self.critic_memory["tokenizer"].modules():
-                if isinstance(m, nn.Linear):
-                    _init_linear(m, np.sqrt(2))
+            self.critic_memory = nn.ModuleDict({"backbone": make_backbone(config), "tokenizer": _encoder(spec, d)})
         self.segment = config.seq_len  # the env source records the memory before every segment-th step
 
     @classmethod
