@@ -200,6 +200,9 @@ class CollectConfig:
     """stable-baselines3 algorithm used to train the behaviour policies (D4RL used SAC)"""
     train_steps: int = 1_000_000
     """environment steps of SB3 training; its final policy is the expert"""
+    train_envs: int = 1
+    """environments the SB3 learner collects from in parallel; an off-policy learner (SAC, TD3) takes one gradient
+    step per env step collected, so its updates per env step stay SB3's, whatever this is"""
     checkpoint_every: int = 50_000
     """SB3 checkpoint interval; collection resumes from the newest one after an interruption"""
     medium_fraction: float = 1 / 3
@@ -214,7 +217,7 @@ class CollectConfig:
     """scripted source only: probability of a uniformly random action in 'medium' data"""
 
     def __post_init__(self):
-        require_at_least(self, 1, ("train_steps", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"))
+        require_at_least(self, 1, ("train_steps", "train_envs", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"))
         if not 0.0 <= self.medium_epsilon <= 1.0 or not 0.0 < self.medium_fraction < 1.0:
             raise ValueError("medium_epsilon must be in [0, 1] and medium_fraction in (0, 1)")
 

@@ -330,3 +330,49 @@ def test_online_graph_updates_equal_eager_updates(tmp_path, pinned_draws, agent)
     assert len(set(losses[True])) == 8  # each replay's scalars are its own, not the last one's
     torch.testing.assert_close(losses[True], losses[False], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(params[True], params[False], atol=1e-4, rtol=1e-3)
+
+
+def _graph_sac(monkeypatch, graph: bool):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
+
+    from seqrl.data.sac import GraphSAC
+
+    torch.manual_seed(0)
+    model = GraphSAC("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), seed=0, device="cuda",
+                     learning_starts=0, batch_size=32)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    if not graph:
+        monkeypatch.setattr(model, "_graphable", lambda: False)
+    return model
+
+
+def test_graph_sac_steps_equal_eager_steps(monkeypatch):
+    """GraphSAC on CUDA: 10 gradient steps (3 eager warm-ups, capture, replays) on a fixed batch, with the
+    actor's draws pinned, give the parameters of 10 eager steps; the test in test_sac.py ties eager to SB3."""
+    monkeypatch.setattr(torch.distributions.Normal, "rsample", lambda d, shape=(): d.mean + 0.3 * d.stddev)
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(32, 3, generator=g).cuda()
+    batch = None
+    params = {}
+    for graph in (False, True):
+        model = _graph_sac(monkeypatch, graph)
+        if batch is None:
+            batch = model.replay_buffer.sample(32)._replace(
+                observations=obs, next_observations=obs + 0.1, actions=torch.rand(32, 1, generator=g).cuda() * 2 - 1,
+                rewards=torch.randn(32, 1, generator=g).cuda(), dones=(torch.rand(32, 1, generator=g) < 0.2).float().cuda())
+        monkeypatch.setattr(model.replay_buffer, "sample", lambda *a, **kw: batch)
+        model.train(gradient_steps=10, batch_size=32)
+        assert (model._graph is not None) is graph
+        params[graph] = torch.cat([p.detach().flatten() for p in model.policy.parameters()] + [model.log_ent_coef.detach()])
+    torch.testing.assert_close(params[True], params[False], atol=1e-5, rtol=1e-4)
+
+
+def test_graph_sac_learns_pendulum(monkeypatch):
+    """Sampling inside the graph from a growing device buffer: SAC solves Pendulum-v1 in 6,000 steps."""
+    model = _graph_sac(monkeypatch, True)
+    model.learning_starts = 500
+    model.learn(6000)
+    assert model._graph is not None
+    returns = [e["r"] for e in list(model.ep_info_buffer)[-5:]]
+    assert np.mean(returns) > -400, returns  # random actions: about -1,200

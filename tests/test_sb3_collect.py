@@ -147,7 +147,8 @@ def test_corrupt_newest_checkpoint_is_skipped(trained, tmp_path):
     _refill(buffer, run, 300)  # what a resume from step 300 would do: every recorded transition, in order
     assert buffer.replay_buffer.pos == 300
     with np.load(run / "chunk_300.npz") as z:
-        assert np.array_equal(buffer.replay_buffer.observations[200:300, 0], z["obs"])
+        # the learner's replay buffer (seqrl.data.sac.DeviceReplayBuffer): one float32 row per transition
+        assert np.array_equal(buffer.replay_buffer.rows[200:300, :4].numpy(), z["obs"].astype(np.float32))
 
 
 def test_bad_input(tmp_path):

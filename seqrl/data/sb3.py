@@ -3,8 +3,10 @@
 The recipe of Fu et al. 2020 (D4RL), for one env preset `env` (all budgets from `env.collect`):
 
 - random: uniform random actions, `n_steps` transitions.
-- expert: an SB3 `algo` agent (MlpPolicy, SB3 defaults, one training env) trained for `train_steps` env
-  steps; its final policy rolled out for `n_steps` transitions.
+- expert: an SB3 `algo` agent (MlpPolicy, SB3 defaults, `train_envs` training envs; an off-policy learner
+  takes one gradient step per env step collected) trained for `train_steps` env steps; its final policy
+  rolled out for `n_steps` transitions. SAC is `seqrl.data.sac.GraphSAC`: SB3's SAC with its replay buffer
+  and gradient step on the GPU (a CUDA graph), checkpoints that SB3's own `SAC.load` reads.
 - medium: of the checkpoints saved every `checkpoint_every` steps, the one whose mean return over
   `checkpoint_eval_episodes` deterministic episodes is closest to `medium_fraction` x the final policy's;
   rolled out for `n_steps` transitions.
@@ -35,20 +37,21 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3 import PPO, SAC, TD3
+from stable_baselines3 import PPO, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from seqrl.data.collect import random_policy, rollout
+from seqrl.data.sac import GraphSAC
 from seqrl.errors import DataError, PresetError
 from seqrl.io import atomic_write, atomic_write_json
 from seqrl.presets import EnvPreset
 from seqrl.progress import progress
 
 QUALITIES = ("random", "medium", "expert", "medium-replay")
-ALGOS: dict[str, type[BaseAlgorithm]] = {"SAC": SAC, "TD3": TD3, "PPO": PPO}
+ALGOS: dict[str, type[BaseAlgorithm]] = {"SAC": GraphSAC, "TD3": TD3, "PPO": PPO}
 Episode = dict[str, np.ndarray]
 
 
@@ -82,13 +85,13 @@ def train(env: EnvPreset, seed: int, workdir: Path) -> Path:
     """Train the learner to `collect.train_steps` env steps, resuming from the newest checkpoint; return its folder."""
     _check(env)
     c = env.collect
-    run = Path(workdir) / "sb3" / f"{env.env_id}_{c.algo}_seed{seed}_len{env.max_episode_steps}"
+    run = run_folder(env, seed, workdir)
     ckpts = _checkpoints(run)
     start = max(ckpts, default=0)
     if start >= c.train_steps:
         return run
     _prune(run, after=start)
-    venv = make_vec_env(env.env_id, n_envs=1, seed=seed + start,
+    venv = make_vec_env(env.env_id, n_envs=c.train_envs, seed=seed + start,
                         env_kwargs={**env.env_kwargs, "max_episode_steps": env.max_episode_steps})
     if start:
         model = ALGOS[c.algo].load(ckpts[start], env=venv)  # num_timesteps == start; the env is reset
@@ -96,12 +99,18 @@ def train(env: EnvPreset, seed: int, workdir: Path) -> Path:
         if isinstance(model, OffPolicyAlgorithm):
             _refill(model, run, start)
     else:
-        model = ALGOS[c.algo]("MlpPolicy", venv, seed=seed)
+        off_policy = issubclass(ALGOS[c.algo], OffPolicyAlgorithm)
+        model = ALGOS[c.algo]("MlpPolicy", venv, seed=seed, **({"gradient_steps": -1} if off_policy else {}))
     recorder = _Recorder(run, c.checkpoint_every, c.train_steps, desc=f"{env.name}: {c.algo} training")
     model.learn(c.train_steps - start, callback=recorder, reset_num_timesteps=False)
     recorder.checkpoint()  # the final policy
     venv.close()
     return run
+
+
+def run_folder(env: EnvPreset, seed: int, workdir: Path) -> Path:
+    """Where `train` keeps one learner's checkpoints, chunks and ratings."""
+    return Path(workdir) / "sb3" / f"{env.env_id}_{env.collect.algo}_seed{seed}_len{env.max_episode_steps}"
 
 
 def final_step(env: EnvPreset, run: Path) -> int:

@@ -1,0 +1,105 @@
+"""The D4RL-style learner of `seqrl collect` (SAC, seqrl.data.sac.GraphSAC) under a wall-clock budget, one
+process per env in parallel, then every checkpoint rated: its learning curve in normalised score.
+
+    python experiments/sac_learner.py --envs hopper halfcheetah walker2d --seconds 900 --workdir /tmp/sac \
+        --set collect.train_envs=8 --out sac_learner.json
+
+Training is `seqrl.data.sb3.train` (what `seqrl collect` runs), stopped with SIGINT after `--seconds` (a finished
+training stops sooner); checkpoints every `collect.checkpoint_every` env steps survive the cut, and a rerun
+resumes from the newest. Rating is `seqrl.data.sb3.medium_step`'s (deterministic episodes of each checkpoint,
+`collect.checkpoint_eval_episodes` of them, cached in evals.json), on the CPU, one process per env; the
+datasets of that learner are then `seqrl collect --env ENV --quality Q --set collect.train_steps=LAST_STEP`.
+`--rate-only` rates what exists without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from seqrl.io import atomic_write_json
+
+
+def preset(name: str, sets: list[str], train_steps: int | None = None):
+    from seqrl.presets import load_env, parse_overrides
+
+    last = [] if train_steps is None else [f"collect.train_steps={train_steps}"]
+    return load_env(name, parse_overrides([*sets, *last]))
+
+
+def rate(name: str, workdir: Path, sets: list[str]) -> dict:
+    """Rate every checkpoint of env `name` (CPU); {step: normalised score}, plus the raw returns."""
+    from seqrl.data.sb3 import _checkpoints, _evals, medium_step, run_folder
+
+    env = preset(name, sets)
+    run = run_folder(env, 0, workdir / name)
+    steps = sorted(_checkpoints(run))
+    if not steps:
+        return {"env": name, "steps": [], "returns": [], "normalised": []}
+    env = preset(name, sets, train_steps=steps[-1])
+    medium_step(env, 0, run)  # rates every checkpoint up to the last, cached in evals.json
+    evals = _evals(run)
+    norm = [100 * (evals[s] - env.ref_min_score) / (env.ref_max_score - env.ref_min_score) for s in steps]
+    return {"env": name, "steps": steps, "returns": [evals[s] for s in steps], "normalised": norm}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envs", nargs="+", default=["hopper", "halfcheetah", "walker2d"])
+    ap.add_argument("--seconds", type=float, default=900)
+    ap.add_argument("--workdir", type=Path, default=Path("runs/sac_learner"))
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--out", default="sac_learner.json")
+    ap.add_argument("--rate-only", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: train this env in this process
+    a = ap.parse_args()
+    if a.one:
+        from seqrl.data.sb3 import train
+
+        try:
+            train(preset(a.one, a.sets), 0, a.workdir / a.one)
+        except KeyboardInterrupt:
+            print(f"{a.one}: stopped at the budget", flush=True)
+        return
+    t0 = time.time()
+    if not a.rate_only:
+        a.workdir.mkdir(parents=True, exist_ok=True)
+        sets = [x for s in a.sets for x in ("--set", s)]
+        procs = {e: subprocess.Popen([sys.executable, __file__, "--one", e, "--workdir", str(a.workdir), *sets],
+                                     stdout=open(a.workdir / f"train_{e}.log", "w"), stderr=subprocess.STDOUT)
+                 for e in a.envs}
+        deadline = t0 + a.seconds
+        for p in procs.values():
+            try:
+                p.wait(timeout=max(deadline - time.time(), 0))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs.values():
+            p.wait()
+    train_s = time.time() - t0
+    cpu = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from pathlib import Path; "
+            "from sac_learner import rate; print(json.dumps(rate(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])))")
+    raters = {e: subprocess.Popen([sys.executable, "-c", code, e, str(a.workdir), *a.sets], env=cpu,
+                                  stdout=subprocess.PIPE, text=True)
+              for e in a.envs}
+    curves = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in raters.values()]
+    for c in curves:
+        print(f"\n{c['env']}: step -> return (normalised)")
+        for s, r, n in zip(c["steps"], c["returns"], c["normalised"]):
+            print(f"  {s:>8d}  {r:9.1f}  ({n:5.1f})")
+    atomic_write_json(a.out, {"command": sys.argv, "train_seconds": train_s, "rate_seconds": time.time() - t0 - train_s,
+                              "curves": curves})
+
+
+if __name__ == "__main__":
+    main()
