@@ -40,9 +40,10 @@ import torch.nn.functional as F
 
 
 def gpt2_init(m: nn.Module, n_layers: int) -> None:
-    """GPT-2 init (Radford et al. 2019), as CORL's DT applies it to the whole model: linear and
+    """GPT-2 init (Radford et al. 2019) applied to the whole model, as CORL's DT does: linear and
     embedding weights N(0, 0.02), biases 0; projections into the residual stream (marked
-    `residual_out`) N(0, 0.02 / sqrt(2 n_layers)). Embeddings matter: PyTorch's default N(0, 1) would
+    `residual_out`) N(0, 0.02 / sqrt(2 n_layers)), GPT-2's scaling (nanoGPT's; CORL and the DT paper's
+    GPT-2 leave them at 0.02). Embeddings matter: PyTorch's default N(0, 1) would
     let a timestep embedding drown the observation it is added to."""
     if isinstance(m, nn.Linear):
         std = 0.02 / math.sqrt(2 * n_layers) if getattr(m, "residual_out", False) else 0.02
@@ -75,7 +76,7 @@ class SelfAttention(nn.Module):
         self.nh, self.hs = n_heads, d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
-        self.proj.residual_out = True  # scaled init, see CausalTransformer._init_weights
+        self.proj.residual_out = True  # scaled init, see gpt2_init
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 

@@ -48,7 +48,7 @@ from seqrl.tokenizer import TrajectoryTokenizer
 
 @dataclass(frozen=True)
 class DTConfig:
-    """Defaults: Chen et al. 2021, Gym (D4RL) settings (their Table 8)."""
+    """Defaults: Chen et al. 2021, Gym (D4RL) settings (their Table 8), except acting, which streams (act_mode)."""
 
     embed_dim: int = 128
     """model width d"""
