@@ -9,7 +9,8 @@ Model: the configuration of d3rlpy's own DT reproduction script (reproductions/o
 decision_transformer.py) at the paper's size: VectorEncoderFactory([128], exclude_last_activation)
 so the embedding width is 128, 3 layers, 1 head, context 20, max_timestep 1000, dropout 0.1 on
 attention, residual and embeddings, batch 64, AdamW (GPTAdamWFactory, weight decay 1e-4, gradient
-clip 0.25, 10k-step warm-up schedule), StandardObservationScaler, MultiplyRewardScaler(0.001).
+clip 0.25, 10k-step warm-up schedule; the reproduction script's AdamWFactory decays every parameter, GPTAdamW
+leaves biases, LayerNorms and embeddings out, as seqrl's trainer does), StandardObservationScaler, MultiplyRewardScaler(0.001).
 Data: a synthetic Hopper-shaped MDPDataset (obs 11, action 3; E episodes of T steps, random values).
 
 What is timed, per variant (each a fresh algo):

@@ -10,6 +10,12 @@ with every agent of it, for every seed. An agent spec is `[LABEL=]PRESET[:KEY=VA
 (`--set`-style overrides, e.g. `dm_small:policy.pser=false`). Each run is `seqrl train` (training then
 evaluation over `--episodes` episodes per target return) in its own process; `--workers` run at once.
 
+The agent `d3rlpy_dt` is d3rlpy 2.8.1's DecisionTransformer at the paper's size
+(experiments/d3rlpy_dt_score.py), in its own interpreter with `--d3rlpy-site` as PYTHONPATH: the dataset
+exported once to OUT/_d3rlpy/*.npz (experiments/export_d3rlpy.py), the same seed, the same evaluation env
+seeds as seqrl's trainer (seed + 10,000 + episode), the env preset's first target return; its overrides
+are trainer.steps, trainer.warmup_steps and source.batch_size (defaults: 100,000, 10,000, 64, as dt.toml).
+
 Every run writes OUT/<dataset>/<label>/seed<k>/result.json when it ends. A rerun skips runs that have
 one and resumes runs that left a checkpoint, so the table can be built in pieces (a cut-off GPU lease,
 say); `--start-within SECONDS` starts no run after that time, so that a lease of known length ends with the
@@ -21,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -38,6 +46,11 @@ PUBLISHED_DT = {
 }
 
 
+D3RLPY = "d3rlpy_dt"
+D3RLPY_OPTIONS = {"trainer.steps": "--steps", "trainer.warmup_steps": "--warmup", "source.batch_size": "--batch"}
+HERE = Path(__file__).resolve().parent
+
+
 def parse_spec(spec: str) -> tuple[str, str, list[str]]:
     """'[LABEL=]PRESET[:K=V;K=V]' -> (label, preset, overrides); the label defaults to the spec itself."""
     label, sep, rest = spec.partition("=")
@@ -52,18 +65,68 @@ def run_dir(out: Path, dataset: str, label: str, seed: int) -> Path:
     return out / dataset.replace("/", "_") / safe / f"seed{seed}"
 
 
+def export_path(out: Path, dataset: str) -> Path:
+    return out / "_d3rlpy" / (dataset.replace("/", "_") + ".npz")
+
+
+def export_for_d3rlpy(out: Path, dataset: str) -> None:
+    """The dataset as d3rlpy's flat arrays, once per OUT (written under a temporary name, then moved)."""
+    from export_d3rlpy import main as export
+
+    path = export_path(out, dataset)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        export(dataset, str(tmp))
+        os.replace(tmp, path)
+
+
+def d3rlpy_run(dataset: str, label: str, overrides: list[str], seed: int, episodes: int, device: str, out: Path,
+               threads: int, site: str) -> dict:
+    """One d3rlpy run (module doc), in the same record format as seqrl's."""
+    from seqrl.presets import find_env_for_dataset
+
+    args = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key not in D3RLPY_OPTIONS:
+            raise ValueError(f"{D3RLPY}: override {key!r} is not one of {list(D3RLPY_OPTIONS)}")
+        args += [D3RLPY_OPTIONS[key], value]
+    env = find_env_for_dataset(dataset)
+    target = env.target_returns[0]
+    folder = run_dir(out, dataset, label, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "d3rlpy_dt_score.py"), "--data", str(export_path(out, dataset)), "--seed", str(seed),
+         "--device", device, "--episodes", str(episodes), "--target-return", str(target),
+         "--eval-seed-base", str(seed + 10_000), "--out", str(folder / "d3rlpy.json"), *args],
+        env=dict(os.environ, PYTHONPATH=site, OMP_NUM_THREADS=str(threads)), capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"d3rlpy_dt_score.py exited {proc.returncode}: {proc.stderr[-2000:]}")
+    r = json.loads((folder / "d3rlpy.json").read_text())
+    summary = {"return_mean": r["mean_return"], "return_std": r["std_return"], "length_mean": float(np.mean(r["lengths"])),
+               "score_mean": r["mean_normalized"], "score_std": float(np.std(r["normalized"]))}
+    return dict(dataset=dataset, label=label, spec=label, seed=seed, device=device, seconds=time.perf_counter() - t,
+                results={f"target={target:g}": summary})
+
+
 def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out: str, threads: int,
-            start_by: float = float("inf")) -> dict | None:
+            start_by: float = float("inf"), d3rlpy_site: str = "") -> dict | None:
     """Train and evaluate one (dataset, agent, seed); runs in a worker process of its own. None, and nothing
     done, if its turn comes after `start_by` (time.time())."""
     if time.time() > start_by:
         return None
+    label, agent, overrides = parse_spec(spec)
+    if agent == D3RLPY:
+        record = d3rlpy_run(dataset, label, overrides, seed, episodes, device, Path(out), threads, d3rlpy_site)
+        atomic_write_json(run_dir(Path(out), dataset, label, seed) / "result.json", record)
+        return record
     import torch
 
     from seqrl.cli import train_run
 
     torch.set_num_threads(threads)
-    label, agent, overrides = parse_spec(spec)
     folder = run_dir(Path(out), dataset, label, seed)
     t = time.perf_counter()
     _, results, _ = train_run(agent, dataset, None, overrides + [
@@ -117,6 +180,7 @@ def main() -> None:
     ap.add_argument("--start-within", type=float, default=None, metavar="SECONDS",
                     help="start no run after this many seconds (the runs started finish), for a lease of bounded length")
     ap.add_argument("--report", action="store_true", help="only print the table of what OUT holds")
+    ap.add_argument("--d3rlpy-site", default="", help=f"PYTHONPATH of d3rlpy 2.8.1 for the agent {D3RLPY}")
     args = ap.parse_args()
     out = Path(args.out)
 
@@ -133,11 +197,14 @@ def main() -> None:
         # seed-major order: a cut-off table still has every row, with fewer seeds
         jobs = [(d, a, s) for s in seeds for ds, ag in groups for d in ds.split(",") for a in ag.split(",")]
         jobs = [j for j in jobs if not (run_dir(out, j[0], parse_spec(j[1])[0], j[2]) / "result.json").is_file()]
+        for d in sorted({d for d, a, _ in jobs if parse_spec(a)[1] == D3RLPY}):
+            export_for_d3rlpy(out, d)
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         start_by = time.time() + (float("inf") if args.start_within is None else args.start_within)
         print(f"{len(jobs)} runs to do, {args.workers} at a time", flush=True)
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-            futures = {pool.submit(one_run, d, a, s, args.episodes, args.device, str(out), threads, start_by):
+            futures = {pool.submit(one_run, d, a, s, args.episodes, args.device, str(out), threads, start_by,
+                                   args.d3rlpy_site):
                        (d, a, s) for d, a, s in jobs}
             for f in as_completed(futures):
                 d, a, s = futures[f]
