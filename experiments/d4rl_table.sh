@@ -10,8 +10,11 @@
 # warm-up of STEPS/10; DM's self-evolution schedule spans the same STEPS and refreshes its earlier policy
 # 40 times, as the authors' 40 iterations. BC is agents/bc.toml for BC_STEPS updates.
 # QUALITIES="medium-replay" limits the datasets (and sets their order: QUALITIES="medium-replay medium");
-# DM_ROWS=0 leaves DM out; SEEDS="2,1,0" sets the seeds and their order (default 0,1,2); START_WITHIN=SECONDS
-# starts no run after that time (for a lease of bounded length). Rerunning skips finished runs (offline_table.py).
+# ENVS="walker2d" limits the envs; D3RLPY_SITE=/tmp/d3site adds d3rlpy 2.8.1's DT (agent d3rlpy_dt of
+# offline_table.py: the paper's size, same STEPS, BATCH and warm-up, same seeds and evaluation envs);
+# BC_ROWS=0 leaves BC out; DM_ROWS=0 leaves DM out; SEEDS="2,1,0" sets the seeds and their order (default
+# 0,1,2); START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length); DEVICE=cpu for a
+# smoke test. Rerunning skips finished runs (offline_table.py).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
@@ -22,13 +25,15 @@ BC="bc:trainer.steps=$SBC"
 # that with the seed-major order each seed's noisy-data comparison is run together
 groups=()
 for q in ${QUALITIES:-medium medium-replay}; do
-  ds=(); for e in hopper halfcheetah walker2d; do ds+=("seqrl/$e/$q-v0"); done
-  agents="DT=$DT,BC=$BC"
+  ds=(); for e in ${ENVS:-hopper halfcheetah walker2d}; do ds+=("seqrl/$e/$q-v0"); done
+  agents="DT=$DT"
+  if [ "${BC_ROWS:-1}" = 1 ]; then agents+=",BC=$BC"; fi
+  if [ -n "${D3RLPY_SITE:-}" ]; then agents+=",d3rlpy-DT=d3rlpy_dt:trainer.steps=$S;trainer.warmup_steps=$W;source.batch_size=$B"; fi
   if [ "${DM_ROWS:-1}" = 1 ]; then
     agents+=",DM=$DM"
     if [ "$q" = medium-replay ]; then agents+=",DM-noSE=$DM;policy.pser=false"; fi
   fi
   groups+=(--group "$(IFS=,; echo "${ds[*]}")" "$agents")
 done
-python3 experiments/offline_table.py --device cuda --workers "$WORKERS" --episodes 50 --seeds "${SEEDS:-0,1,2}" \
-  --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} "${groups[@]}"
+python3 experiments/offline_table.py --device "${DEVICE:-cuda}" --workers "$WORKERS" --episodes 50 --seeds "${SEEDS:-0,1,2}" \
+  --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} ${D3RLPY_SITE:+--d3rlpy-site "$D3RLPY_SITE"} "${groups[@]}"
