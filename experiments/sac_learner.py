@@ -62,6 +62,9 @@ def main() -> None:
     if a.one:
         from seqrl.data.sb3 import train
 
+        # a process started in the background by a shell inherits SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt for it: take it back, so that the budget's SIGINT stops training between steps
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             train(preset(a.one, a.sets), 0, a.workdir / a.one)
         except KeyboardInterrupt:
@@ -84,7 +87,11 @@ def main() -> None:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         for p in procs.values():
-            p.wait()
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:  # checkpoints are written atomically: a kill loses no finished one
+                p.kill()
+                p.wait()
     train_s = time.time() - t0
     cpu = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from pathlib import Path; "

@@ -42,8 +42,8 @@ def test_buffer_rows_timeouts_wrap_and_sampling():
 def pair(seed=0):
     """Plain SB3 SAC and GraphSAC with the same weights, optimiser states and entropy coefficient."""
     env = make_vec_env("Pendulum-v1", n_envs=1, seed=seed)
-    ref = SAC("MlpPolicy", env, seed=seed, learning_starts=0, batch_size=32)
-    ours = GraphSAC("MlpPolicy", env, seed=seed, learning_starts=0, batch_size=32)
+    ref = SAC("MlpPolicy", env, seed=seed, learning_starts=0, batch_size=32, device="cpu")
+    ours = GraphSAC("MlpPolicy", env, seed=seed, learning_starts=0, batch_size=32, device="cpu")
     ours.policy.load_state_dict(ref.policy.state_dict())
     for m in (ref, ours):
         m.set_logger(Logger(folder=None, output_formats=[]))
@@ -83,14 +83,14 @@ def test_step_equals_sb3_train_on_the_same_batches():
 
 def test_checkpoint_is_sb3s_and_training_resumes(tmp_path):
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
-    model = GraphSAC("MlpPolicy", env, seed=0, learning_starts=50, batch_size=16, gradient_steps=-1)
+    model = GraphSAC("MlpPolicy", env, seed=0, learning_starts=50, batch_size=16, gradient_steps=-1, device="cpu")
     model.learn(120)
     assert model._n_updates == 70  # one gradient step per env step past learning_starts: 35 vector steps of 2
     model.save(tmp_path / "m.zip")
     obs = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     plain = SAC.load(tmp_path / "m.zip", device="cpu")  # SB3's own loader reads it
     np.testing.assert_allclose(plain.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
-    again = GraphSAC.load(tmp_path / "m.zip", env=env)
+    again = GraphSAC.load(tmp_path / "m.zip", env=env, device="cpu")
     assert isinstance(again.replay_buffer, DeviceReplayBuffer) and again.num_timesteps == model.num_timesteps
     again.set_logger(Logger(folder=None, output_formats=[]))
     n = again._n_updates

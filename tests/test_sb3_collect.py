@@ -22,7 +22,7 @@ TRAIN, EVERY, N_STEPS = 300, 100, 120
 
 def tiny_env(**collect):
     env = load_env("hopper")
-    c = dict(algo="SAC", train_steps=TRAIN, checkpoint_every=EVERY, n_steps=N_STEPS, n_envs=2,
+    c = dict(algo="SAC", train_steps=TRAIN, train_envs=1, checkpoint_every=EVERY, n_steps=N_STEPS, n_envs=2,
              checkpoint_eval_episodes=1)
     c.update(collect)
     return dataclasses.replace(env, name="ip-test", env_id="InvertedPendulum-v5", dataset_prefix="seqrl/ip-test",
@@ -125,6 +125,20 @@ def test_resume_continues_from_newest_checkpoint(tmp_path):
         assert len(z["step"]) == 100 and z["step"].min() == 201 and z["step"].max() == 300
     train(tiny_env(), 0, tmp_path)  # finished: nothing to do
     assert files(run) == after
+
+
+def test_learner_on_several_envs(tmp_path):
+    """collect.train_envs: SAC collects from 2 envs, one gradient step per env step; checkpoints, the recorded
+    transitions and the medium-replay episodes are those of one env's run, per env."""
+    run = train(tiny_env(train_envs=2), 0, tmp_path)
+    assert sorted(p.name for p in run.glob("model_*.zip")) == ["model_100.zip", "model_200.zip", "model_300.zip"]
+    model = SAC.load(run / "model_300.zip")
+    assert model.n_envs == 2 and model._n_updates == TRAIN - model.learning_starts  # 100 random steps first
+    with np.load(run / "chunk_300.npz") as z:
+        assert sorted(set(z["env"].tolist())) == [0, 1] and len(z["step"]) == 100
+    eps = replay_episodes(run, 300)
+    check_episodes(eps, 150)  # whole episodes, each ending where its env's ended (mixed envs would break it)
+    assert max(len(e["rew"]) for e in eps) <= 50  # the episode limit: no episode runs into another env's
 
 
 def test_corrupt_newest_checkpoint_is_skipped(trained, tmp_path):

@@ -157,8 +157,13 @@ class GraphSAC(SAC):
             return
         if self._graph is None:  # capture records the kernels without running them; then replay runs the step
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._step(batch_size)
+            validate = torch.distributions.Distribution._validate_args
+            torch.distributions.Distribution.set_default_validate_args(False)  # its checks read values on the host
+            try:
+                with torch.cuda.graph(self._graph):
+                    self._step(batch_size)
+            finally:
+                torch.distributions.Distribution.set_default_validate_args(validate)
             self._graph_batch = batch_size
         if batch_size != self._graph_batch:
             raise ValueError(f"GraphSAC: the graph was captured for batch size {self._graph_batch}, not {batch_size}")
