@@ -31,7 +31,7 @@ for e in $envs; do  # stage 2: the datasets from the newest checkpoint
   last=$(ls "$work/$e"/sb3/*/model_*.zip 2>/dev/null | sed 's/.*model_\([0-9]*\)\.zip/\1/' | sort -n | tail -1)
   if [ -z "$last" ]; then echo "$e: no SAC checkpoint; raise SAC_SECONDS" >&2; continue; fi
   echo "$e: collect.train_steps=$last"
-  q() { OMP_NUM_THREADS=2 seqrl collect --env "$e" --quality "$1" "${common[@]}" --set "collect.train_steps=$last"; }
+  q() { OMP_NUM_THREADS=2 python3 -m seqrl.cli collect --env "$e" --quality "$1" "${common[@]}" --set "collect.train_steps=$last"; }
   ( q medium-replay && { q medium & q expert & wait; } && q medium-expert ) >"$work/datasets_$e.log" 2>&1 &
 done
 wait
