@@ -12,7 +12,8 @@
 # QUALITIES="medium-replay" limits the datasets (and sets their order: QUALITIES="medium-replay medium");
 # ENVS="walker2d" limits the envs; D3RLPY_SITE=/tmp/d3site adds d3rlpy 2.8.1's DT (agent d3rlpy_dt of
 # offline_table.py: the paper's size, same STEPS, BATCH and warm-up, same seeds and evaluation envs);
-# BC_ROWS=0 leaves BC out; DM_ROWS=0 leaves DM out; SEEDS="2,1,0" sets the seeds and their order (default
+# EXTRA="DT-fp32=dt:...;trainer.amp=false" adds agent specs (offline_table.py's form, comma-separated) to every
+# group; BC_ROWS=0 leaves BC out; DM_ROWS=0 leaves DM out; SEEDS="2,1,0" sets the seeds and their order (default
 # 0,1,2); START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length); DEVICE=cpu for a
 # smoke test. Rerunning skips finished runs (offline_table.py).
 set -eu
@@ -33,6 +34,7 @@ for q in ${QUALITIES:-medium medium-replay}; do
     agents+=",DM=$DM"
     if [ "$q" = medium-replay ]; then agents+=",DM-noSE=$DM;policy.pser=false"; fi
   fi
+  if [ -n "${EXTRA:-}" ]; then agents+=",$EXTRA"; fi
   groups+=(--group "$(IFS=,; echo "${ds[*]}")" "$agents")
 done
 python3 experiments/offline_table.py --device "${DEVICE:-cuda}" --workers "$WORKERS" --episodes 50 --seeds "${SEEDS:-0,1,2}" \
