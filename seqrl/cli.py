@@ -253,7 +253,7 @@ def icrl(
     tasks: int = typer.Option(20, help="held-out tasks: the first N of the env's test split"),
     seeds: int = typer.Option(3, help="seeds per task (reward noise, action draws): seeds 0..N-1"),
     episodes: Optional[int] = typer.Option(None, help="episodes per trial (default: the agent's trial_episodes)"),
-    mode: list[str] = typer.Option(["online"], help="online, online-episode, offline (repeat the option for several)"),
+    mode: list[str] = typer.Option(["online"], help="online, online-episode, offline, offline-expert (repeat the option for several)"),
     baselines: bool = typer.Option(True, help="run the family's classic learners on the same tasks and seeds"),
     set_: list[str] = typer.Option([], "--set", help="override the env's constructor kwargs, e.g. horizon=200"),
     extrapolate: bool = typer.Option(False, help="let a Mamba model act past the context length it was trained on"),
@@ -264,7 +264,8 @@ def icrl(
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
 ) -> None:
     """In-context evaluation on held-out tasks: online (context across episodes), online-episode (the last
-    episode as the context) and offline (a fixed random context), beside Thompson sampling, UCB, ... on the
+    episode as the context), offline (a fixed random context) and offline-expert (the optimal policy's
+    episodes as the fixed context), beside Thompson sampling, UCB, ... on the
     same tasks and seeds. Cumulative regret (bandits) or return per episode (grids), mean ± 95% interval."""
     import datetime
     import platform

@@ -17,7 +17,7 @@ from seqrl.errors import DataError
 from seqrl.policies import TaskSpec, policy_class
 from seqrl.policies.icrl import AD, DPT, ICRLConfig
 from seqrl.presets import EnvPreset
-from seqrl.runners.icrl import AgentLearner, check_tasks, evaluate_icrl
+from seqrl.runners.icrl import AgentLearner, GridOptimal, check_tasks, evaluate_icrl, fixed_context
 
 runner = CliRunner()
 BANDIT = "seqrl/GaussianBandit-v0"
@@ -205,6 +205,45 @@ def test_agent_learner_keeps_rows_that_did_not_step(bandit_dpt):
         assert not torch.equal(new[0], old[0])
 
 
+def test_offline_context_takes_ads_episode_not_dpts(bandit_dpt):
+    """Offline modes: AD's current episode joins the fixed context (its next query sees the pull it just made)
+    and each episode starts from the context again; DPT queries against the context alone."""
+    ctx = {"obs": np.zeros((2, 4), np.int64), "act": np.array([[0, 1, 2, 3], [4, 3, 2, 1]]),
+           "rew": np.full((2, 4), 0.5, np.float32)}
+    rng = np.random.default_rng(0)
+    obs = np.zeros(2, np.int64)
+    for cls, joins in ((AD, True), (DPT, False)):
+        agent, _ = agent_on(cls, bandit_dpt, BANDIT)
+        agent.eval()
+        lr = AgentLearner(agent, 2, "offline-expert", ctx)
+        first = agent.logits(lr._t(obs), lr.state)[0]
+        lr.reset_episode()
+        lr.act(obs, rng)
+        lr.update(obs, np.array([1, 1]), np.array([3.0, -3.0]), obs, np.zeros(2, bool))
+        after = agent.logits(lr._t(obs), lr.state)[0]
+        assert torch.equal(after, first) is not joins  # the pull and its reward are in AD's context only
+        lr.reset_episode()  # a new episode: the fixed context alone again
+        torch.testing.assert_close(agent.logits(lr._t(obs), lr.state)[0], first)
+
+
+def test_fixed_context_goes_on_with_the_next_episode():
+    """Key-to-Door's expert ends each episode at the door after a few steps: the context holds T = 50
+    transitions of consecutive expert episodes (key then door, again and again), none of padding."""
+    import functools
+
+    mk = functools.partial(make_env, "seqrl/KeyToDoor-v0", {})
+    tasks = np.array([0, 7, 123])
+    ctx = fixed_context(mk, tasks, GridOptimal.from_envs, seed=5, T=50)
+    assert ctx["obs"].shape == (3, 50, 2) and ctx["act"].shape == ctx["rew"].shape == (3, 50)
+    centre = np.array([4, 4])
+    for i in range(3):
+        starts = np.flatnonzero((ctx["obs"][i] == centre).all(1))
+        assert len(starts) >= 3  # several episodes, each from the centre (the default start)
+        per_episode = np.split(ctx["rew"][i], starts[1:])
+        for r in per_episode[:-1]:  # every complete episode: the key, then the door, then its end
+            assert r.sum() == 2.0 and r[-1] == 1.0
+
+
 # ------------------------------------------------------------------------------------------ end to end
 def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
     res = runner.invoke(app, ["collect", "--env", "gaussian-bandit", "--quality", "dpt", "--set", "tasks=8",
@@ -218,12 +257,13 @@ def test_collect_train_icrl_through_the_cli(minari_root, tmp_path):
     assert res.exit_code == 0, res.output
     out = tmp_path / "eval"
     res = runner.invoke(app, ["icrl", str(run / "checkpoint.pt"), "--tasks", "2", "--seeds", "2", "--mode", "online",
-                              "--mode", "offline", "--out", str(out)])
+                              "--mode", "offline", "--mode", "offline-expert", "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
     assert data["env_kwargs"] == {"horizon": 16, "noise": 0.3} and data["n_tasks"] == 2 and data["tasks"][0] >= 100_000
     methods = data["methods"]
-    assert {"dpt-transformer (online)", "dpt-transformer (offline)", "ucb", "thompson", "optimal"} <= set(methods)
+    assert {"dpt-transformer (online)", "dpt-transformer (offline)", "dpt-transformer (offline-expert)", "ucb",
+            "thompson", "optimal"} <= set(methods)
     assert methods["optimal"]["cum_regret_mean"][-1] == 0.0 and methods["random"]["cum_regret_mean"][-1] > 0
     assert len(methods["ucb"]["cum_regret_mean"]) == 16 and methods["ucb"]["trials"] == 4
     assert "regret@16" in (out / "results.md").read_text()

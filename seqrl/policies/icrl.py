@@ -166,6 +166,10 @@ class InContextAgent(Agent):
     """The network and acting shared by DPT and AD; subclasses choose the sampler and the label."""
 
     Config = ICRLConfig
+    episode_joins_fixed_context = False
+    """acting from a fixed context (offline evaluation): whether the current episode's transitions join it
+    (AD, whose histories always end with the current episode's steps) or not (DPT, a query state against a
+    context set)"""
 
     def __init__(self, config: ICRLConfig, spec: TaskSpec):
         super().__init__()
@@ -318,6 +322,8 @@ class DPT(InContextAgent):
 
 class AD(InContextAgent):
     """Algorithm Distillation: predicts the source algorithm's next action from its history across episodes."""
+
+    episode_joins_fixed_context = True
 
     def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> ICBatch:
         self._check_store(store)

@@ -14,8 +14,15 @@ face identical tasks and identical noise draws per step. An agent runs as a lear
                       unless `extrapolate`)
     online-episode    at each episode start the context is re-read from the previous episode alone, then
                       grows within the episode (DPT's public code keeps the last episode as the context)
-    offline           a fixed context of one random episode per task (DPT's data recipe, other seeds),
-                      never updated; greedy actions (DPT's offline protocol)
+    offline           a fixed context of one random episode per task (DPT's data recipe, other seeds);
+                      greedy actions (DPT's offline protocol). DPT queries each state against it alone; for
+                      AD the current episode's transitions join it, and each episode starts from it again
+                      (an AD history always ends with the current episode's steps)
+    offline-expert    the same with the optimal policy's episodes as the context (the best arm's pulls;
+                      the grids' shortest paths): can the model use a context that says where the reward is?
+
+A fixed context holds T transitions per task (T the horizon). Where an episode ends early (Key-to-Door at its
+door) the context goes on with the policy's next episode, as a learning history does, instead of padding.
 
 Online modes sample actions from the predicted distribution (DPT's and AD's online protocol).
 
@@ -47,7 +54,7 @@ from seqrl.data.store import check_spaces
 from seqrl.errors import DataError
 from seqrl.io import atomic_write, atomic_write_json
 
-MODES = ("online", "online-episode", "offline")
+MODES = ("online", "online-episode", "offline", "offline-expert")
 
 
 def _where(keep: torch.Tensor, new: Any, old: Any) -> Any:
@@ -71,14 +78,17 @@ class AgentLearner:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.agent, self.n, self.mode, self.device = agent, n, mode, torch.device(device)
         self.episode = -1
-        self.state = agent.initial_state(n, self.device, greedy=mode == "offline")
+        self.fixed = mode.startswith("offline")  # a fixed context, greedy actions
+        self.frozen = self.fixed and not agent.episode_joins_fixed_context  # nothing joins the context (DPT)
+        self.state = agent.initial_state(n, self.device, greedy=self.fixed)
+        self.prefix = None  # the fixed context's state, where each episode starts (AD)
         self._prev = None  # the state before the last act (rows that did not step go back to it)
         self._ep: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # this episode (obs, a, r, live)
-        if mode == "offline":
+        if self.fixed:
             if context is None:
-                raise ValueError("offline mode needs a context")
-            self.state = agent.encode(self._t(context["obs"]), self._t(context["act"]), self._t(context["rew"]),
-                                      greedy=True)
+                raise ValueError(f"{mode} mode needs a context")
+            self.state = self.prefix = agent.encode(self._t(context["obs"]), self._t(context["act"]),
+                                                    self._t(context["rew"]), greedy=True)
 
     def _t(self, x: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(x), device=self.device)
@@ -86,17 +96,20 @@ class AgentLearner:
 
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         logits, after_s = self.agent.logits(self._t(obs), self.state)
-        if self.mode == "offline":  # a fixed context: nothing joins it
-            return logits.argmax(-1).cpu().numpy()
-        p = torch.softmax(logits.double(), -1).cpu().numpy()  # (n, A)
-        u = rng.random((self.n, 1))  # inverse-CDF draws from the numpy generator: reproducible on any device
-        a = np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1).astype(np.int64)
+        if self.fixed:
+            a = logits.argmax(-1).cpu().numpy()
+            if self.frozen:  # nothing joins the context
+                return a
+        else:
+            p = torch.softmax(logits.double(), -1).cpu().numpy()  # (n, A)
+            u = rng.random((self.n, 1))  # inverse-CDF draws from the numpy generator: reproducible on any device
+            a = np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1).astype(np.int64)
         self._prev = self.state
         self.state = self.agent.feed_action(torch.as_tensor(a, device=self.device), after_s)
         return a
 
     def update(self, obs, actions, rewards, next_obs, terminated, live=None) -> None:
-        if self.mode == "offline":
+        if self.frozen:
             return
         live = np.ones(self.n, bool) if live is None else np.array(live, bool)  # a copy: the caller updates its own
         new = self.agent.observe(self.state, self._t(np.asarray(rewards, np.float32)),
@@ -107,6 +120,8 @@ class AgentLearner:
 
     def reset_episode(self) -> None:
         self.episode += 1
+        if self.prefix is not None:  # every episode starts from the fixed context alone
+            self.state = self.prefix
         if self.mode == "online-episode" and self._ep:
             lives = np.stack([x[3] for x in self._ep], 1)  # (n, T)
             if not lives.all():
@@ -115,6 +130,24 @@ class AgentLearner:
             obs, act, rew = (np.stack([x[i] for x in self._ep], 1) for i in range(3))  # (n, T, ...)
             self.state = self.agent.encode(self._t(obs), self._t(act), self._t(rew))
         self._ep = []
+
+
+def fixed_context(mk: Callable[[], Any], tasks: np.ndarray, policy: Callable, seed: int, T: int) -> dict[str, np.ndarray]:
+    """The first T transitions of `policy`'s consecutive episodes on each task: {obs (n, T, ...), act, rew}."""
+    E = 1
+    while True:  # episodes that end early are followed by the next (a learning history's layout)
+        h = L.learning_histories(mk, tasks, policy, E, seed)
+        if h.lengths.sum(1).min() >= T:
+            break
+        E *= 2
+    rows = [[(e, t) for e in range(E) for t in range(h.lengths[i, e])][:T] for i in range(len(tasks))]
+    pick = lambda x: np.stack([np.stack([x[i, e, t] for e, t in r]) for i, r in enumerate(rows)])  # noqa: E731
+    return {"obs": pick(h.obs), "act": pick(h.actions), "rew": pick(h.rewards)}
+
+
+def expert_policy(family: str) -> Callable:
+    """make_learner of the optimal policy: the best arm (bandits), the shortest path (grids)."""
+    return L.Optimal.from_envs if family in BANDITS else GridOptimal.from_envs
 
 
 class GridOptimal(L.NoisyDemonstrator):
@@ -212,7 +245,8 @@ def evaluate_icrl(agents: dict[str, Any], family: str, env_kwargs: dict[str, Any
         for mode in modes:
             if mode not in MODES:
                 raise DataError(f"unknown mode {mode!r}; one of {MODES}")
-            length = {"online": episodes * T, "online-episode": 2 * T, "offline": T + 1}[mode]
+            fixed = T + (T if agent.episode_joins_fixed_context else 1)  # the context, then the episode or a query
+            length = {"online": episodes * T, "online-episode": 2 * T}.get(mode, fixed)
             if agent.config.backbone == "mamba" and length > K and not extrapolate:
                 raise DataError(f"{name} ({mode}): a context of up to {length} transitions, but the Mamba model was "
                                 f"trained on {K} (policy.context_len); train longer contexts or pass --extrapolate")
@@ -220,10 +254,11 @@ def evaluate_icrl(agents: dict[str, Any], family: str, env_kwargs: dict[str, Any
 
             def run(seed: int, agent=agent, mode=mode) -> L.Histories:
                 ctx = None
-                if mode == "offline":  # one random episode per task, from seeds the trial never uses
+                if mode == "offline":  # a random episode per task, from seeds the trial never uses
                     pol = functools.partial(random_context_policy, family, rng=np.random.default_rng([seed, 99]))
-                    h = L.learning_histories(mk, tasks, pol, 1, seed=10_000_019 + seed)
-                    ctx = {"obs": h.obs[:, 0, :T], "act": h.actions[:, 0], "rew": h.rewards[:, 0]}
+                    ctx = fixed_context(mk, tasks, pol, 10_000_019 + seed, T)
+                elif mode == "offline-expert":
+                    ctx = fixed_context(mk, tasks, expert_policy(family), 10_000_019 + seed, T)
                 make = lambda envs: AgentLearner(agent, len(envs), mode, ctx, device)  # noqa: E731
                 return L.learning_histories(mk, tasks, make, episodes, seed)
 
