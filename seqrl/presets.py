@@ -217,7 +217,8 @@ class CollectConfig:
     """scripted source only: probability of a uniformly random action in 'medium' data"""
 
     def __post_init__(self):
-        require_at_least(self, 1, ("train_steps", "train_envs", "checkpoint_every", "n_steps", "n_envs", "checkpoint_eval_episodes"))
+        require_at_least(self, 1, ("train_steps", "train_envs", "checkpoint_every", "n_steps", "n_envs",
+                                   "checkpoint_eval_episodes"))
         if not 0.0 <= self.medium_epsilon <= 1.0 or not 0.0 < self.medium_fraction < 1.0:
             raise ValueError("medium_epsilon must be in [0, 1] and medium_fraction in (0, 1)")
 
