@@ -12,7 +12,6 @@ Prints a markdown table and writes --out JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch

@@ -81,9 +81,9 @@ def export_for_d3rlpy(out: Path, dataset: str) -> None:
         os.replace(tmp, path)
 
 
-def d3rlpy_run(dataset: str, label: str, overrides: list[str], seed: int, episodes: int, device: str, out: Path,
-               threads: int, site: str) -> dict:
-    """One d3rlpy run (module doc), in the same record format as seqrl's."""
+def d3rlpy_results(dataset: str, overrides: list[str], seed: int, episodes: int, device: str, out: Path,
+                   folder: Path, threads: int, site: str) -> dict:
+    """One d3rlpy run (module doc); {condition: summary} as seqrl's trainer reports it."""
     from seqrl.presets import find_env_for_dataset
 
     args = []
@@ -92,11 +92,8 @@ def d3rlpy_run(dataset: str, label: str, overrides: list[str], seed: int, episod
         if key not in D3RLPY_OPTIONS:
             raise ValueError(f"{D3RLPY}: override {key!r} is not one of {list(D3RLPY_OPTIONS)}")
         args += [D3RLPY_OPTIONS[key], value]
-    env = find_env_for_dataset(dataset)
-    target = env.target_returns[0]
-    folder = run_dir(out, dataset, label, seed)
+    target = find_env_for_dataset(dataset).target_returns[0]
     folder.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(HERE / "d3rlpy_dt_score.py"), "--data", str(export_path(out, dataset)), "--seed", str(seed),
          "--device", device, "--episodes", str(episodes), "--target-return", str(target),
@@ -105,10 +102,9 @@ def d3rlpy_run(dataset: str, label: str, overrides: list[str], seed: int, episod
     if proc.returncode:
         raise RuntimeError(f"d3rlpy_dt_score.py exited {proc.returncode}: {proc.stderr[-2000:]}")
     r = json.loads((folder / "d3rlpy.json").read_text())
-    summary = {"return_mean": r["mean_return"], "return_std": r["std_return"], "length_mean": float(np.mean(r["lengths"])),
-               "score_mean": r["mean_normalized"], "score_std": float(np.std(r["normalized"]))}
-    return dict(dataset=dataset, label=label, spec=label, seed=seed, device=device, seconds=time.perf_counter() - t,
-                results={f"target={target:g}": summary})
+    return {f"target={target:g}": {
+        "return_mean": r["mean_return"], "return_std": r["std_return"], "length_mean": float(np.mean(r["lengths"])),
+        "score_mean": r["mean_normalized"], "score_std": float(np.std(r["normalized"]))}}
 
 
 def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out: str, threads: int,
@@ -118,20 +114,19 @@ def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out:
     if time.time() > start_by:
         return None
     label, agent, overrides = parse_spec(spec)
-    if agent == D3RLPY:
-        record = d3rlpy_run(dataset, label, overrides, seed, episodes, device, Path(out), threads, d3rlpy_site)
-        atomic_write_json(run_dir(Path(out), dataset, label, seed) / "result.json", record)
-        return record
-    import torch
-
-    from seqrl.cli import train_run
-
-    torch.set_num_threads(threads)
     folder = run_dir(Path(out), dataset, label, seed)
     t = time.perf_counter()
-    _, results, _ = train_run(agent, dataset, None, overrides + [
-        f"trainer.seed={seed}", f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
-        folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
+    if agent == D3RLPY:
+        results = d3rlpy_results(dataset, overrides, seed, episodes, device, Path(out), folder, threads, d3rlpy_site)
+    else:
+        import torch
+
+        from seqrl.cli import train_run
+
+        torch.set_num_threads(threads)
+        _, results, _ = train_run(agent, dataset, None, overrides + [
+            f"trainer.seed={seed}", f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
+            folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
     record = dict(dataset=dataset, label=label, spec=spec, seed=seed, device=device,
                   seconds=time.perf_counter() - t, results=results)
     atomic_write_json(folder / "result.json", record)

@@ -36,6 +36,7 @@ def preset(name: str, sets: list[str], train_steps: int | None = None):
 def rate(name: str, workdir: Path, sets: list[str]) -> dict:
     """Rate every checkpoint of env `name` (CPU); {step: normalised score}, plus the raw returns."""
     from seqrl.data.sb3 import _checkpoints, _evals, medium_step, run_folder
+    from seqrl.runners.evaluate import normalized_score
 
     env = preset(name, sets)
     run = run_folder(env, 0, workdir / name)
@@ -45,8 +46,9 @@ def rate(name: str, workdir: Path, sets: list[str]) -> dict:
     env = preset(name, sets, train_steps=steps[-1])
     medium_step(env, 0, run)  # rates every checkpoint up to the last, cached in evals.json
     evals = _evals(run)
-    norm = [100 * (evals[s] - env.ref_min_score) / (env.ref_max_score - env.ref_min_score) for s in steps]
-    return {"env": name, "steps": steps, "returns": [evals[s] for s in steps], "normalised": norm}
+    returns = [evals[s] for s in steps]
+    norm = normalized_score(returns, (env.ref_min_score, env.ref_max_score)).tolist()
+    return {"env": name, "steps": steps, "returns": returns, "normalised": norm}
 
 
 def main() -> None:
@@ -58,7 +60,11 @@ def main() -> None:
     ap.add_argument("--out", default="sac_learner.json")
     ap.add_argument("--rate-only", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: train this env in this process
+    ap.add_argument("--rate-one", help=argparse.SUPPRESS)  # internal: rate this env's checkpoints, print JSON
     a = ap.parse_args()
+    if a.rate_one:
+        print(json.dumps(rate(a.rate_one, a.workdir, a.sets)))
+        return
     if a.one:
         from seqrl.data.sb3 import train
 
@@ -71,9 +77,9 @@ def main() -> None:
             print(f"{a.one}: stopped at the budget", flush=True)
         return
     t0 = time.time()
+    sets = [x for s in a.sets for x in ("--set", s)]  # the children's command line
     if not a.rate_only:
         a.workdir.mkdir(parents=True, exist_ok=True)
-        sets = [x for s in a.sets for x in ("--set", s)]
         procs = {e: subprocess.Popen([sys.executable, __file__, "--one", e, "--workdir", str(a.workdir), *sets],
                                      stdout=open(a.workdir / f"train_{e}.log", "w"), stderr=subprocess.STDOUT)
                  for e in a.envs}
@@ -94,10 +100,8 @@ def main() -> None:
                 p.wait()
     train_s = time.time() - t0
     cpu = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from pathlib import Path; "
-            "from sac_learner import rate; print(json.dumps(rate(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])))")
-    raters = {e: subprocess.Popen([sys.executable, "-c", code, e, str(a.workdir), *a.sets], env=cpu,
-                                  stdout=subprocess.PIPE, text=True)
+    raters = {e: subprocess.Popen([sys.executable, __file__, "--rate-one", e, "--workdir", str(a.workdir), *sets],
+                                  env=cpu, stdout=subprocess.PIPE, text=True)
               for e in a.envs}
     curves = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in raters.values()]
     for c in curves:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
