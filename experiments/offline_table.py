@@ -127,10 +127,33 @@ def one_run(dataset: str, spec: str, seed: int, episodes: int, device: str, out:
         _, results, _ = train_run(agent, dataset, None, overrides + [
             f"trainer.seed={seed}", f"trainer.eval_episodes={episodes}", "trainer.eval_every=0"],
             folder, resume=(folder / "checkpoint.pt").is_file(), device=device)
+        results |= other_act_mode(folder / "checkpoint.pt", episodes, seed, device)
     record = dict(dataset=dataset, label=label, spec=spec, seed=seed, device=device,
                   seconds=time.perf_counter() - t, results=results)
     atomic_write_json(folder / "result.json", record)
     return record
+
+
+def other_act_mode(checkpoint: Path, episodes: int, seed: int, device: str) -> dict:
+    """DT and DM act in two modes (stream, window) with the same weights: the checkpoint acted in the mode it
+    was not evaluated in, at the first condition (the highest target), on the trainer's evaluation env seeds
+    (seed + 10,000 + i). {"LABEL MODE": summary}, or {} for an agent with one mode."""
+    import dataclasses
+
+    from seqrl.checkpoint import policy_from_checkpoint
+    from seqrl.presets import training_device
+    from seqrl.runners.evaluate import evaluate
+
+    dev = training_device(device)
+    policy, _, _ = policy_from_checkpoint(checkpoint, device=dev)
+    if "act_mode" not in {f.name for f in dataclasses.fields(policy.config)}:
+        return {}
+    other = "window" if policy.config.act_mode == "stream" else "stream"
+    policy.config = dataclasses.replace(policy.config, act_mode=other)
+    proto = policy.eval_protocol()
+    label, cond = proto.conditions[0]
+    res = evaluate(policy, policy.spec.env, episodes, seed + 10_000, dev, cond, policy.spec.ref_scores, proto.episodes)
+    return {f"{label} {other}".strip(): res.summary()}
 
 
 def collect_results(out: Path) -> list[dict]:
@@ -149,13 +172,15 @@ def report(records: list[dict]) -> str:
              "|---|---|---:|---|---|---:|---:|"]
     for (dataset, label), runs in by_key.items():
         runs.sort(key=lambda r: r["seed"])
-        conds = list(runs[0]["results"])
+        conds = [c for c in runs[0]["results"] if all(c in r["results"] for r in runs)]
         per = {c: np.array([r["results"][c]["score_mean"] for r in runs]) for c in conds}
         head = per[conds[0]]
         env = find_env_for_dataset(dataset)
         quality = dataset.rsplit("/", 1)[-1].rsplit("-v", 1)[0]
         pub = PUBLISHED_DT.get((env.name, quality)) if env else None
-        every = "; ".join(f"{c or 'policy'}: {v.mean():.1f} ± {v.std():.1f}" for c, v in per.items())
+        rate = {c: np.mean([r["results"][c].get("env_steps_per_s", np.nan) for r in runs]) for c in conds}
+        every = "; ".join(f"{c or 'policy'}: {v.mean():.1f} ± {v.std():.1f}"
+                          + (f" ({rate[c]:.0f} env steps/s)" if np.isfinite(rate[c]) else "") for c, v in per.items())
         lines.append(f"| {dataset} | {label} | {head.mean():.1f} ± {head.std():.1f} | "
                      f"{', '.join(f'{v:.1f}' for v in head)} ({len(runs)}) | {every} | "
                      f"{np.mean([r['seconds'] for r in runs]):.0f} | {'' if pub is None else pub} |")
