@@ -13,9 +13,10 @@
 # ENVS="walker2d" limits the envs; D3RLPY_SITE=/tmp/d3site adds d3rlpy 2.8.1's DT (agent d3rlpy_dt of
 # offline_table.py: the paper's size, same STEPS, BATCH and warm-up, same seeds and evaluation envs);
 # EXTRA="DT-fp32=dt:...;trainer.amp=false" adds agent specs (offline_table.py's form, comma-separated) to every
-# group; BC_ROWS=0 leaves BC out; DM_ROWS=0 leaves DM out; SEEDS="2,1,0" sets the seeds and their order (default
-# 0,1,2); START_WITHIN=SECONDS starts no run after that time (for a lease of bounded length); DEVICE=cpu for a
-# smoke test. Rerunning skips finished runs (offline_table.py).
+# group; BC_ROWS=0 leaves BC out; DM_ROWS=0 leaves DM out; NOSE_ROWS=0 leaves DM without self-evolution out;
+# SEEDS="2,1,0" sets the seeds and their order (default 0,1,2); START_WITHIN=SECONDS starts no run after that
+# time (for a lease of bounded length); DEVICE=cpu for a smoke test. Rerunning skips finished runs
+# (offline_table.py).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
@@ -32,7 +33,7 @@ for q in ${QUALITIES:-medium medium-replay}; do
   if [ -n "${D3RLPY_SITE:-}" ]; then agents+=",d3rlpy-DT=d3rlpy_dt:trainer.steps=$S;trainer.warmup_steps=$W;source.batch_size=$B"; fi
   if [ "${DM_ROWS:-1}" = 1 ]; then
     agents+=",DM=$DM"
-    if [ "$q" = medium-replay ]; then agents+=",DM-noSE=$DM;policy.pser=false"; fi
+    if [ "$q" = medium-replay ] && [ "${NOSE_ROWS:-1}" = 1 ]; then agents+=",DM-noSE=$DM;policy.pser=false"; fi
   fi
   if [ -n "${EXTRA:-}" ]; then agents+=",$EXTRA"; fi
   groups+=(--group "$(IFS=,; echo "${ds[*]}")" "$agents")
