@@ -68,11 +68,12 @@ fi
 
 if [ "$STAGE" = paired ] || [ "$STAGE" = all ]; then
   python - "$OUT" $EPISODES $EVAL_SEED <<'PY'
-import dataclasses, sys
+import sys
 from pathlib import Path
 import numpy as np
 import torch
 from seqrl.checkpoint import policy_from_checkpoint
+from seqrl.policies.dt import set_act_mode
 from seqrl.runners.evaluate import evaluate
 torch.set_num_threads(1)
 out, episodes, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -86,7 +87,7 @@ for a in ("dt_small", "dm_small"):
         for label, cond in policy.eval_protocol().conditions:
             score = {}
             for mode in ("stream", "window"):
-                policy.config = dataclasses.replace(policy.config, act_mode=mode)
+                set_act_mode(policy, mode)
                 res = evaluate(policy, policy.spec.env, episodes, seed, "cpu", cond, policy.spec.ref_scores)
                 score[mode] = res.normalized[:, 0]
             diffs.setdefault(label, []).append(score["window"] - score["stream"])

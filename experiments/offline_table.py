@@ -141,18 +141,17 @@ def other_act_mode(checkpoint: Path, episodes: int, seed: int, device: str) -> d
     """DT and DM act in two modes (stream, window) with the same weights: the checkpoint acted in the mode it
     was not evaluated in, at the first condition (the highest target), on the trainer's evaluation env seeds
     (seed + 10,000 + i). {"LABEL MODE": summary}, or {} for an agent with one mode."""
-    import dataclasses
-
     from seqrl.checkpoint import policy_from_checkpoint
+    from seqrl.policies.dt import set_act_mode
     from seqrl.presets import training_device
     from seqrl.runners.evaluate import evaluate
 
     dev = training_device(device)
     policy, _, _ = policy_from_checkpoint(checkpoint, device=dev)
-    if "act_mode" not in {f.name for f in dataclasses.fields(policy.config)}:
+    if not hasattr(policy.config, "act_mode"):
         return {}
     other = "window" if policy.config.act_mode == "stream" else "stream"
-    policy.config = dataclasses.replace(policy.config, act_mode=other)
+    set_act_mode(policy, other)
     proto = policy.eval_protocol()
     label, cond = proto.conditions[0]
     res = evaluate(policy, policy.spec.env, episodes, seed + 10_000, dev, cond, policy.spec.ref_scores, proto.episodes)

@@ -196,6 +196,7 @@ def eval_(
 
     from seqrl.checkpoint import policy_from_checkpoint
     from seqrl.cpu import set_threads
+    from seqrl.policies.dt import set_act_mode
     from seqrl.presets import training_device
     from seqrl.runners.evaluate import evaluate
     from seqrl.runners.sources import checkpoint_env, resolve_env
@@ -208,12 +209,10 @@ def eval_(
     set_threads(0)
     policy, preset, _ = policy_from_checkpoint(checkpoint, device=dev)
     if act is not None:  # acting only: the same weights, another policy.act_mode
-        if "act_mode" not in {f.name for f in dataclasses.fields(policy.config)}:
-            raise PresetError(f"--act {act}: agent {preset.agent!r} has one acting mode (dt and dm have two)")
         try:
-            policy.config = dataclasses.replace(policy.config, act_mode=act)
+            set_act_mode(policy, act)
         except ValueError as e:
-            raise PresetError(f"--act: {e}") from e
+            raise PresetError(f"--act {act}: {e}") from e
     spec, proto = policy.spec, policy.eval_protocol()
     env_preset = spec.env
     if env is not None:

@@ -30,7 +30,7 @@ instead of a masked one. Window acting does the same.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -88,6 +88,14 @@ def next_rtg(rtg: torch.Tensor, t: torch.Tensor, target: torch.Tensor, reward: t
 def check_act_mode(mode: str) -> None:
     if mode not in ACT_MODES:
         raise ValueError(f"act_mode must be one of {list(ACT_MODES)}, got {mode!r}")
+
+
+def set_act_mode(agent: nn.Module, mode: str) -> None:
+    """Make a DT or DM agent act in `mode` ("stream" or "window") with the same weights. ValueError for an
+    unknown mode or an agent with one acting mode."""
+    if not hasattr(agent.config, "act_mode"):
+        raise ValueError(f"agent {type(agent).__name__} has one acting mode (dt and dm have two)")
+    agent.config = replace(agent.config, act_mode=mode)
 
 
 @dataclass
