@@ -5,10 +5,11 @@ process per env in parallel, then every checkpoint rated: its learning curve in 
         --set collect.train_envs=8 --out sac_learner.json
 
 Training is `seqrl.data.sb3.train` (what `seqrl collect` runs), stopped with SIGINT after `--seconds` (a finished
-training stops sooner); checkpoints every `collect.checkpoint_every` env steps survive the cut, and a rerun
-resumes from the newest. Rating is `seqrl.data.sb3.medium_step`'s (deterministic episodes of each checkpoint,
-`collect.checkpoint_eval_episodes` of them, cached in evals.json), on the CPU, one process per env; the
-datasets of that learner are then `seqrl collect --env ENV --quality Q --set collect.train_steps=LAST_STEP`.
+training stops sooner; a SIGINT to this process ends the budget early); checkpoints every
+`collect.checkpoint_every` env steps survive the cut, and a rerun resumes from the newest. Rating is
+`seqrl.data.sb3.medium_step`'s (deterministic episodes of each checkpoint, `collect.checkpoint_eval_episodes` of
+them, cached in evals.json), on the CPU, one process per env; the datasets of that learner are then
+`seqrl collect --env ENV --quality Q --set collect.train_steps=LAST_STEP`.
 `--rate-only` rates what exists without training.
 """
 
@@ -84,11 +85,15 @@ def main() -> None:
                                      stdout=open(a.workdir / f"train_{e}.log", "w"), stderr=subprocess.STDOUT)
                  for e in a.envs}
         deadline = t0 + a.seconds
-        for p in procs.values():
-            try:
-                p.wait(timeout=max(deadline - time.time(), 0))
-            except subprocess.TimeoutExpired:
-                pass
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in the children (see --one)
+        try:
+            for p in procs.values():
+                try:
+                    p.wait(timeout=max(deadline - time.time(), 0))
+                except subprocess.TimeoutExpired:
+                    pass
+        except KeyboardInterrupt:  # a SIGINT to this process alone ends the budget now: stop, then rate
+            print("interrupted: stopping the training processes", flush=True)
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
