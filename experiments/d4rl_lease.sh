@@ -1,43 +1,35 @@
 #!/usr/bin/env bash
 # One env's D4RL-style table in one GPU lease, from a SAC learner trained beforehand on another machine
-# (experiments/sac_learner.py): the four datasets built from its checkpoints, then seqrl's DT and DM and
-# d3rlpy 2.8.1's DT on medium-replay, medium-expert and medium, 5 seeds each (experiments/d4rl_table.sh:
-# 20,000 updates of batch 64, 50 evaluation episodes), and seeds 5-7 of both DTs on medium-expert if time
-# is left once medium-replay is done.
+# (experiments/sac_learner.py): the four datasets built from its checkpoints first, then seqrl's DT and DM
+# and d3rlpy 2.8.1's DT on them (experiments/d4rl_table.sh: 20,000 updates of batch 64, 50 evaluation
+# episodes, seeds SEEDS, default 0-4).
 #
-#   ENV=hopper EXPERT_STEP=300000 setsid bash experiments/d4rl_lease.sh LEARNER_WORKDIR OUT &
+#   ENV=hopper EXPERT_STEP=280000 setsid bash experiments/d4rl_lease.sh LEARNER_WORKDIR OUT &
 #
 # LEARNER_WORKDIR holds ENV/sb3/<run>/ with the expert's and the medium checkpoint's model zips, evals.json
 # and the transition chunks up to the medium step (what `seqrl collect` reads). Datasets go to
 # MINARI_DATASETS_PATH (default /tmp/minari); everything else to OUT: lease.log (timeline and the datasets'
-# returns), mr.log, mem.log and more.log (the three experiments/offline_table.py invocations) and table/
-# (every run's result.json). The medium-replay runs start at once (8 at a time) while medium and expert
-# are rolled out (1M transitions each, 16 envs); medium-expert and medium then run 16 at a time. No run
-# starts after MR_BY / MEM_BY / MORE_BY seconds (defaults 900, 540, 840; MR and MORE from the first
-# table's start, MEM from its own), so that the lease ends with the runs it started finished.
-# D3RLPY_SITE (default /tmp/d3site) is d3rlpy's PYTHONPATH (d4rl_table.sh). DRY=1 rehearses it all on
-# the CPU with tiny budgets (3,000-transition datasets, 40 updates, 2 runs at a time).
+# returns), col_*.log, table.log (experiments/offline_table.py's output) and table/ (every run's
+# result.json). QUALITIES (default "medium-replay medium-expert medium") chooses the rows, in that order;
+# RUNS (default 16) runs share the GPU at once; no run starts after BY seconds (default 780) from the
+# table's start, so that a lease of known length ends with the runs it started finished. The datasets are
+# built before any run starts: medium and expert (1M transitions each, 16 envs) rolled out beside 8 training
+# runs went at about 900 env steps/s each instead of about 3,500 (docs/history.md). D3RLPY_SITE (default
+# /tmp/d3site) is d3rlpy's PYTHONPATH. DRY=1 rehearses it on the CPU with tiny budgets.
+# The GPU machine has no network: the seqrl side's wheels (gymnasium 1.4.0, farama-notifications, minari 0.5.4,
+# mujoco and mujoco-core 4.0.1, glfw, stable-baselines3 2.9.2) go in with `pip install --no-index --no-deps
+# --target /tmp/site`, d3rlpy's (the list in experiments/bench_gpu_dt.py, plus the same mujoco, mujoco-core and
+# glfw wheels) into /tmp/d3site; then PYTHONPATH=/tmp/site:$PWD and an MPS server (nvidia-cuda-mps-control -d).
 set -u
 L=${1:?LEARNER_WORKDIR}; R=${2:?OUT}; mkdir -p "$R"; exec > "$R/lease.log" 2>&1
 t0=$SECONDS; say() { echo "[+$((SECONDS - t0)) s] $*"; }
-E=${ENV:?ENV}; XS=${EXPERT_STEP:?EXPERT_STEP}; SEEDS=${SEEDS:-0,1,2,3,4}
+E=${ENV:?ENV}; XS=${EXPERT_STEP:?EXPERT_STEP}
 export MINARI_DATASETS_PATH=${MINARI_DATASETS_PATH:-/tmp/minari} PYTHONUNBUFFERED=1
-if [ "${DRY:-0}" = 1 ]; then NS=3000; S=40; DEV=cpu; WK=2; else NS=1000000; S=20000; DEV=cuda; WK=8; fi
+if [ "${DRY:-0}" = 1 ]; then NS=3000; S=40; DEV=cpu; RUNS=${RUNS:-2}; else NS=1000000; S=20000; DEV=cuda; fi
 col() { python3 -m seqrl.cli collect --env "$E" --quality "$1" --workdir "$L" --set collect.train_steps="$XS" \
-          --set collect.n_envs=16 --set collect.n_steps=$NS; }
-tab() {  # QUALITIES WORKERS START_WITHIN LOGNAME
-  ENVS=$E QUALITIES="$1" SEEDS=$SEEDS BC_ROWS=0 NOSE_ROWS=0 D3RLPY_SITE=${D3RLPY_SITE:-/tmp/d3site} DEVICE=$DEV \
-    START_WITHIN=$3 bash experiments/d4rl_table.sh $S 64 0 "$R/table" "$2" > "$R/$4.log" 2>&1
-}
+          --set collect.n_envs=16 --set collect.n_steps=$NS > "$R/col_$1.log" 2>&1; }
 say start; nvidia-smi -L 2>/dev/null
-col medium-replay; say medium-replay built
-T0=$(date +%s)
-(tab medium-replay $WK "${MR_BY:-900}" mr
- while [ ! -f "$R/.me_built" ]; do sleep 5; done
- left=$(( ${MORE_BY:-840} - ($(date +%s) - T0) ))
- if [ $left -gt 0 ]; then SEEDS=5,6,7 DM_ROWS=0 tab medium-expert 6 $left more; fi) &
-col medium > "$R/col_medium.log" 2>&1 & p1=$!; col expert > "$R/col_expert.log" 2>&1 & p2=$!; wait $p1 $p2
-say medium and expert built; col medium-expert; say medium-expert built; touch "$R/.me_built"
+col medium-replay; col medium & p1=$!; col expert & p2=$!; wait $p1 $p2; col medium-expert; say datasets built
 python3 - "$E" <<'PY'
 import sys
 
@@ -54,5 +46,7 @@ for q in ("medium-replay", "medium", "expert", "medium-expert"):
     print(f"{q}: {len(eps)} episodes, {sum(len(e.rewards) for e in eps)} transitions, mean return {ret.mean():.1f}, "
           f"normalised {normalized_score([ret.mean()], (env.ref_min_score, env.ref_max_score))[0]:.1f}", flush=True)
 PY
-tab "medium-expert medium" $((2 * WK)) "${MEM_BY:-540}" mem &
-wait; say all done
+ENVS=$E QUALITIES="${QUALITIES:-medium-replay medium-expert medium}" SEEDS=${SEEDS:-0,1,2,3,4} BC_ROWS=0 NOSE_ROWS=0 \
+  D3RLPY_SITE=${D3RLPY_SITE:-/tmp/d3site} DEVICE=$DEV START_WITHIN=${BY:-780} \
+  bash experiments/d4rl_table.sh $S 64 0 "$R/table" "${RUNS:-16}" > "$R/table.log" 2>&1
+say all done
