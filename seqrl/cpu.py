@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 
 def allowed_cpus() -> list[int]:
@@ -62,3 +63,16 @@ def set_threads(requested: int = 0) -> int:
     n = requested if requested > 0 else 1 if _DEFAULT[0] <= 1 else min(idle_cores(), _DEFAULT[0])  # no sampling for 1
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` inside the block, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -355,6 +355,32 @@ def test_threads_follow_idle_cores(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_rollout_policies_run_on_one_thread_and_the_count_comes_back():
+    """A behaviour policy runs with one torch thread (collect.rollout's docstring says why); the caller's
+    thread count is restored after, also when the policy raises."""
+    seen = []
+
+    def policy(obs):
+        seen.append(torch.get_num_threads())
+        return np.zeros((obs.shape[0], 1), np.float32)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        episodes = rollout(policy, "Pendulum-v1", 20, 2, 0, max_episode_steps=10)
+        assert sum(len(e["rew"]) for e in episodes) >= 20 and set(seen) == {1}
+        assert torch.get_num_threads() == 3
+
+        def broken(obs):
+            raise RuntimeError("policy failed")
+
+        with pytest.raises(RuntimeError, match="policy failed"):
+            rollout(broken, "Pendulum-v1", 20, 2, 0, max_episode_steps=10)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_grad_norm_is_logged_without_clipping(dataset, tmp_path):
     from seqrl.cli import train_run
 
