@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import PENDULUM_DATASET
 from seqrl.checkpoint import load_checkpoint, save_checkpoint
 from seqrl.cli import app, default_run_dir
+from seqrl.cpu import torch_threads
 from seqrl.data.collect import pendulum_controller, rollout
 from seqrl.data.minari_io import dataset_path, load_store, write_dataset
 from seqrl.errors import DataError, WriteError
@@ -364,21 +365,16 @@ def test_rollout_policies_run_on_one_thread_and_the_count_comes_back():
         seen.append(torch.get_num_threads())
         return np.zeros((obs.shape[0], 1), np.float32)
 
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
+    def broken(obs):
+        raise RuntimeError("policy failed")
+
+    with torch_threads(3):
         episodes = rollout(policy, "Pendulum-v1", 20, 2, 0, max_episode_steps=10)
         assert sum(len(e["rew"]) for e in episodes) >= 20 and set(seen) == {1}
         assert torch.get_num_threads() == 3
-
-        def broken(obs):
-            raise RuntimeError("policy failed")
-
         with pytest.raises(RuntimeError, match="policy failed"):
             rollout(broken, "Pendulum-v1", 20, 2, 0, max_episode_steps=10)
         assert torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_grad_norm_is_logged_without_clipping(dataset, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from stable_baselines3 import SAC
 
+from seqrl.cpu import torch_threads
 from seqrl.data.sb3 import _refill, medium_step, replay_episodes, sb3_episodes, train
 from seqrl.errors import DataError, PresetError
 from seqrl.presets import load_env
@@ -32,10 +33,8 @@ def tiny_env(**collect):
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny nets train far faster on one thread; several threads on a busy 2-core box crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
