@@ -16,7 +16,8 @@
 # built before any run starts: medium and expert (1M transitions each, 16 envs) rolled out beside 8 training
 # runs went at about 900 env steps/s each instead of about 3,500 (docs/history.md; the rollouts' policy then
 # ran on 16 torch threads, now on one). D3RLPY_SITE (default /tmp/d3site) is d3rlpy's PYTHONPATH. DRY=1
-# rehearses it on the CPU with tiny budgets.
+# rehearses it on the CPU with tiny budgets. d4rl_table.sh's EXTRA, DM_ROWS and FROM pass through (FROM=an
+# earlier table's JSON: its runs are not run again and join the table).
 # The GPU machine has no network: the seqrl side's wheels (gymnasium 1.4.0, farama-notifications, minari 0.5.4,
 # mujoco and mujoco-core 4.0.1, glfw, stable-baselines3 2.9.2) go in with `pip install --no-index --no-deps
 # --target /tmp/site`, d3rlpy's (the list in experiments/bench_gpu_dt.py, plus the same mujoco, mujoco-core and

@@ -16,7 +16,7 @@
 # group; BC_ROWS=0 leaves BC out; DM_ROWS=0 leaves DM out; NOSE_ROWS=0 leaves DM without self-evolution out;
 # SEEDS="2,1,0" sets the seeds and their order (default 0,1,2); START_WITHIN=SECONDS starts no run after that
 # time (for a lease of bounded length); DEVICE=cpu for a smoke test. Rerunning skips finished runs
-# (offline_table.py).
+# (offline_table.py); FROM=JSON counts the runs of an earlier table's JSON as finished (offline_table.py --from).
 set -eu
 S=${1:?STEPS}; B=${2:?BATCH}; SBC=${3:?BC_STEPS}; OUT=${4:?OUT}; WORKERS=${5:-8}
 W=$((S / 10)); I=$((S / 40))
@@ -39,4 +39,4 @@ for q in ${QUALITIES:-medium medium-replay}; do
   groups+=(--group "$(IFS=,; echo "${ds[*]}")" "$agents")
 done
 python3 experiments/offline_table.py --device "${DEVICE:-cuda}" --workers "$WORKERS" --episodes 50 --seeds "${SEEDS:-0,1,2}" \
-  --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} ${D3RLPY_SITE:+--d3rlpy-site "$D3RLPY_SITE"} "${groups[@]}"
+  --out "$OUT" ${START_WITHIN:+--start-within "$START_WITHIN"} ${FROM:+--from "$FROM"} ${D3RLPY_SITE:+--d3rlpy-site "$D3RLPY_SITE"} "${groups[@]}"

@@ -23,6 +23,8 @@ Every run writes OUT/<dataset>/<label>/seed<k>/result.json when it ends. A rerun
 one and resumes runs that left a checkpoint, so the table can be built in pieces (a cut-off GPU lease,
 say); `--start-within SECONDS` starts no run after that time, so that a lease of known length ends with the
 runs it started finished. `--report` prints and saves the table of everything under OUT without training.
+`--from JSON` (an earlier `--json` output) counts that table's runs as done, so a later lease adds seeds or
+agents to it and reports them all together.
 """
 
 from __future__ import annotations
@@ -202,9 +204,16 @@ def main() -> None:
     ap.add_argument("--start-within", type=float, default=None, metavar="SECONDS",
                     help="start no run after this many seconds (the runs started finish), for a lease of bounded length")
     ap.add_argument("--report", action="store_true", help="only print the table of what OUT holds")
+    ap.add_argument("--from", dest="prior", default=None, metavar="JSON",
+                    help="an earlier table's --json: its runs count as done (written under OUT where OUT lacks them)")
     ap.add_argument("--d3rlpy-site", default="", help=f"PYTHONPATH of d3rlpy 2.8.1 for the agent {D3RLPY}")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.prior:  # a table that grows across leases: earlier runs join the report and are not run again
+        for r in json.loads(Path(args.prior).read_text())["runs"]:
+            path = run_dir(out, r["dataset"], r["label"], r["seed"]) / "result.json"
+            if not path.is_file():
+                atomic_write_json(path, r)
 
     if not args.report:
         groups = args.group

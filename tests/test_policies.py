@@ -99,6 +99,31 @@ def test_policies_fit_a_small_dataset(spaces, agent):
     assert loss.item() < 0.2 * first
 
 
+def test_dt_embedding_init_and_window_anchor_choices(spaces):
+    store = ReplayStore.from_episodes(make_episodes([30] * 4), *spaces)
+    models = {}
+    for init in ("normal", "default"):
+        torch.manual_seed(0)
+        models[init] = DecisionTransformer(DTConfig(embed_dim=32, n_layers=2, embed_init=init), spec_for(store))
+    a, b = (dict(models[k].named_parameters()) for k in ("normal", "default"))
+    changed = sorted(k for k in a if not torch.equal(a[k], b[k]))
+    # "default" re-initialises exactly the R, s, a embeddings and the action head, to nn.Linear's default
+    assert changed == sorted(f"{m}.{p}" for m in ("tokenizer.embed.R", "tokenizer.embed.s", "tokenizer.embed.a",
+                                                   "head.out") for p in ("weight", "bias"))
+    for k in changed:
+        fan_in = b[k.replace("bias", "weight")].shape[1]
+        assert b[k].abs().max() <= fan_in ** -0.5 and b[k].abs().max() > 0.5 * fan_in ** -0.5  # U(+-1/sqrt(fan_in))
+        if k.endswith("bias"):
+            assert (a[k] == 0).all()
+        else:
+            assert abs(a[k].std().item() - 0.02) < 0.01
+    cfg = DTConfig(embed_dim=32, n_layers=2, context_len=6, window_anchor="end")
+    dt = DecisionTransformer(cfg, spec_for(store))
+    got = dt.sample(store, 64, torch.Generator().manual_seed(3))
+    assert torch.equal(got.obs, windows(store, 64, 6, torch.Generator().manual_seed(3), anchor="end").obs)
+    assert not torch.equal(got.obs, windows(store, 64, 6, torch.Generator().manual_seed(3)).obs)
+
+
 def test_infinite_action_bounds_are_refused():
     obs_space, act_space = gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
     eps = [{"obs": np.zeros((4, 2), np.float32), "act": np.zeros((3, 1), np.float32), "rew": np.ones(3),

@@ -75,6 +75,7 @@ STORES = {  # lengths, streams, capacity, chunks
 }
 SAMPLERS = {
     "windows": lambda s, g: windows(s, 512, 6, g),
+    "windows_to_drawn_ends": lambda s, g: windows(s, 512, 6, g, anchor="end"),
     "histories": lambda s, g: histories(s, 512, 9, g),
     "histories_from_episode_starts": lambda s, g: histories(s, 512, 9, g, episode_start=True),
     "sequences": lambda s, g: sequences(s, 512, 5, g),
@@ -111,12 +112,15 @@ def test_no_sample_crosses_a_boundary_unmasked(spaces, kind, sampler):
         return
     ep_end = torch.from_numpy(store.ep_start[1:])
     run_end = torch.tensor([max(ep_end[k] for k in range(len(ep_end)) if runs[k] == r) for r in runs])  # (E,)
+    ep_first = torch.from_numpy(store.ep_start[:-1])
     for w in range(len(row)):
         real = row[w][m[w]]
         assert (real == real[0] + torch.arange(len(real))).all()  # consecutive steps
-        unit, end = (ep, ep_end[ep]) if sampler == "windows" else (run, run_end[ep])
+        unit, end = (ep, ep_end[ep]) if sampler.startswith("windows") else (run, run_end[ep])
         assert (unit[w][m[w]] == unit[w, 0]).all()  # inside the first step's episode (windows) or run
-        if not m[w].all():  # padding starts exactly where the episode or run ends
+        if sampler == "windows_to_drawn_ends":  # a short window starts exactly at its episode's first step
+            assert m[w].all() or real[0] == ep_first[ep[w, 0]]
+        elif not m[w].all():  # padding starts exactly where the episode or run ends
             assert real[-1] + 1 == end[w, 0]
     if sampler.startswith("histories") and kind != "interleaved":  # interleaved runs are single episodes
         assert b.first[:, 1:].any()  # episode starts inside histories are marked
@@ -155,6 +159,15 @@ def test_draws_are_uniform(spaces):
     g = torch.Generator().manual_seed(0)
     starts = windows(store, 12000, 2, g).obs[:, 0, 0].long()
     assert torch.bincount(starts, minlength=12).min() > 800  # 12 steps, 1000 each expected
+    # windows of 3 to drawn ends: each step ends 1000 windows, which start 2 steps before it or at its
+    # episode's first step (episodes: steps 0-3, 4-5, 6-11)
+    b = windows(store, 12000, 3, g, anchor="end")
+    last = b.obs[..., 0].long().where(b.mask, -1).max(1).values  # (B,) the last real step
+    assert torch.bincount(last, minlength=12).min() > 800
+    first = torch.tensor([0, 0, 0, 1, 4, 4, 6, 6, 6, 7, 8, 9])  # by hand, for each last step
+    assert torch.equal(b.obs[:, 0, 0].long(), first[last]) and torch.equal(b.mask.sum(1), last - first[last] + 1)
+    with pytest.raises(ValueError, match="window anchor must be one of \\['start', 'end'\\], got 'middle'"):
+        windows(store, 4, 3, g, anchor="middle")
     # sequences of 3: starts 0..3 in stream 0 (steps 0-5) and 6..9 in stream 1 (steps 6-11), never 4, 5, 10, 11
     counts = torch.bincount(sequences(store, 8000, 3, g).obs[:, 0, 0].long(), minlength=12)
     assert (counts[[4, 5, 10, 11]] == 0).all() and counts[[0, 1, 2, 3, 6, 7, 8, 9]].min() > 800

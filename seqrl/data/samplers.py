@@ -3,7 +3,8 @@
 Dimension letters: B batch, K steps per sample, C context transitions, P step slots of the store's ring.
 
 - `windows(store, B, K)`: K consecutive steps of one episode from a uniformly drawn step, right-padded
-  (mask False) where the episode ends. DT, DM, BC.
+  (mask False) where the episode ends. DT, DM, BC. `anchor="end"`: the window ends at the drawn step and
+  reaches back at most K-1 steps, not past its episode's start (d3rlpy's sampling).
 - `windows_at(store, starts, K)`: the same at given stored-step indices (tests, fixed evaluation batches).
 - `histories(store, B, K, episode_start=False)`: windows that run on across consecutive episodes of one
   stream (a run), padded where the run ends; `first` marks the episode starts inside. With
@@ -82,11 +83,22 @@ def _run_end(v: StoreView, i: torch.Tensor) -> torch.Tensor:
     return v.idx["runs_hi"][v.idx["run_of"][_episode(v, i)]]
 
 
-def windows(store: ReplayStore, batch_size: int, length: int, generator: torch.Generator | None = None) -> Batch:
-    """B windows of K steps, each from a uniformly drawn step to at most its episode's end."""
+WINDOW_ANCHORS = ("start", "end")
+
+
+def windows(store: ReplayStore, batch_size: int, length: int, generator: torch.Generator | None = None,
+            anchor: str = "start") -> Batch:
+    """B windows of K steps of one episode around a uniformly drawn step: with anchor "start", from it to at
+    most its episode's end; with "end", ending at it, from K-1 steps before it or its episode's first step,
+    whichever is later. Real steps come first either way (padding after them)."""
     v = store.view()
-    start = v.head + _draw(v, v.n, (batch_size,), generator)  # (B,)
-    return _window(v, start, length, _take(v.step["ep_end"], start % v.P))
+    drawn = v.head + _draw(v, v.n, (batch_size,), generator)  # (B,)
+    if anchor == "start":
+        return _window(v, drawn, length, _take(v.step["ep_end"], drawn % v.P))
+    if anchor == "end":
+        first = _take(v.ep["start"], _take(v.step["episode"], drawn % v.P) % v.Q)  # (B,) its episode's first step
+        return _window(v, torch.maximum(drawn - (length - 1), first), length, drawn + 1)
+    raise ValueError(f"window anchor must be one of {list(WINDOW_ANCHORS)}, got {anchor!r}")
 
 
 def windows_at(store: ReplayStore, starts, length: int) -> Batch:

@@ -62,6 +62,14 @@ class DTConfig:
     """dropout on embeddings, attention and residual branches"""
     activation: Literal["relu", "gelu"] = "relu"
     """MLP nonlinearity (the reference code uses ReLU)"""
+    window_anchor: Literal["start", "end"] = "start"
+    """training windows: "start" draws each window's first step uniformly (the reference code, CORL); "end"
+    draws its last step and reaches back up to K-1 steps inside the episode (d3rlpy), so that each of an
+    episode's first K-1 steps s is trained with its whole history K-s times instead of once"""
+    embed_init: Literal["normal", "default"] = "normal"
+    """initial weights of the R, s, a embeddings and the action head: "normal" N(0, 0.02) with zero biases,
+    as the backbone's layers (GPT-2's scheme, CORL); "default" PyTorch's nn.Linear initialisation, which the
+    reference code and d3rlpy leave them at. The timestep embedding is N(0, 0.02) either way"""
     act_mode: Literal["stream", "window"] = "stream"
     """acting: "stream" steps a KV cache of 3K-1 tokens over the whole episode (O(K) per step); "window"
     re-encodes the last K steps from an empty state at every step, as trained and as the paper acts
@@ -176,10 +184,14 @@ class DecisionTransformer(Agent):
         self.head = ActionHead(config.embed_dim, spec.action_space)
         for part in (self.tokenizer, self.head):  # the backbone initialises itself the same way
             part.apply(functools.partial(gpt2_init, n_layers=config.n_layers))
+        if config.embed_init == "default":
+            for m in [*self.tokenizer.embed.modules(), *self.head.modules()]:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
 
     # --------------------------------------------------------------------------------- training
     def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        return windows(store, batch_size, self.config.context_len, generator)
+        return windows(store, batch_size, self.config.context_len, generator, self.config.window_anchor)
 
     def predict(self, batch: Batch) -> torch.Tensor:
         """Windows (B, K) -> action predictions (B, K, A), in [-1, 1] units for Box spaces."""
