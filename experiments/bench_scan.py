@@ -1,4 +1,5 @@
-"""Selective-scan speed and memory on one GPU, against mambapy's pscan and accelerated-scan in the same run.
+"""Selective-scan speed and memory on one GPU, against mamba-ssm's CUDA kernel, mambapy's pscan and
+accelerated-scan in the same run.
 
     python experiments/bench_scan.py --device cuda [--sweep] [--out docs/results/bench_scan.json]
     python experiments/bench_scan.py --device cpu            # the chunked PyTorch path against the loop
@@ -13,12 +14,19 @@ then the backward of a random cotangent.
 
 Paths:
 - seqrl: `seqrl.kernels.scan.selective_scan` (Triton on CUDA);
+- mamba-ssm: mamba-ssm 2.3.2's `selective_scan_fn` (its CUDA kernel; built by experiments/build_mamba_ssm.sh),
+  the same inputs, gate, delta bias and softplus;
 - torch-chunked: seqrl's chunked PyTorch path, run on the same device (what the CPU uses);
 - mambapy: mambapy 1.2.0's `pscan` (Blelloch in PyTorch) over the materialised (B, L, D, N) decays
   and inputs, then the contraction with C, as mambapy's own selective_scan does;
 - accelerated-scan: accelerated-scan 0.3.1's Triton `scalar.scan` over the materialised
   (B, D*N, L) recurrence, then the contraction with C;
 - loop: the reference loop (L=1024 only).
+
+Timing: "ms" calls the path eagerly (every launch from Python, what a user without CUDA graphs pays);
+"graph ms" replays the same call captured in a CUDA graph (CUDA only). The backward is
+`torch.autograd.grad` of every input against a random cotangent. "vs mamba-ssm" gives mamba-ssm's time over
+seqrl's for each cell (> 1: seqrl faster) and both peaks.
 
 Bandwidth floor: the bytes a fused scan must move (each input read once, each output written once;
 fwd: u, delta, z, B, C in and out; bwd: those and the cotangent in, du, ddelta, dz, dB, dC out) over the
@@ -86,6 +94,13 @@ def mambapy_scan(x):
     return finish(pscan(dA, bx), x)
 
 
+def mamba_ssm_scan(x):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
+                             delta_softplus=True)
+
+
 def accel_scan(x):
     from accelerated_scan.scalar import scan
 
@@ -100,7 +115,7 @@ def loop_scan(x):
     return S.selective_scan_ref(**x, delta_softplus=True)[0]
 
 
-PATHS = {"seqrl": seqrl_scan, "torch-chunked": chunked_scan, "mambapy": mambapy_scan,
+PATHS = {"seqrl": seqrl_scan, "mamba-ssm": mamba_ssm_scan, "torch-chunked": chunked_scan, "mambapy": mambapy_scan,
          "accelerated-scan": accel_scan, "loop": loop_scan}
 
 
@@ -117,6 +132,20 @@ def bench(fn, device, warmup=3, reps=10):
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
     return sorted(ts)[len(ts) // 2]
+
+
+def graphed(call):
+    """The call captured in a CUDA graph (after warm-up on a side stream): its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay
 
 
 def saved_mb(fn):
@@ -159,7 +188,7 @@ def floor_bytes(L, esize, mode):
     return fwd if mode == "fwd" else fwd + bwd
 
 
-def run_case(name, L, dtype, mode, device, ref=None):
+def run_case(name, L, dtype, mode, device, ref=None, graph=False):
     fn = PATHS[name]
     x = inputs(L, dtype, device, grad=mode != "fwd")
     g = torch.randn(B_, D_, L, device=device, dtype=dtype)
@@ -167,19 +196,28 @@ def run_case(name, L, dtype, mode, device, ref=None):
         call = lambda: fn(x)  # noqa: E731
         ctx = torch.no_grad
     else:
-        def call():
-            for v in x.values():
-                v.grad = None
-            fn(x).backward(g)
-
+        call = lambda: torch.autograd.grad(fn(x), list(x.values()), g)  # noqa: E731
         ctx = torch.enable_grad
     with ctx():
         out = fn(x).detach()
         err = ((out.float() - ref.float()).norm() / ref.float().norm()).item() if ref is not None else float("nan")
         ms = bench(call, device)
         mem = peak_mb(call, device) if device == "cuda" else (saved_mb(lambda: fn(x)) if mode != "fwd" else float("nan"))
-    return dict(path=name, L=L, dtype=str(dtype).replace("torch.", ""), mode=mode, ms=ms, peak_mb=mem,
-                rel_err_vs_seqrl=err), out
+        graph_ms = bench(graphed(call), device) if graph else float("nan")
+    return dict(path=name, L=L, dtype=str(dtype).replace("torch.", ""), mode=mode, ms=ms, graph_ms=graph_ms,
+                peak_mb=mem, rel_err_vs_seqrl=err), out
+
+
+def against_mamba_ssm(rows):
+    """Per (dtype, L, mode) where both ran: mamba-ssm's time over seqrl's, eager and graph, and both peaks."""
+    by = {(r["dtype"], r["L"], r["mode"], r["path"]): r for r in rows if "ms" in r}
+    out = []
+    for (dtype, L, mode, path), r in by.items():
+        m = by.get((dtype, L, mode, "mamba-ssm"))
+        if path == "seqrl" and m:
+            out.append(dict(dtype=dtype, L=L, mode=mode, eager=m["ms"] / r["ms"], graph=m["graph_ms"] / r["graph_ms"],
+                            peak_mb_seqrl=r["peak_mb"], peak_mb_mamba_ssm=m["peak_mb"]))
+    return out
 
 
 def one(rows, mode, tile, device):
@@ -225,6 +263,7 @@ def main():
     ap.add_argument("--shape", default=None, help="B,D,N (default 8,256,16)")
     ap.add_argument("--paths", default=None, help="comma-separated subset of " + ",".join(PATHS))
     ap.add_argument("--dtypes", default=None, help="comma-separated subset of float32,bfloat16 (CUDA)")
+    ap.add_argument("--no-graph", action="store_true", help="CUDA: eager timings only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = args.device
@@ -242,7 +281,7 @@ def main():
         result["config"] = CONFIG
         lengths = [1024, 4096, 16384]
         dtypes = [torch.float32, torch.bfloat16]
-        names = ["seqrl", "torch-chunked", "mambapy", "accelerated-scan", "loop"]
+        names = ["seqrl", "mamba-ssm", "torch-chunked", "mambapy", "accelerated-scan", "loop"]
     else:
         torch.set_num_threads(1)
         lengths = [256, 1024]
@@ -263,7 +302,7 @@ def main():
                     if name in ("loop", "torch-chunked") and L > 1024 and dev == "cuda":
                         continue  # step-by-step paths: seconds per call at these lengths
                     try:
-                        r, out = run_case(name, L, dtype, mode, dev, ref)
+                        r, out = run_case(name, L, dtype, mode, dev, ref, graph=dev == "cuda" and not args.no_graph)
                     except Exception as e:  # noqa: BLE001 - out of memory or unsupported dtype is a result
                         r, out = dict(path=name, L=L, dtype=str(dtype).replace("torch.", ""), mode=mode,
                                       error=repr(e)[:200]), None
@@ -276,13 +315,21 @@ def main():
                     rows.append(r)
                     print(r, flush=True)
     result["rows"] = rows
-    print(f"\n{'dtype':8} {'L':>6} {'mode':8} {'path':17} {'ms':>9} {'peak MB':>9} {'floor %':>8} {'err':>8}")
+    result["vs_mamba_ssm"] = against_mamba_ssm(rows)
+    print(f"\n{'dtype':8} {'L':>6} {'mode':8} {'path':17} {'ms':>9} {'graph ms':>9} {'peak MB':>9} {'floor %':>8} "
+          f"{'err':>8}")
     for r in rows:
         if "ms" in r:
-            print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['ms']:9.3f} {r['peak_mb']:9.0f} "
-                  f"{r.get('floor_pct', float('nan')):8.1f} {r['rel_err_vs_seqrl']:8.1e}")
+            print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['ms']:9.3f} {r['graph_ms']:9.3f} "
+                  f"{r['peak_mb']:9.0f} {r.get('floor_pct', float('nan')):8.1f} {r['rel_err_vs_seqrl']:8.1e}")
         else:
             print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['error'][:60]}")
+    if result["vs_mamba_ssm"]:
+        print(f"\nvs mamba-ssm (its time / seqrl's; > 1: seqrl faster)\n{'dtype':8} {'L':>6} {'mode':8} {'eager':>7} "
+              f"{'graph':>7} {'peak MB seqrl / mamba-ssm':>26}")
+        for c in result["vs_mamba_ssm"]:
+            print(f"{c['dtype']:8} {c['L']:>6} {c['mode']:8} {c['eager']:6.2f}x {c['graph']:6.2f}x "
+                  f"{c['peak_mb_seqrl']:>14.0f} / {c['peak_mb_mamba_ssm']:.0f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
