@@ -53,7 +53,6 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from seqrl.data.samplers import context_query, histories

@@ -424,7 +424,7 @@ class Trainer:
                                  f"(the dataset changed since)")
         if diffs:
             raise CheckpointError(f"cannot resume {self.ckpt_path}: " + "; ".join(diffs) + ". Resume with the "
-                                  f"agent preset, dataset and env it was trained with, or start a fresh --run-dir")
+                                  "agent preset, dataset and env it was trained with, or start a fresh --run-dir")
 
     def _restore(self, ckpt: dict[str, Any]) -> None:  # after _check_resumable
         self.agent.load_state_dict(ckpt["policy"])
