@@ -80,3 +80,23 @@ def test_gradients_stop_at_the_memory():
     y.sum().backward()
     assert x.grad is not None and all(not t.requires_grad for t in s2.mem)
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_a_fresh_memory_equals_an_empty_one():
+    # forward(x) leaves the fresh memory's key columns out; forward(x, initial_state) attends over them, masked
+    m = gtrxl(memory=6, dtype=torch.float64)
+    x = torch.randn(3, 9, 32, dtype=torch.float64)
+    reset = torch.zeros(3, 9, dtype=torch.bool)
+    reset[1, 4] = True  # an episode starts inside one row's segment
+    y, s = m(x, reset=reset)
+    y0, s0 = m(x, m.initial_state(3, "cpu", torch.float64), reset=reset)
+    torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+    assert torch.equal(s.valid, s0.valid)
+    for a, b in zip(s.mem, s0.mem):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    y.sum().backward()  # and the gradients agree
+    g = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    y0.sum().backward()
+    for a, b in zip(g, (p.grad for p in m.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

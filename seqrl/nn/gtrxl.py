@@ -152,6 +152,9 @@ class GTrXL(nn.Module):
         """
         B, T, _ = x.shape
         M, dev = self.memory, x.device
+        # a fresh memory holds nothing to attend to: its M key columns are left out (same result, a
+        # (T, T) attention instead of (T, M + T), what training from episode starts runs)
+        skip = M if state is None else 0
         if state is None:
             state = self.initial_state(B, dev, x.dtype)
         seg_ep = (torch.cumsum(reset.long(), 1) if reset is not None
@@ -164,7 +167,7 @@ class GTrXL(nn.Module):
         mems = []
         for blk, mem in zip(self.blocks, state.mem):
             mems.append(torch.cat([mem, x], 1)[:, -M:].detach())  # this layer's inputs of the last M steps
-            x = blk(x, mem, dist, mask[:, None])
+            x = blk(x, mem[:, skip:], dist[:, skip:], mask[:, None, :, skip:])
         valid = (key_valid & (key_ep == seg_ep[:, -1:]))[:, -M:]  # slots of the segment's last episode
         return self.ln_f(x), GTrXLState(tuple(mems), valid)
 
