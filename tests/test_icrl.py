@@ -116,7 +116,7 @@ def test_ranges():
 @pytest.mark.parametrize("backbone,tokens,rope", [("transformer", "s a r", False), ("transformer", "s a r", True),
                                                   ("mamba", "s a r", False), ("transformer", "s ar", False),
                                                   ("transformer", "s ar", True), ("mamba", "s ar", False),
-                                                  ("gtrxl", "s ar", False)])
+                                                  ("gtrxl", "s ar", False), ("gtrxl", "s a r", False)])
 def test_acting_step_by_step_equals_the_whole_context(room_ad, backbone, tokens, rope):
     """act/observe one token at a time (cache or recurrent state) = predict over the whole history, float64
     backbone and head; and `encode` of a context then a query = the prediction at that position."""
