@@ -14,7 +14,7 @@ then the backward of a random cotangent.
 
 Paths:
 - seqrl: `seqrl.kernels.scan.selective_scan` (Triton on CUDA);
-- mamba-ssm: mamba-ssm 2.3.2's `selective_scan_fn` (its CUDA kernel; built by experiments/build_mamba_ssm.sh),
+- mamba-ssm: mamba-ssm 2.3.2.post1's `selective_scan_fn` (its CUDA kernel; built by experiments/build_mamba_ssm.sh),
   the same inputs, gate, delta bias and softplus;
 - torch-chunked: seqrl's chunked PyTorch path, run on the same device (what the CPU uses);
 - mambapy: mambapy 1.2.0's `pscan` (Blelloch in PyTorch) over the materialised (B, L, D, N) decays
