@@ -349,11 +349,8 @@ def test_threads_follow_idle_cores(monkeypatch):
     assert cpu.idle_cores() == 1
     samples = iter([{0: (0, 0), 1: (0, 0)}, {0: (100, 100), 1: (100, 100)}])
     assert cpu.idle_cores() == 2
-    before = torch.get_num_threads()
-    try:
+    with torch_threads(torch.get_num_threads()):  # the caller's count comes back after the block
         assert cpu.set_threads(3) == 3 and torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_rollout_policies_run_on_one_thread_and_the_count_comes_back():
