@@ -541,3 +541,28 @@ def test_cuda_selective_scan_without_gluon_runs_and_matches(fresh_import, monkey
     close(y, selective_scan_ref(**{k: v[..., :1] if k in ("u", "delta", "B", "C", "z") else v
                                    for k, v in x.items()}, delta_softplus=True)[0][..., 0], "cuda", "Triton step")
 
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_selective_scan_on_misaligned_inputs_after_aligned_ones():
+    """The same shapes run first from 16-byte-aligned tensors, then from views one element off, then aligned
+    again: values and gradients match the loop each time (a kernel compiled for aligned addresses, launched on
+    the misaligned call, would fail or read wrongly). 300 steps: several segments, so every kernel runs."""
+    x = selective_inputs(2, 40, 4, 300, seed=13)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    ref, h_ref = selective_scan_ref(**leaves, delta_softplus=True)
+    w = torch.randn(ref.shape, dtype=torch.float64)
+    grads_ref = torch.autograd.grad((ref * w).sum() + h_ref.sum(), list(leaves.values()))
+    for offset in (0, 1, 0):
+        cuda = {}
+        for k, v in x.items():
+            flat = torch.zeros(v.numel() + offset, dtype=torch.float32, device="cuda")
+            flat[offset:] = v.float().flatten().cuda()
+            cuda[k] = flat[offset:].view(v.shape).requires_grad_()
+        assert (cuda["u"].data_ptr() % 16 == 0) == (offset == 0)
+        out, h = selective_scan(**cuda, delta_softplus=True, return_state=True)
+        close(out, ref, "cuda", f"output, offset {offset}")
+        close(h, h_ref, "cuda", f"last state, offset {offset}")
+        grads = torch.autograd.grad((out * w.float().cuda()).sum() + h.sum(), list(cuda.values()))
+        for name, g, g_ref in zip(cuda, grads, grads_ref):
+            close(g, g_ref, "cuda", f"d{name}, offset {offset}", tol=1e-4)
