@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--fwd", help="T,num_warps,PROGRAMS")
     ap.add_argument("--bwd", help="PROGRAMS,SEG")
     ap.add_argument("--kernel-times", action="store_true", help="also the kernels' GPU time (torch.profiler)")
+    ap.add_argument("--host-profile", action="store_true",
+                    help="also where the host's time of an eager forward+backward goes (cProfile, top functions)")
     a = ap.parse_args()
     if a.fwd:
         T.CONFIG["fwd"] = tile(a.fwd, ("T", "num_warps", "PROGRAMS"))
@@ -78,6 +80,8 @@ def main():
             if a.kernel_times:
                 row["kernel_us"] = kernel_times(fwd_bwd)
             print(json.dumps(row), flush=True)
+            if a.host_profile:
+                host_profile(fwd_bwd)
 
 
 def kernel_times(fn, calls: int = 20) -> dict:
@@ -92,6 +96,28 @@ def kernel_times(fn, calls: int = 20) -> dict:
     out = {e.key: round(e.self_device_time_total / calls, 1) for e in events if e.key.startswith("_selective")}
     out["all"] = round(sum(e.self_device_time_total for e in events) / calls, 1)
     return out
+
+
+def host_profile(fn, calls: int = 200, top: int = 25):
+    """The functions where `calls` eager calls of fn spend the host's time (cProfile, by own time), printed with
+    microseconds per call of fn."""
+    import cProfile
+    import pstats
+
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]
+    total = sum(v[2] for v in stats.stats.values())
+    print(f"host time per call: {total / calls * 1e6:.0f} us (cProfile's own overhead included); top functions:")
+    for (file, line, name), (_, ncalls, tottime, cumtime, _) in rows:
+        print(f"  {tottime / calls * 1e6:8.1f} us own {cumtime / calls * 1e6:8.1f} us cum {ncalls / calls:5.1f}x  "
+              f"{name} ({file.split('/')[-1]}:{line})")
 
 
 if __name__ == "__main__":
