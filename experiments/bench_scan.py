@@ -20,7 +20,9 @@ Paths:
 - mambapy: mambapy 1.2.0's `pscan` (Blelloch in PyTorch) over the materialised (B, L, D, N) decays
   and inputs, then the contraction with C, as mambapy's own selective_scan does;
 - accelerated-scan: accelerated-scan 0.3.1's Triton `scalar.scan` over the materialised
-  (B, D*N, L) recurrence, then the contraction with C;
+  (B, D*N, L) recurrence, then the contraction with C. Under Triton 3.6 (torch 2.11) its backward makes an
+  illegal memory access (H100, 2026-12-05), which leaves the process's CUDA context unusable, so every later
+  case fails too: time it in a run of its own (`--paths seqrl,accelerated-scan`) or leave it out;
 - loop: the reference loop (L=1024 only).
 
 Timing: "ms" calls the path eagerly (every launch from Python, what a user without CUDA graphs pays);

@@ -9,7 +9,7 @@
 # sdist from PyPI's simple index (`pip download` would try to build it). They go into DEST, and the machine's own
 # python3 (torch 2.11 + cu130) and nvcc build the extension: no build isolation, no index. setup.py compiles for
 # ten GPU architectures whatever TORCH_CUDA_ARCH_LIST says; the build keeps sm_90 only. MAMBA_FORCE_BUILD=TRUE
-# stops it looking for a prebuilt wheel online. Not run yet on the GPU machine (written 2026-12-05).
+# stops it looking for a prebuilt wheel online.
 set -euo pipefail
 SRC=$(realpath "${1:?SDIST_DIR}"); DEST=$(realpath -m "${2:?DEST}")
 work=$(mktemp -d)
@@ -36,4 +36,7 @@ MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-$(nproc)} \
   python3 -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir --target "$DEST" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log"; exit 1; }
 echo "built in $((SECONDS - t)) s into $DEST"
-cd / && python3 -c "import selective_scan_cuda, mamba_ssm.ops.selective_scan_interface as m; print('mamba-ssm', m.__file__)"
+# the package's __init__ imports its language models, which need transformers (not on the machine); the benchmark
+# needs only mamba_ssm.ops.selective_scan_interface and the extension, so the installed __init__ keeps the version
+echo '__version__ = "2.3.2.post1"' > "$DEST/mamba_ssm/__init__.py"
+cd / && python3 -c "import torch, selective_scan_cuda, mamba_ssm.ops.selective_scan_interface as m; print('mamba-ssm', m.__file__)"
