@@ -12,12 +12,13 @@
 # returns), col_*.log, table.log (experiments/offline_table.py's output) and table/ (every run's
 # result.json). QUALITIES (default "medium-replay medium-expert medium") chooses the rows, in that order;
 # RUNS (default 16) runs share the GPU at once; no run starts after BY seconds (default 780) from the
-# table's start, so that a lease of known length ends with the runs it started finished. The datasets are
-# built before any run starts: medium and expert (1M transitions each, 16 envs) rolled out beside 8 training
+# table's start, so that a lease of known length ends with the runs it started finished. The datasets the rows
+# need are built before any run starts: medium and expert (1M transitions each, 16 envs) rolled out beside 8 training
 # runs went at about 900 env steps/s each instead of about 3,500 (docs/history.md; the rollouts' policy then
 # ran on 16 torch threads, now on one). D3RLPY_SITE (default /tmp/d3site) is d3rlpy's PYTHONPATH. DRY=1
 # rehearses it on the CPU with tiny budgets. d4rl_table.sh's EXTRA, DM_ROWS and FROM pass through (FROM=an
-# earlier table's JSON: its runs are not run again and join the table).
+# earlier table's JSON: its runs are not run again and join the table). WAIT_FOR=FILE holds the runs back,
+# after the datasets, until FILE exists.
 # The GPU machine has no network: the seqrl side's wheels (gymnasium 1.4.0, farama-notifications, minari 0.5.4,
 # mujoco and mujoco-core 4.0.1, glfw, stable-baselines3 2.9.2) go in with `pip install --no-index --no-deps
 # --target /tmp/site`, d3rlpy's (the list in experiments/bench_gpu_dt.py, plus the same mujoco, mujoco-core and
@@ -31,8 +32,14 @@ if [ "${DRY:-0}" = 1 ]; then NS=3000; S=40; DEV=cpu; RUNS=${RUNS:-2}; else NS=10
 col() { python3 -m seqrl.cli collect --env "$E" --quality "$1" --workdir "$L" --set collect.train_steps="$XS" \
           --set collect.n_envs=16 --set collect.n_steps=$NS > "$R/col_$1.log" 2>&1; }
 say start; nvidia-smi -L 2>/dev/null
-col medium-replay; col medium & p1=$!; col expert & p2=$!; wait $p1 $p2; col medium-expert; say datasets built
-python3 - "$E" <<'PY'
+Q=${QUALITIES:-medium-replay medium-expert medium}
+has() { case " $Q " in *" $1 "*) return 0;; esac; return 1; }
+built=""  # the datasets the rows need, medium and expert (beside each other) for medium-expert too
+if has medium-replay; then col medium-replay; built="medium-replay"; fi
+if has medium || has medium-expert; then col medium & built="$built medium"; fi
+if has medium-expert; then col expert & built="$built expert"; fi
+wait; if has medium-expert; then col medium-expert; built="$built medium-expert"; fi; say datasets built: $built
+python3 - "$E" $built <<'PY'
 import sys
 
 import minari
@@ -42,13 +49,14 @@ from seqrl.presets import load_env
 from seqrl.runners.evaluate import normalized_score
 
 env = load_env(sys.argv[1])
-for q in ("medium-replay", "medium", "expert", "medium-expert"):
+for q in sys.argv[2:]:
     eps = list(minari.load_dataset(env.dataset_id(q)).iterate_episodes())
     ret = np.array([e.rewards.sum() for e in eps])
     print(f"{q}: {len(eps)} episodes, {sum(len(e.rewards) for e in eps)} transitions, mean return {ret.mean():.1f}, "
           f"normalised {normalized_score([ret.mean()], (env.ref_min_score, env.ref_max_score))[0]:.1f}", flush=True)
 PY
-ENVS=$E QUALITIES="${QUALITIES:-medium-replay medium-expert medium}" SEEDS=${SEEDS:-0,1,2,3,4} BC_ROWS=0 NOSE_ROWS=0 \
+while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done  # e.g. a benchmark that wants the GPU alone
+ENVS=$E QUALITIES="$Q" SEEDS=${SEEDS:-0,1,2,3,4} BC_ROWS=0 NOSE_ROWS=0 \
   D3RLPY_SITE=${D3RLPY_SITE:-/tmp/d3site} DEVICE=$DEV START_WITHIN=${BY:-780} \
   bash experiments/d4rl_table.sh $S 64 0 "$R/table" "${RUNS:-16}" > "$R/table.log" 2>&1
 say all done
