@@ -181,3 +181,14 @@ def test_discrete_actions_and_bad_config():
         load_agent("dm_small", parse_overrides(["policy.pser_alpha_max=1.5"]))
     with pytest.raises(PresetError, match="context_len"):
         load_agent("dm", parse_overrides(["policy.context_len=0"]))
+
+
+def test_window_anchor_chooses_the_sampler(store):
+    """DM's training windows follow `window_anchor`, as DT's do: "end" samples what windows(anchor="end") does
+    from the same generator, and differs from the default's draw; a third value is refused by name."""
+    dm = DecisionMamba(dataclasses.replace(SMALL, window_anchor="end"), spec_for(store))
+    got = dm.sample(store, 64, torch.Generator().manual_seed(3))
+    assert torch.equal(got.obs, windows(store, 64, 4, torch.Generator().manual_seed(3), anchor="end").obs)
+    assert not torch.equal(got.obs, windows(store, 64, 4, torch.Generator().manual_seed(3)).obs)
+    with pytest.raises(PresetError, match="window_anchor"):
+        load_agent("dm", parse_overrides(["policy.window_anchor=middle"]))

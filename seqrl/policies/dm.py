@@ -87,6 +87,10 @@ class DMConfig:
     """inner width E = expand * d (Mamba default)"""
     context_len: int = 20
     """K: steps per training window (the authors' K)"""
+    window_anchor: Literal["start", "end"] = "start"
+    """training windows: "start" draws each window's first step uniformly (the authors' code); "end" draws its
+    last step and reaches back up to K-1 steps inside the episode, so that each of an episode's first K-1 steps
+    s is trained with its whole history K-s times instead of once (as DT's option of the same name)"""
     dropout: float = 0.1
     """dropout on the token embeddings"""
     multi_grained: bool = True
@@ -245,7 +249,7 @@ class DecisionMamba(Agent):
         return self.net(batch)["action"]
 
     def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        return windows(store, batch_size, self.config.context_len, generator)
+        return windows(store, batch_size, self.config.context_len, generator, self.config.window_anchor)
 
     @torch.no_grad()
     def after_update(self) -> None:
