@@ -12,13 +12,12 @@
 # returns), col_*.log, table.log (experiments/offline_table.py's output) and table/ (every run's
 # result.json). QUALITIES (default "medium-replay medium-expert medium") chooses the rows, in that order;
 # RUNS (default 16) runs share the GPU at once; no run starts after BY seconds (default 780) from the
-# table's start, so that a lease of known length ends with the runs it started finished. The datasets the rows
-# need are built before any run starts: medium and expert (1M transitions each, 16 envs) rolled out beside 8 training
-# runs went at about 900 env steps/s each instead of about 3,500 (docs/history.md; the rollouts' policy then
+# table's start, so that a lease of known length ends with the runs it started finished. The datasets the
+# rows need are built before any run starts: medium and expert (1M transitions each, 16 envs) rolled out beside 8
+# training runs went at about 900 env steps/s each instead of about 3,500 (docs/history.md; the rollouts' policy then
 # ran on 16 torch threads, now on one). D3RLPY_SITE (default /tmp/d3site) is d3rlpy's PYTHONPATH. DRY=1
 # rehearses it on the CPU with tiny budgets. d4rl_table.sh's EXTRA, DM_ROWS and FROM pass through (FROM=an
-# earlier table's JSON: its runs are not run again and join the table). WAIT_FOR=FILE holds the runs back,
-# after the datasets, until FILE exists.
+# earlier table's JSON: its runs are not run again and join the table).
 # The GPU machine has no network: the seqrl side's wheels (gymnasium 1.4.0, farama-notifications, minari 0.5.4,
 # mujoco and mujoco-core 4.0.1, glfw, stable-baselines3 2.9.2) go in with `pip install --no-index --no-deps
 # --target /tmp/site`, d3rlpy's (the list in experiments/bench_gpu_dt.py, plus the same mujoco, mujoco-core and
@@ -55,7 +54,6 @@ for q in sys.argv[2:]:
     print(f"{q}: {len(eps)} episodes, {sum(len(e.rewards) for e in eps)} transitions, mean return {ret.mean():.1f}, "
           f"normalised {normalized_score([ret.mean()], (env.ref_min_score, env.ref_max_score))[0]:.1f}", flush=True)
 PY
-while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done  # e.g. a benchmark that wants the GPU alone
 ENVS=$E QUALITIES="$Q" SEEDS=${SEEDS:-0,1,2,3,4} BC_ROWS=0 NOSE_ROWS=0 \
   D3RLPY_SITE=${D3RLPY_SITE:-/tmp/d3site} DEVICE=$DEV START_WITHIN=${BY:-780} \
   bash experiments/d4rl_table.sh $S 64 0 "$R/table" "${RUNS:-16}" > "$R/table.log" 2>&1
