@@ -542,7 +542,6 @@ def test_cuda_selective_scan_without_gluon_runs_and_matches(fresh_import, monkey
                                    for k, v in x.items()}, delta_softplus=True)[0][..., 0], "cuda", "Triton step")
 
 
-
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_selective_scan_on_misaligned_inputs_after_aligned_ones():
     """The same shapes run first from 16-byte-aligned tensors, then from views one element off, then aligned
