@@ -37,7 +37,8 @@ state_dict: a checkpoint resumes the schedule exactly.
 
 Two acting modes (`act_mode`; `seqrl eval --act` picks one for any checkpoint, the weights are the same):
 
-- "stream" (default): recurrent, three `backbone.step` calls per env step (R, s, then the chosen a),
+- "stream" (the config's default; agents/dm.toml picks "window", which scored higher on the D4RL-style
+  data: docs/results.md): recurrent, three `backbone.step` calls per env step (R, s, then the chosen a),
   O(1) each whatever the episode's length; the state holds all of the episode so far. Training never
   runs the model past K steps from an empty state, so past step K-1 of an episode this is a longer
   memory than the one trained. Up to step K-1 it is window acting (the backbone is causal).
