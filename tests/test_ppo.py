@@ -1,8 +1,6 @@
 """Recurrent PPO through the one Trainer and the env source: PPO math against slow references, truncated
 BPTT replay, a short run with checkpoint and resume, Box actions, bad input."""
 
-import json
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -114,21 +112,15 @@ def test_sequences_and_states_line_up():
 
 
 # ------------------------------------------------------------------------- collection and replay
-@pytest.mark.parametrize("agent,backbone,separate,hidden", [
-    ("gtrxl", "gtrxl", False, ""), ("lstm_ppo", "lstm", False, ""), ("gtrxl", "mamba", False, ""),
-    ("lstm_ppo", "lstm", True, ""), ("lstm_ppo", "lstm", False, "[8, 4]"), ("lstm_ppo", "lstm", True, "[8]")])
-def test_replay_from_recorded_memory_reproduces_collection(agent, backbone, separate, hidden, tmp_path):
+@pytest.mark.parametrize("agent,backbone,separate", [("gtrxl", "gtrxl", False), ("lstm_ppo", "lstm", False),
+                                                     ("gtrxl", "mamba", False), ("lstm_ppo", "lstm", True)])
+def test_replay_from_recorded_memory_reproduces_collection(agent, backbone, separate, tmp_path):
     """Truncated BPTT: each sequence re-run from the memory recorded at its start gives back the
     log-probabilities and values of collection, across episode ends inside and between sequences; any
-    backbone with the contract plugs in (Mamba included), and so do a critic with its own memory and MLPs
-    between the memory and the heads."""
+    backbone with the contract plugs in (Mamba included), and so does a critic with its own memory."""
     extra = [f"policy.backbone={backbone}", "policy.mamba.n_layers=1", "policy.mamba.d_state=4",
-             f"policy.separate_critic={str(separate).lower()}"] + ([f"policy.head_hidden={hidden}"] if hidden else [])
+             f"policy.separate_critic={str(separate).lower()}"]
     policy, preset = make(agent, tmaze(3), extra)
-    if hidden:  # two MLPs of those widths, the heads reading the last one
-        widths = [m.out_features for m in policy.actor_mlp if isinstance(m, torch.nn.Linear)]
-        assert widths == json.loads(hidden) == [m.out_features for m in policy.critic_mlp if isinstance(m, torch.nn.Linear)]
-        assert policy.critic.in_features == widths[-1]
     t = start(policy, preset, tmaze(3), tmp_path)
     t.source.collect(policy)  # a second rollout starts from a carried, non-empty memory
     ro = t.source.collect(policy)
@@ -244,8 +236,6 @@ def test_bad_input(tmp_path):
         load_agent(f)
     with pytest.raises(PresetError, match="unknown key 'policy.window'"):
         load_agent("lstm_ppo", parse_overrides(["policy.window=10"]))
-    with pytest.raises(PresetError, match=r"policy.head_hidden: widths must be >= 1, got \[64, 0\]"):
-        load_agent("lstm_ppo", parse_overrides(["policy.head_hidden=[64, 0]"]))
     with pytest.raises(PresetError, match="policy.backbone: 'rnn' is not one of"):
         load_agent("lstm_ppo", parse_overrides(["policy.backbone=rnn"]))
     with pytest.raises(PresetError, match=r"env_kwargs.length: \[1\] does not fit"):

@@ -10,8 +10,6 @@ it, and two heads give the action distribution (the shared ActionHead: categoric
 Gaussian with a state-independent log-std for Box actions, CleanRL's continuous PPO) and the value. With
 `separate_critic` the value head reads a second embedding and memory of its own (sb3-contrib's
 RecurrentPPO does this by default); the agent's state is then the pair (actor memory, critic memory).
-`head_hidden` puts a tanh MLP between the memory and each head (RecurrentPPO's 64, 64); by default the heads
-read the memory directly (CleanRL).
 
 Training (CleanRL's recurrent PPO, Huang et al. 2022, with the memory kept in the backbone's state):
 
@@ -167,9 +165,6 @@ class PPOConfig:
     mamba: MambaConfig = dataclasses.field(default_factory=MambaConfig)
     init_log_std: float = 0.0
     """Box actions: initial log standard deviation of the Gaussian policy (in [-1, 1] action units)"""
-    head_hidden: tuple[int, ...] = ()
-    """widths of a tanh MLP between the memory and each head, one for the actor and one for the critic
-    (sb3-contrib's RecurrentPPO: 64, 64); empty: the heads read the memory directly (CleanRL)"""
     # PPO
     seq_len: int = 32
     """truncated BPTT: collections are cut into sequences of this many steps, each replayed from the memory
@@ -201,8 +196,6 @@ class PPOConfig:
 
     def __post_init__(self):
         require_at_least(self, 1, ("d_model", "seq_len", "epochs", "minibatches"))
-        if any(w < 1 for w in self.head_hidden):
-            raise ValueError(f"head_hidden: widths must be >= 1, got {list(self.head_hidden)}")
         if self.backbone == "gtrxl" and (self.d_model % self.gtrxl.n_heads or self.d_model % 2):
             raise ValueError(f"d_model {self.d_model} must be even and divisible by gtrxl.n_heads {self.gtrxl.n_heads}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip_coef > 0:
@@ -243,15 +236,6 @@ def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
     return layer
 
 
-def _head_mlp(d: int, widths: tuple[int, ...]) -> nn.Module:
-    """Linear + tanh layers of `widths` from d (orthogonal, gain sqrt 2, as SB3's MLP extractor); Identity for ()."""
-    layers: list[nn.Module] = []
-    for w in widths:
-        layers += [_init_linear(nn.Linear(d, w), np.sqrt(2)), nn.Tanh()]
-        d = w
-    return nn.Sequential(*layers) if layers else nn.Identity()
-
-
 def _encoder(spec: TaskSpec, d: int) -> TrajectoryTokenizer:
     """The observation's token, to be followed by a ReLU: CleanRL's encoder (Linear + ReLU, orthogonal init with
     gain sqrt 2), here the shared tokenizer's embedding without its LayerNorm."""
@@ -275,15 +259,12 @@ class RecurrentPPO(Agent):
         backbone = make_backbone(config)  # built first: the initial weights of a seed are those seqrl always drew
         self.tokenizer = _encoder(spec, d)
         self.backbone = backbone
-        d_head = config.head_hidden[-1] if config.head_hidden else d
-        self.head = ActionHead(d_head, spec.action_space, gaussian=True, init_log_std=config.init_log_std)
+        self.head = ActionHead(d, spec.action_space, gaussian=True, init_log_std=config.init_log_std)
         _init_linear(self.head.out, 0.01)
-        self.critic = _init_linear(nn.Linear(d_head, 1), 1.0)
+        self.critic = _init_linear(nn.Linear(d, 1), 1.0)
         self.critic_memory = None
         if config.separate_critic:  # built last: the shared layout keeps the weights a seed always gave
             self.critic_memory = nn.ModuleDict({"backbone": make_backbone(config), "tokenizer": _encoder(spec, d)})
-        # after everything else, so that without them a seed gives the weights it always gave
-        self.actor_mlp, self.critic_mlp = _head_mlp(d, config.head_hidden), _head_mlp(d, config.head_hidden)
         self.segment = config.seq_len  # the env source records the memory before every segment-th step
 
     @classmethod
@@ -304,18 +285,17 @@ class RecurrentPPO(Agent):
     def features(self, obs: Any, state: Any, first: torch.Tensor | None = None, step: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """The memories over sequences obs (S, L, ...) with episode starts `first` (S, L), or over one step
-        (n, ...) with `step`: (actor features, critic features, state), features (S, L, d') or (n, d'), each
-        through its head MLP (d' its last width; d without one)."""
+        (n, ...) with `step`: (actor features, critic features, state), features (S, L, d) or (n, d)."""
         def read(backbone, tokenizer, s):
             x = self._embed(obs, tokenizer)
             return backbone.step(x, s) if step else backbone(x, s, first)
 
         if self.critic_memory is None:
             h, state = read(self.backbone, self.tokenizer, state)
-            return self.actor_mlp(h), self.critic_mlp(h), state
+            return h, h, state
         h, actor = read(self.backbone, self.tokenizer, state[0])
         hv, critic = read(self.critic_memory["backbone"], self.critic_memory["tokenizer"], state[1])
-        return self.actor_mlp(h), self.critic_mlp(hv), (actor, critic)
+        return h, hv, (actor, critic)
 
     # ---------------------------------------------------------------------------------- collect
     @torch.no_grad()
