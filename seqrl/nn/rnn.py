@@ -9,8 +9,10 @@ CUDA). A segment with resets inside is cut into its episodes, which run together
 batch (`nn.utils.rnn.pack_padded_sequence`): each piece after a reset starts from the zero state, the first
 piece of a row from the given state. CleanRL's LSTM PPO loops over the steps instead, zeroing the state where
 an episode starts; the result is the same (tests/test_backbones.py checks both paths against repeated `step`
-calls), in one call instead of T, which is what RL's short episodes (many resets per sequence) need. Weights are
-orthogonal and biases zero (CleanRL's LSTM init). DreamerV3's GRU adds a LayerNorm inside the cell and an
+calls), in one call instead of T, which is what RL's short episodes (many resets per sequence) need. The GRU's
+weights are orthogonal and its biases zero (CleanRL's init); the LSTM keeps PyTorch's init, as sb3-contrib's
+RecurrentPPO does: with CleanRL's, `lstm_ppo` scored the same or lower on the memory tasks (docs/results.md,
+"Online: memory tasks beyond the T-maze"). DreamerV3's GRU adds a LayerNorm inside the cell and an
 update-gate bias of -1; this is PyTorch's plain GRU (our choice: cuDNN, and one less custom cell).
 """
 
@@ -42,10 +44,11 @@ class _Recurrent(nn.Module):
         super().__init__()
         self.d_model, self.n_layers = d_model, n_layers
 
-    def _make(self, module: type[nn.RNNBase]) -> nn.RNNBase:
+    def _make(self, module: type[nn.RNNBase], orthogonal: bool) -> nn.RNNBase:
         rnn = module(self.d_model, self.d_model, self.n_layers, batch_first=True)
-        for name, p in rnn.named_parameters():
-            nn.init.orthogonal_(p) if "weight" in name else nn.init.zeros_(p)
+        if orthogonal:
+            for name, p in rnn.named_parameters():
+                nn.init.orthogonal_(p) if "weight" in name else nn.init.zeros_(p)
         return rnn
 
     def _zeros(self, batch: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
@@ -89,7 +92,8 @@ class _Recurrent(nn.Module):
 class LSTM(_Recurrent):
     def __init__(self, d_model: int, n_layers: int = 1):
         super().__init__(d_model, n_layers)
-        self.lstm = self._make(nn.LSTM)  # the attribute names the weights in checkpoints: lstm.*
+        # PyTorch's init, as sb3-contrib's RecurrentPPO (CleanRL's orthogonal one scored lower: module docstring)
+        self.lstm = self._make(nn.LSTM, orthogonal=False)  # the attribute names the weights in checkpoints: lstm.*
 
     def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> LSTMState:
         return LSTMState(self._zeros(batch, device, dtype), self._zeros(batch, device, dtype))
@@ -109,7 +113,7 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     def __init__(self, d_model: int, n_layers: int = 1):
         super().__init__(d_model, n_layers)
-        self.gru = self._make(nn.GRU)
+        self.gru = self._make(nn.GRU, orthogonal=True)
 
     def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> GRUState:
         return GRUState(self._zeros(batch, device, dtype))
