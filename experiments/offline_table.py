@@ -9,9 +9,10 @@ A group is (comma-separated Minari ids, comma-separated agent specs); every data
 with every agent of it, for every seed. An agent spec is `[LABEL=]PRESET[:KEY=VALUE;KEY=VALUE...]`
 (`--set`-style overrides, e.g. `dm_small:policy.pser=false`). Each run is `seqrl train` (training then
 evaluation over `--episodes` episodes per target return) in its own process; `--workers` run at once.
-DT and DM runs are then also acted in their other mode (`policy.act_mode`: "window" for the default
-"stream") at the first target, on the same env seeds: the condition "target=... window". The table gives each
-condition's env steps per second (the evaluation's vector env included).
+DT and DM runs are then also acted in the `policy.act_mode` their preset does not use ("window" for
+dt.toml's "stream", "stream" for dm.toml's "window") at the first target, on the same env seeds: the
+condition "target=... MODE". The table gives each condition's env steps per second (the evaluation's vector
+env included).
 
 The agent `d3rlpy_dt` is d3rlpy 2.8.1's DecisionTransformer at the paper's size
 (experiments/d3rlpy_dt_score.py), in its own interpreter with `--d3rlpy-site` as PYTHONPATH: the dataset
