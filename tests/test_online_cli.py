@@ -39,7 +39,27 @@ def test_lstm_on_a_gymnasium_id_without_preset(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["spec"]["env"]["max_episode_steps"] == 500  # from the registry
 
 
+def test_module_colon_env_id_imports_the_module_that_registers_it(tmp_path, monkeypatch):
+    """`--env module:EnvId` (Gymnasium's form): seqrl imports the module, which registers the env."""
+    (tmp_path / "seqrl_test_registers.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('SeqrlTestAcrobot-v0', entry_point='gymnasium.envs.classic_control:AcrobotEnv', "
+        "max_episode_steps=40)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["train", "--agent", "lstm_ppo", "--env", "seqrl_test_registers:SeqrlTestAcrobot-v0",
+                              "--out", "run", "--set", "policy.d_model=8", "--set", "source.env_steps=32",
+                              "--set", "source.n_envs=2", "--set", "source.n_steps=16", "--set", "policy.seq_len=16",
+                              "--set", "policy.minibatches=1", "--set", "policy.epochs=1",
+                              "--set", "trainer.eval_episodes=0"])
+    assert res.exit_code == 0, res.output
+    env = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["spec"]["env"]
+    assert env["env_id"] == "SeqrlTestAcrobot-v0" and env["max_episode_steps"] == 40  # from the module's registration
+
+
 @pytest.mark.parametrize("args,message", [
+    (["train", "--agent", "gtrxl", "--env", "seqrl_no_such_module:X-v0"], "cannot import module 'seqrl_no_such_module'"),
+    (["train", "--agent", "gtrxl", "--env", "json:SeqrlNope-v0"], "importing 'json' registered no env 'SeqrlNope-v0'"),
     (["train", "--agent", "gtrxl"], "agent 'ppo' trains online (source.kind = 'env'): pass --env"),
     (["train", "--agent", "gtrxl", "--dataset", "seqrl/pendulum/mixed-v0"], "trains online (source.kind = 'env'): pass --env, not --dataset"),
     (["train", "--agent", "dt", "--env", "tmaze"], "agent 'dt' trains offline (source.kind = 'dataset'): pass --dataset"),
