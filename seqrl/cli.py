@@ -336,6 +336,10 @@ def imagine(
             raise
         raise PresetError(str(e)) from e
     console.print({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
+    if context + horizon > result["trained_seq_len"]:
+        console.print(f"note: context + horizon = {context + horizon} steps, past the {result['trained_seq_len']}-step "
+                      "sequences this model trained on, where S4 and transformer world models lost accuracy in "
+                      "docs/world_model.md's measurements (train on sequences as long as the context)")
     console.print(f"written to {out}")
 
 

@@ -300,11 +300,17 @@ def test_collect_train_imagine_through_the_cli(minari_root, tmp_path):
     run = tmp_path / "wm"
     res = runner.invoke(app, ["train", "--agent", "s4wm_small", "--dataset", did, "--env", "seqrl/DistractingMemory-v0",
                               "--run-dir", str(run), "--set", "trainer.steps=2", "--set", "source.batch_size=2",
-                              "--set", "policy.d_model=16", "--set", "policy.embed_dim=16", "--set", "policy.hidden=16"])
+                              "--set", "policy.d_model=16", "--set", "policy.embed_dim=16", "--set", "policy.hidden=16",
+                              "--set", "policy.seq_len=4"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["imagine", str(run / "checkpoint.pt"), "--context", "2", "--horizon", "3",
                               "--sequences", "2", "--out", str(tmp_path / "im")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "im" / "strip.png").stat().st_size > 1000 and (tmp_path / "im" / "imagine.json").is_file()
+    assert json.loads((tmp_path / "im" / "imagine.json").read_text())["trained_seq_len"] == 4
+    assert "past the 4-step sequences this model trained on" in " ".join(res.output.split())  # 2 + 3 steps
+    res = runner.invoke(app, ["imagine", str(run / "checkpoint.pt"), "--context", "2", "--horizon", "2",
+                              "--sequences", "2", "--out", str(tmp_path / "im2")])
+    assert res.exit_code == 0 and "past the" not in res.output, res.output
     res = runner.invoke(app, ["imagine", str(run / "checkpoint.pt"), "--horizon", "0", "--out", str(tmp_path / "im")])
     assert res.exit_code == 2 and "horizon must be an integer >= 1" in " ".join(res.output.split())

@@ -96,6 +96,7 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
         files["gif"] = gif
     result = {"checkpoint": str(checkpoint), "agent": ckpt["agent"], "backbone": model.config.backbone,
               "latent": model.config.latent, "step": int(ckpt["step"]), "context": context, "horizon": horizon,
+              "trained_seq_len": model.config.seq_len,
               "sequences": len(chosen), "episodes": chosen.tolist(), "sample": sample,
               "mse_per_step": mse.mean(0).tolist(), "mse_mean": float(mse.mean()),
               "reward_steps": int(paid.sum()),
