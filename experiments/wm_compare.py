@@ -109,6 +109,10 @@ def main() -> None:
             seq = args.seq_len or (max(base.policy.seq_len, ep_len) if args.task == "distracting-memory"
                                    else base.policy.seq_len)
             policy["seq_len"] = seq
+            if seq < context + horizon:
+                print(f"note: {backbone} trains on {seq}-step sequences and imagines to step {context + horizon}; S4 and "
+                      f"the transformer lose accuracy past their training length (docs/world_model.md): --seq-len",
+                      flush=True)
             if args.d_model:
                 policy["d_model"] = args.d_model
             trainer = {"steps": args.steps, "seed": seed, "threads": args.threads, "device": args.device,
