@@ -37,7 +37,7 @@ from seqrl.policies.base import TaskSpec
 from seqrl.policies.world_model import WorldModel
 from seqrl.presets import load_agent
 from seqrl.presets import EnvPreset
-from seqrl.runners.imagine import imagine_checkpoint
+from seqrl.runners.imagine import imagine_checkpoint, training_length_note
 from seqrl.runners.sources import DatasetSource
 from seqrl.runners.trainer import Trainer
 
@@ -109,10 +109,9 @@ def main() -> None:
             seq = args.seq_len or (max(base.policy.seq_len, ep_len) if args.task == "distracting-memory"
                                    else base.policy.seq_len)
             policy["seq_len"] = seq
-            if seq < context + horizon:
-                print(f"note: {backbone} trains on {seq}-step sequences and imagines to step {context + horizon}; S4 and "
-                      f"the transformer lose accuracy past their training length (docs/world_model.md): --seq-len",
-                      flush=True)
+            note = training_length_note(context + horizon, seq)
+            if note:
+                print(f"{backbone}: {note}; --seq-len sets it", flush=True)
             if args.d_model:
                 policy["d_model"] = args.d_model
             trainer = {"steps": args.steps, "seed": seed, "threads": args.threads, "device": args.device,

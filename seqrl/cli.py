@@ -326,7 +326,7 @@ def imagine(
     """Imagine with a world model: a context of real steps, then the prior rolled forward recurrently;
     writes a strip of real above imagined frames, the error against the horizon and JSON."""
     from seqrl.presets import training_device
-    from seqrl.runners.imagine import imagine_checkpoint
+    from seqrl.runners.imagine import imagine_checkpoint, training_length_note
 
     try:
         result = imagine_checkpoint(checkpoint, context, horizon, out, dataset, sequences, seed=seed,
@@ -336,10 +336,9 @@ def imagine(
             raise
         raise PresetError(str(e)) from e
     console.print({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
-    if context + horizon > result["trained_seq_len"]:
-        console.print(f"note: context + horizon = {context + horizon} steps, past the {result['trained_seq_len']}-step "
-                      "sequences this model trained on, where S4 and transformer world models lost accuracy in "
-                      "docs/world_model.md's measurements (train on sequences as long as the context)")
+    note = training_length_note(context + horizon, result["trained_seq_len"])
+    if note:
+        console.print(note)
     console.print(f"written to {out}")
 
 

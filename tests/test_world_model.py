@@ -308,7 +308,7 @@ def test_collect_train_imagine_through_the_cli(minari_root, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "im" / "strip.png").stat().st_size > 1000 and (tmp_path / "im" / "imagine.json").is_file()
     assert json.loads((tmp_path / "im" / "imagine.json").read_text())["trained_seq_len"] == 4
-    assert "past the 4-step sequences this model trained on" in " ".join(res.output.split())  # 2 + 3 steps
+    assert "runs to step 5, past the 4-step sequences this model trained on" in " ".join(res.output.split())
     res = runner.invoke(app, ["imagine", str(run / "checkpoint.pt"), "--context", "2", "--horizon", "2",
                               "--sequences", "2", "--out", str(tmp_path / "im2")])
     assert res.exit_code == 0 and "past the" not in res.output, res.output

@@ -30,6 +30,16 @@ from seqrl.policies.world_model import WORLD_MODELS, WorldModel, WorldModelConfi
 from seqrl.presets import build
 
 
+def training_length_note(steps: int, seq_len: int) -> str | None:
+    """A note when imagination reaches `steps` steps into an episode, past the `seq_len`-step sequences the model
+    trained on (where S4 and transformer world models lost accuracy, docs/world_model.md); else None."""
+    if steps <= seq_len:
+        return None
+    return (f"note: imagination runs to step {steps}, past the {seq_len}-step sequences this model trained on, where "
+            "S4 and transformer world models lost accuracy in docs/world_model.md's measurements (train on sequences "
+            "as long as the context)")
+
+
 def world_model_from_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
     """The WorldModel of a checkpoint; CheckpointError when the checkpoint holds another agent."""
     ckpt = load_checkpoint(checkpoint)
