@@ -158,7 +158,7 @@ def test_selective_step_is_one_scan_step(device):
 
 
 @pytest.mark.parametrize("device", SELECTIVE)
-@pytest.mark.parametrize("b,d,n,l", [(2, 40, 16, 300), (3, 9, 8, 129)])
+@pytest.mark.parametrize("b,d,n,l", [(2, 40, 16, 300), (3, 9, 8, 129), (2, 40, 32, 300), (1, 33, 64, 130)])
 def test_selective_scan_float32_inputs_match_loop(device, b, d, n, l):
     """float32 tensors as a model passes them (the other tests pass float64): values, final state and
     gradients against the loop run in float64 on the same (float32-rounded) values. B and C arrive as

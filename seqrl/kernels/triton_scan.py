@@ -12,16 +12,17 @@ channel's n states in registers and walks the segment's steps one by one: per st
 multiplies and two fused multiply-adds (h = exp2(dt A_n) h + dt u B_n, y += C_n h), no shuffles and no scan
 tree. Tiles of T steps of u, delta (and z) are loaded along l, whole 16-byte runs per thread, and moved to a
 thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler picks). B and C are
-copied beforehand to (b, l, n) float32, so a tile's T x n values are contiguous: they are copied into shared
-memory once per tile (16-byte loads), and each step reads its n values from there, every thread alike
+read as (b, l, n) float32 (copied beforehand unless they are that already), so a tile's T x n values are
+contiguous: they are copied into shared memory once per tile (16-byte loads), and each step reads its n values
+from there, every thread alike
 (loading them from global memory at each step, just before use, left the kernel waiting on those loads:
 docs/history.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put
 threads along l (docs/history.md, 2026-11-24). Segments give the parallelism: a first pass runs each
 segment from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those
 across segments, and a second pass runs each segment from its true start state, writing y. Memory traffic is
 the inputs twice and the outputs once; the (b, l, d, n) states never exist in memory. When gradients are
-wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n), and with a gate z the pre-gate output y,
-(b, d, l).
+wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n); nothing else (the backward recomputes the
+pre-gate output y from the states it recomputes anyway).
 
 Backward (Gluon as well, the same layout: a program is one warp, 32 channels, a thread per channel, and one
 segment). Tiles of T = EVERY steps are walked from the segment's last to its first. Per tile, each thread
@@ -208,13 +209,13 @@ def _program_indices(A_ptr, pid_b, d0, L, DM, CH: gl.constexpr, N: gl.constexpr,
 
 @gluon.jit
 def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, carry_ptr,
-                   out_ptr, ypre_ptr, hlast_ptr, states_ptr, hend_ptr, decay_ptr, L, DM, seg_len, n_seg, n_states,
+                   out_ptr, hlast_ptr, states_ptr, hend_ptr, decay_ptr, L, DM, seg_len, n_seg, n_states,
                    N: gl.constexpr, T: gl.constexpr, EVERY: gl.constexpr, FULL: gl.constexpr,
                    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
                    HAS_H0: gl.constexpr, SAVE: gl.constexpr, RESET: gl.constexpr):
     """One segment of one batch row for 32 * num_warps channels, a channel per thread (layouts below).
     FULL: from the segment's start state (h0, or slot seg - 1 of carry), write y (and with SAVE the state
-    every EVERY steps, and with a gate the pre-gate y); the last segment writes the final state. Else: the
+    every EVERY steps); the last segment writes the final state. Else: the
     segment's end state from zero and its decay, exp2(A sum dt) or 0 where a group starts inside, at slot seg
     of hend, decay (b, d, n, n_seg)."""
     W: gl.constexpr = gl.num_warps()
@@ -289,7 +290,6 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             if HAS_D:
                 ys += Dv[:, None] * ug.to(gl.float32)
             if HAS_Z:
-                gl.store(ypre_ptr + grow + offs_g[None, :], ys, mask=m2)
                 ys = gl.fdiv(ys * z, 1.0 + gl.exp2(z * -1.4426950408889634))
             gl.store(out_ptr + grow + offs_g[None, :], ys.to(out_ptr.dtype.element_ty), mask=m2)
     if FULL:
@@ -328,7 +328,7 @@ def _adjoint_step(p, dA_acc, h_prev, r, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, h
 
 
 @gluon.jit
-def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, ypre_ptr, dout_ptr,
+def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr,
                    dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dz_ptr,
                    dh0_ptr, L, DM, seg_len, n_seg, n_states, n_chunks,
                    N: gl.constexpr, T: gl.constexpr, SEG: gl.constexpr, RT: gl.constexpr, RN: gl.constexpr,
@@ -370,6 +370,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dys = dys2._reinterpret(gl.float32, [T, CH], ROW)
     sbs = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of dh B
     sas = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of A2 dh dA h_prev
+    yps = gl.allocate_shared_memory(gl.float32, [T, CH], ROW)  # per step: sum over n of C h, the pre-gate y less D u
     # the tile's B_t and C_t (n values a step, read by every thread alike) and the state before its first step
     LF: gl.constexpr = gl.BlockedLayout([VEC], [32], [1], [0])  # (T * N,) as loaded: 16 bytes a thread
     offs_f = gl.arange(0, T * N, layout=LF)
@@ -424,10 +425,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         g = gl.load(dout_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
         if HAS_Z:
             z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
-            y = gl.load(ypre_ptr + grow + offs_g[None, :], mask=m2, other=0.0)
             sz = _sigmoid(z)
-            gl.store(dz_ptr + grow + offs_g[None, :], (g * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
-                     mask=m2)
+            gz = g * sz * (1.0 + z * (1.0 - sz))  # dz = gz y_pre, y_pre recomputed with the states below
             g = g * z * sz
         dy = gl.convert_layout(g, LT)
         if HAS_D:
@@ -448,7 +447,17 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             dA = _decay(dts.index(t).load(VH), A2, t0 + t, L, RESET)
             h = dA * h + dtus.index(t).load(VH)[:, None] * Bs.index(t).load(VN)[None, :]
             hist.index(t).store(h)
+            if HAS_Z:
+                yps.index(t).store(gl.sum(h * Cs.index(t).load(VN)[None, :], axis=1))
         gl.thread_barrier()
+        if HAS_Z:  # the pre-gate output y_pre = C h + D u, which the forward does not store
+            yp = gl.zeros([CH, T], gl.float32, layout=LT)
+            for t in gl.static_range(T):
+                yp = gl.where(cols[None, :] == t, yps.index(t).load(VT)[:, None], yp)
+            if HAS_D:
+                yp += Dv[:, None] * u
+            gl.store(dz_ptr + grow + offs_g[None, :], (gz * gl.convert_layout(yp, LG)).to(dz_ptr.dtype.element_ty),
+                     mask=m2)
         # dC_t = sum over channels of dy_t h_t
         terms = hist2.load(LR) * dys2.load(gl.SliceLayout(1, LR))[:, None]
         share = gl.sum(gl.convert_layout(gl.reshape(terms, [T, CH, N]), L3, assert_trivial=True), axis=1)
@@ -536,7 +545,7 @@ def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, x
     slot = (pid_b * DM + offs_d) * N * (n_chunks + 1) + (n_chunks - c)
     for n in tl.static_range(N):
         a2_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * 1.4426950408889634
-        Cn = tl.load(C_ptr + (pid_b * N + n) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        Cn = tl.load(C_ptr + (pid_b * L + offs_l) * N + n, mask=mask_l, other=0.0)  # C as (b, l, n) float32
         w = tl.exp2(a2_n[:, None] * span)
         if RESET > 0:
             w = tl.where(open_[None, :], w, 0.0)
@@ -679,6 +688,17 @@ def _opt(t):
     return None if t is None else t.contiguous()
 
 
+def _steps_major(t):
+    """B or C, (b, n, l), as (b, l, n) float32 and contiguous, the layout the kernels read (a step's n values
+    together): a view when it already is one (the transpose of a contiguous (b, l, n) float32 tensor), else
+    one copy (Decision Mamba's B and C are bf16 slices of one projection under autocast: one copy, not the two
+    before 2026-12-06)."""
+    t = t.transpose(1, 2)
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return torch.empty(t.shape, device=t.device, dtype=torch.float32).copy_(t)
+
+
 def _segments(l: int, rows: int, programs: int, unit: int) -> tuple[int, int]:
     """(number, length) of segments of a sequence of l steps: multiples of `unit` steps, enough of them for
     about `programs` programs when `rows` programs (batch rows x channel blocks) share each segment."""
@@ -690,7 +710,7 @@ def _segments(l: int, rows: int, programs: int, unit: int) -> tuple[int, int]:
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset_every, grad_enabled):
-        u, delta, B, C, z = (_opt(t) for t in (u, delta, B, C, z))
+        u, delta, z = (_opt(t) for t in (u, delta, z))
         A = A.contiguous().float()
         D, delta_bias = _opt(D), _opt(delta_bias)
         h0 = None if h0 is None else h0.contiguous().float()
@@ -704,9 +724,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         f32 = dict(device=u.device, dtype=torch.float32)
         hlast = torch.empty(b, d, n, **f32)
         states = torch.empty(b, d, triton.cdiv(l, EVERY), n, **f32) if save else hlast
-        ypre = torch.empty(b, d, l, **f32) if (save and z is not None) else out
-        # B, C as (b, l, n) float32: a step's n values together, read by every thread alike
-        Bt, Ct = (torch.empty(b, l, n, **f32).copy_(t.transpose(1, 2)) for t in (B, C))
+        Bt, Ct = _steps_major(B), _steps_major(C)
         opt = lambda t: u if t is None else t  # noqa: E731
         flags = dict(N=n, T=cfg["T"], EVERY=EVERY, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, RESET=reset_every,
@@ -717,21 +735,21 @@ class _SelectiveScanFn(torch.autograd.Function):
             # each segment's end state from zero and its decay, then a linear scan over the segments gives
             # every segment's start state (slot s - 1 for segment s)
             hend, decay = torch.empty(b, d, n, n_seg, **f32), torch.empty(b, d, n, n_seg, **f32)
-            _selective_fwd[(b, blocks, n_seg)](*args, hlast, out, ypre, hlast, states, hend, decay, l, d, seg_len,
+            _selective_fwd[(b, blocks, n_seg)](*args, hlast, out, hlast, states, hend, decay, l, d, seg_len,
                                                n_seg, states.shape[2], FULL=False, SAVE=False, **flags)
             carry = _linear_scan(decay.view(b, d * n, n_seg), hend.view(b, d * n, n_seg),
                                  torch.zeros(b, d * n, **f32) if h0 is None else h0.view(b, d * n))
-        _selective_fwd[(b, blocks, n_seg)](*args, carry, out, ypre, hlast, states, hlast, hlast, l, d, seg_len,
+        _selective_fwd[(b, blocks, n_seg)](*args, carry, out, hlast, states, hlast, hlast, l, d, seg_len,
                                            n_seg, states.shape[2], FULL=True, SAVE=bool(save), **flags)
         if save:
-            ctx.save_for_backward(u, delta, A, Bt, Ct, C, D, z, delta_bias, states, ypre if z is not None else None)
+            ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias, states)
             ctx.softplus, ctx.has_h0, ctx.reset_every = softplus, h0 is not None, reset_every
             ctx.dtypes = B.dtype, C.dtype
         return out, hlast
 
     @staticmethod
     def backward(ctx, dout, dhlast):
-        u, delta, A, Bt, Ct, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
+        u, delta, A, Bt, Ct, D, z, delta_bias, states = ctx.saved_tensors
         b, d, l = u.shape
         n = A.shape[1]
         dout = dout.contiguous()
@@ -754,7 +772,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             m[..., 0] = 0.0
             ck = CONFIG["carries"]
             _selective_bwd_carries[(b, triton.cdiv(d, ck["BLOCK_D"]), n_chunks)](
-                delta, A, C, opt(z), opt(delta_bias), dout, x, m, l, d, n_chunks, N=n, BLOCK_D=ck["BLOCK_D"],
+                delta, A, Ct, opt(z), opt(delta_bias), dout, x, m, l, d, n_chunks, N=n, BLOCK_D=ck["BLOCK_D"],
                 BLOCK_L=chunk, num_warps=ck["num_warps"], **flags)
             carries = _linear_scan(m.view(b, d * n, n_chunks + 1), x.view(b, d * n, n_chunks + 1),
                                    torch.zeros(b, d * n, **f32))
@@ -769,7 +787,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         rn = min(32, max(1, n // 4))  # dB, dC are summed with RN threads along n and RT along the tile's steps
         rt = min(EVERY, 32 // rn)
         _selective_bwd[(b, blocks, n_seg)](
-            u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, opt(ypre), dout, opt(dhlast, dh0),
+            u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, dout, opt(dhlast, dh0),
             opt(carries, dh0), du, ddelta, dA, dB, dC, opt(dD, dA), opt(dbias, dA), opt(dz), dh0, l, d, seg_len, n_seg,
             states.shape[2], n_chunks, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
             HAS_DHLAST=dhlast is not None, num_warps=1, **flags)
