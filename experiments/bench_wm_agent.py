@@ -42,9 +42,11 @@ MODELS = {  # name: (agent preset, policy overrides)
     "s4wm": ("s4wm_small", {}),
     "rssm": ("rssm_small", {}),
     "twm": ("twm_small", {}),
+    "s5wm": ("s4wm_small", {"ssm_kind": "s5"}),
     "s4wm-full": ("s4wm", {}),  # the GPU presets (width 256, two blocks)
     "rssm-full": ("rssm", {}),
     "twm-full": ("twm", {}),
+    "s5wm-full": ("s4wm", {"ssm_kind": "s5"}),  # S5 layers (R2I's): one state of d_state modes shared by the channels
     "agent-s4": ("s4wm_agent_offline", {}),
     "agent-gru": ("s4wm_agent_offline", {"world_model": {"backbone": "gru"}}),
     "agent-transformer": ("s4wm_agent_offline", {"world_model": {"backbone": "transformer"}}),

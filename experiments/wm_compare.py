@@ -1,10 +1,11 @@
 """S4 vs GRU vs transformer world models on one image task: same data, same sizes, same budget.
 
 --task distracting-memory (default), four-rooms or multi-doors-keys (seqrl/envs/image_memory.py, gridworlds.py).
-For each backbone (agents/s4wm_small.toml, rssm_small.toml, twm_small.toml unless --preset-suffix says otherwise)
-and seed: train through the one Trainer on the task's scripted dataset (seqrl/data/wm_collect.py), then imagine
-from the checkpoint (seqrl/runners/imagine.py): a context of --context real steps from each episode's start, the
-rest of the episode imagined open loop under the dataset's actions. Reports generation MSE (per pixel, [0, 1]
+For each backbone (agents/s4wm_small.toml, rssm_small.toml, twm_small.toml unless --preset-suffix says otherwise;
+`s5`, run only when asked, is the S4 preset with `policy.ssm_kind = "s5"`) and seed: train through the one Trainer
+on the task's scripted dataset (seqrl/data/wm_collect.py), then imagine from the checkpoint
+(seqrl/runners/imagine.py): a context of --context real steps from each episode's start, the rest of the episode
+imagined open loop under the dataset's actions. Reports generation MSE (per pixel, [0, 1]
 units: the mean over the horizon, and at imagined steps 1, 10, 50, 100, 250, 500 and the last, where the horizon
 reaches them), reward MSE, and for distracting-memory the reward accuracy in imagination (sign of the predicted
 reward at the doors step); and the time per update (sample + losses + backward + AdamW) at sequence lengths
@@ -41,7 +42,8 @@ from seqrl.runners.imagine import imagine_checkpoint, training_length_note
 from seqrl.runners.sources import DatasetSource
 from seqrl.runners.trainer import Trainer
 
-AGENTS = {"s4": "s4wm", "gru": "rssm", "transformer": "twm"}
+AGENTS = {"s4": "s4wm", "gru": "rssm", "transformer": "twm", "s5": "s4wm"}  # s5: the S4 preset with S5 layers
+OVERRIDES = {"s5": {"ssm_kind": "s5"}}
 
 
 def main() -> None:
@@ -53,7 +55,7 @@ def main() -> None:
     ap.add_argument("--data-steps", type=int, default=20_000, help="dataset size in env steps")
     ap.add_argument("--steps", type=int, default=200, help="updates per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--backbones", nargs="+", default=list(AGENTS), choices=list(AGENTS))
+    ap.add_argument("--backbones", nargs="+", default=["s4", "gru", "transformer"], choices=list(AGENTS))
     ap.add_argument("--preset-suffix", default="_small", help="'_small' (CPU) or '' (agents/s4wm.toml, ...)")
     ap.add_argument("--seq-len", type=int, default=0, help="training sequence length (0: the preset's; distracting-memory: "
                                                           "at least W + 2)")
@@ -104,7 +106,7 @@ def main() -> None:
     rows = []
     for backbone in args.backbones:
         for seed in args.seeds:
-            policy = {}
+            policy = dict(OVERRIDES.get(backbone, {}))
             base = load_agent(AGENTS[backbone] + args.preset_suffix)
             seq = args.seq_len or (max(base.policy.seq_len, ep_len) if args.task == "distracting-memory"
                                    else base.policy.seq_len)
@@ -141,7 +143,8 @@ def main() -> None:
     bench = []
     for backbone in args.backbones:
         for L in args.bench_lens:
-            preset = load_agent(AGENTS[backbone] + args.preset_suffix, {"policy": {"seq_len": L}})
+            preset = load_agent(AGENTS[backbone] + args.preset_suffix,
+                                {"policy": {"seq_len": L, **OVERRIDES.get(backbone, {})}})
             torch.manual_seed(0)
             agent = WorldModel(preset.policy, TaskSpec.from_store(store, env)).to(args.device)
             opt = torch.optim.AdamW(agent.parameters(), lr=1e-4)
