@@ -79,15 +79,27 @@ def no_scan(monkeypatch):
     monkeypatch.setattr(s4_mod, "FFT_RESET_MIN_LEN", {"s4d": 1, "s5": 1})
 
 
+def chunked(monkeypatch, chunk=4):
+    """Send the scan path to S4D's chunked form (its CUDA path), in chunks of `chunk` steps so that a test's short
+    sequence spans several and ends inside one. a^k = exp(k log a) for any branch of log a."""
+    monkeypatch.setattr(S4Layer, "_scan", lambda self, u, h0, a, b, C, reset: self._chunked(u, h0, torch.log(a), b, C,
+                                                                                           reset, chunk))
+
+
 @pytest.mark.parametrize("kind,disc", KINDS, ids=IDS)
-@pytest.mark.parametrize("path", ["scan", "scan-sequential", "fft"])
+@pytest.mark.parametrize("path", ["scan", "scan-sequential", "fft", "chunked"])
 def test_forward_matches_the_slow_loop(kind, disc, path, monkeypatch):
     """From a random state, with resets (at the first step, mid-segment and at the last step) in float64, through
-    every path: the parallel scan per chunk, the step-by-step scan and the FFT over episode segments."""
+    every path: the parallel scan per chunk, the step-by-step scan, the FFT over episode segments and S4D's
+    chunked form (the CUDA path; 21 steps in chunks of 4)."""
+    if path == "chunked" and kind != "s4d":
+        pytest.skip("the chunked form is S4D's")
     m = layer(kind, disc, fft_min_len=1 if path == "fft" else None)
     monkeypatch.setattr(scan_mod, "PARALLEL_BELOW", 0 if path == "scan-sequential" else 10**9)
     if path == "fft":
         no_scan(monkeypatch)
+    if path == "chunked":
+        chunked(monkeypatch)
     g = torch.Generator().manual_seed(1)
     u = torch.randn(4, 21, 3, generator=g, dtype=torch.float64)
     state = torch.randn(4, m.n_modes, 2, generator=g, dtype=torch.float64)
@@ -267,15 +279,62 @@ def test_fft_path_equals_scan_path_at_length_and_in_float32(resets):
         torch.testing.assert_close(h_fft, h_scan, rtol=1e-4, atol=1e-4)
 
 
+def test_chunked_form_equals_scan_at_length_in_float32():
+    """S4D's chunked form (default chunk, 300 steps: 18 full chunks and a partial one) from a state, float32, with
+    episode starts about every 50 steps and slow modes, within float32 error of the scan: outputs, final state and
+    the input's gradient."""
+    for disc in ("zoh", "bilinear"):
+        torch.manual_seed(0)
+        m = S4Layer(8, 16, kind="s4d", discretization=disc, fft_min_len=None)
+        g = torch.Generator().manual_seed(4)
+        u = torch.randn(3, 300, 8, generator=g, requires_grad=True)
+        h0 = complex_state(torch.randn(3, m.n_modes, 2, generator=g))
+        reset = torch.rand(3, 300, generator=g) < 0.02
+        log_a, a, b, C = m.discrete()
+        outs = [m._scan(u, h0, a, b, C, reset), m._chunked(u, h0, log_a, b, C, reset)]
+        gy = torch.randn(3, 300, 8, generator=g)
+        grads = [torch.autograd.grad((y * gy).sum() + h.abs().sum(), u, retain_graph=True)[0] for y, h in outs]
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_s4d_on_cuda_takes_the_chunked_form_and_matches_the_cpu(monkeypatch):
+    """On CUDA S4D runs the chunked form (never the per-step scan) and gives the CPU's outputs and gradients."""
+    torch.manual_seed(0)
+    m = S4Layer(16, 16, kind="s4d", fft_min_len=None)
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, 100, 16, generator=g)
+    reset = torch.rand(2, 100, generator=g) < 0.05
+    y_cpu, h_cpu = m(u, None, reset)
+    gm_cpu = torch.autograd.grad(y_cpu.square().sum(), list(m.parameters()))
+
+    def scan(*args, **kwargs):
+        raise AssertionError("the scan path was taken")
+    monkeypatch.setattr(S4Layer, "_scan", scan)
+    mc = m.cuda()
+    y, h = mc(u.cuda(), None, reset.cuda())
+    gm = torch.autograd.grad(y.square().sum(), list(mc.parameters()))
+    torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.cpu(), h_cpu, rtol=1e-4, atol=1e-4)
+    for a, b in zip(gm, gm_cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind,disc", KINDS, ids=IDS)
-@pytest.mark.parametrize("path", ["scan", "fft"])
+@pytest.mark.parametrize("path", ["scan", "fft", "chunked"])
 def test_gradcheck_through_resets_and_every_parameter(kind, disc, path, monkeypatch):
     """float64 gradcheck of (y, final state) in the input, the incoming state and every parameter (log dt, Re and
     Im of A, B, C, D), through resets at the first step, mid-segment (two, one step apart) and at the last step; on
-    the FFT path the scan raises."""
+    the FFT path the scan raises; S4D's chunked form in chunks of 3 (7 steps: the last chunk is partial)."""
+    if path == "chunked" and kind != "s4d":
+        pytest.skip("the chunked form is S4D's")
     m = layer(kind, disc, H=2, d_state=6 if kind == "s5" else 4, fft_min_len=1 if path == "fft" else None)
     if path == "fft":
         no_scan(monkeypatch)
+    if path == "chunked":
+        chunked(monkeypatch, chunk=3)
     g = torch.Generator().manual_seed(5)
     u = torch.randn(3, 7, 2, generator=g, dtype=torch.float64)
     state = torch.randn(3, m.n_modes, 2, generator=g, dtype=torch.float64)

@@ -35,11 +35,15 @@ Initialisation (each paper's, and its reference code where the paper leaves a ch
 
 Sequences (`forward`): episode resets enter the recurrence itself: at a step where a new episode starts the decay
 is 0, so the state restarts from that step's input, inside the one scan. Training runs through
-`seqrl.kernels.linear_scan` (Triton on CUDA; on the CPU its sequential path over time-major tensors, which this
-module builds time-major so no copy is made). On the CPU, a sequence of `fft_min_len` steps or more runs as FFT
-convolutions instead (not on CUDA: unmeasured there, and planning it needs the reset flags on the host) (S4D: with
-the kernel K_k = 2 Re(sum_n C b a^k) per channel, from a^k = exp(k log a), as S4D does; S5: per mode, of the inputs
-b @ u with a^k). Episode starts cut each row into segments, each a convolution from a zero state (the decay 0 at
+`seqrl.kernels.linear_scan` (on the CPU its sequential path over time-major tensors, which this module builds
+time-major so no copy is made); S5 on CUDA through its Triton kernel. S4D on CUDA runs in chunks of CHUNK steps
+instead (`_chunked`): a masked convolution inside each chunk, the chunks' end states carried by `linear_scan` over
+chunks, so no per-step state exists (with the scan's per-step states, (T, B, H N/2) complex, the GPU world model's
+update peaked at 4.3 GB at 4 x 1,024 steps, width 256, d_state 64, on an H100); it reads no reset flag on the host,
+so a CUDA graph holds it. On the CPU, a sequence of `fft_min_len` steps or more runs as FFT convolutions instead
+(not on CUDA: unmeasured there, and planning it needs the reset flags on the host) (S4D: with the kernel K_k = 2
+Re(sum_n C b a^k) per channel, from a^k = exp(k log a), as S4D does; S5: per mode, of the inputs b @ u with a^k).
+Episode starts cut each row into segments, each a convolution from a zero state (the decay 0 at
 its first step cuts it off from the steps before): the segments are gathered into buckets of power-of-two lengths
 (so padding at most doubles a segment), each bucket convolved at its own FFT length, and the outputs scattered
 back; the incoming state reaches each row's first segment (y_t gains 2 Re(C a^(t+1) h0)), and the final state is
@@ -76,6 +80,7 @@ Kind = Literal["s4d", "s5"]
 Discretization = Literal["zoh", "bilinear"]
 S4DInit = Literal["lin", "inv"]
 FFT_MIN_LEN = 16  # steps from which a segment without resets inside runs as an FFT convolution on the CPU
+CHUNK = 16  # S4D on CUDA: steps per chunk of the chunked form (`S4Layer._chunked`)
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -364,6 +369,8 @@ class S4Layer(nn.Module):
                 if reset is not None and h0 is not None:  # an episode starting at the first step sees no state
                     h0 = h0 * (~reset[:, 0, None]).to(h0.real.dtype)
                 y, h = self._fft(uf, h0, log_a, b, C, plan)
+            elif self.kind == "s4d" and u.device.type == "cuda":
+                y, h = self._chunked(uf, h0, log_a, b, C, reset)
             else:
                 y, h = self._scan(uf, h0, a, b, C, reset)
             y = y + self.D.to(uf.dtype) * uf
@@ -401,6 +408,46 @@ class S4Layer(nn.Module):
         a, x = torch.view_as_complex(a), torch.view_as_complex(x)
         hs = linear_scan(a.permute(1, 2, 0), x.permute(1, 2, 0), h0).permute(2, 0, 1)  # (T, B, M), no copy on CPU
         return self._read(hs, C).transpose(0, 1), hs[-1].clone()  # clone: a view would keep all of hs alive
+
+    def _chunked(self, u, h0, log_a, b, C, reset, chunk: int = CHUNK):
+        """S4D by chunks of c steps, with no per-step state in memory (the scan's form keeps (T, B, H N/2) complex
+        states, 4 GB at 4 x 1,024 steps and width 256 on the GPU). Per chunk, with s_t the number of episode
+        starts in the chunk up to t (a start cuts the state off from the steps before it):
+          y_t = sum over s <= t in the chunk with s_s = s_t of K_(t-s) u_s      K_k = 2 Re(sum_n C b a^k)
+              + 2 Re(sum_n C a^(t - t0 + 1) S)  where s_t = 0                    S: the state before the chunk
+        and the chunks' end states follow S_j = a^c S_(j-1) [no start in chunk j] + E_j, E_j = sum over s with
+        s_s = s_(c-1) of a^(c-1-s) b u_s, a linear scan over chunks (`linear_scan`). Everything is a tensor
+        operation, so a CUDA graph can hold it. Returns y (B, T, H), h_T (B, M)."""
+        Bsz, T, H = u.shape
+        c = min(chunk, T)
+        J, pad = -(-T // c), -T % c
+        half = log_a.shape[1]
+        uu = F.pad(u, (0, 0, 0, pad)).view(Bsz, J, c, H)  # padding: no input, no episode start
+        starts = torch.zeros(Bsz, T, dtype=torch.long, device=u.device) if reset is None else reset.long()
+        seg = F.pad(starts, (0, pad)).view(Bsz, J, c).cumsum(2)  # starts in the chunk up to each step
+        k = torch.arange(c + 1, device=u.device, dtype=u.dtype)
+        powers = torch.exp(log_a[..., None] * k)  # a^0 .. a^c, (H, N/2, c+1)
+        K = 2 * torch.einsum("hn,hnk->hk", C * b, powers[..., :c]).real  # (H, c)
+        y = uu * K[:, 0]
+        for d in range(1, c):  # lag d: steps s = t - d of the same episode
+            same = (seg[:, :, d:] == seg[:, :, :-d]).to(u.dtype)[..., None]
+            y = y + F.pad(uu[:, :, :-d] * same * K[:, d], (0, 0, d, 0))
+        last = (seg == seg[:, :, -1:]).to(u.dtype)[..., None]  # steps whose input reaches the chunk's end
+        E = b * torch.einsum("bjsh,hns->bjhn", (uu * last).to(powers.dtype), powers[..., :c].flip(-1))
+        decay = powers[..., c] * (seg[:, :, -1] == 0).to(u.dtype)[..., None, None]  # (B, J, H, N/2)
+        h_init = torch.zeros(Bsz, H * half, dtype=powers.dtype, device=u.device) if h0 is None else h0
+        ends = linear_scan(decay.flatten(2).transpose(1, 2), E.flatten(2).transpose(1, 2), h_init)  # (B, M, J)
+        before = torch.cat([h_init[..., None], ends[..., :-1]], -1).transpose(1, 2).view(Bsz, J, H, half)
+        first = (seg == 0).to(u.dtype)[..., None]  # steps the state before the chunk reaches
+        y = y + 2 * torch.einsum("bjhn,hnt->bjth", before * C, powers[..., 1:]).real * first
+        y = y.reshape(Bsz, J * c, H)[:, :T]
+        if not pad:
+            return y, ends[..., -1]
+        n = c - pad  # the last chunk's real steps: the state after its step n - 1
+        hT = (powers[..., n] * before[:, -1] * (seg[:, -1, n - 1] == 0).to(u.dtype)[:, None, None]
+              + b * torch.einsum("bsh,hns->bhn", (uu[:, -1, :n] * last[:, -1, :n]).to(powers.dtype),
+                                 powers[..., :n].flip(-1)))
+        return y, hT.reshape(Bsz, H * half)
 
     def _read(self, h: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """2 Re(C h) for states h (..., M) complex -> (..., H) real: Re(C h) = Re(C) Re(h) - Im(C) Im(h), a real
