@@ -4,6 +4,7 @@ and the LSTM.
     python experiments/bench_s4_cpu.py [--threads 2] [--reps 5] [--reset-every 50] [--only layer|resets|backbone]
         [--out docs/results/bench_s4_cpu.json]
     python experiments/bench_s4_cpu.py --reset-sweep 1,2,4,8,50
+    python experiments/bench_s4_cpu.py --threads 1 --only chunked --lengths 32,128,1024
 
 1. `S4Layer` (H=64, B=8, d_state 64: S4D 64 channels x 32 complex modes, S5 32 complex modes), forward + backward of a
    random cotangent, float32, through the scan path (`seqrl.kernels.linear_scan`) and the FFT path, at T from 16 to
@@ -11,7 +12,8 @@ and the LSTM.
    episode with probability 1/reset_every, per row), the scan against the FFT path over episode segments
    (forced at every T, whatever `seqrl.nn.s4.FFT_RESET_MIN_LEN` says; planning the segments included), at T from
    64 (`--reset-lengths`); this sets FFT_RESET_MIN_LEN. `--reset-sweep` instead times both paths at T=1024 for
-   several reset rates.
+   several reset rates. `--only chunked`: S4D's three paths side by side (the scan, the FFT path and the chunked
+   form that CUDA takes, `S4Layer._chunked`), without resets and with a start every reset_every steps.
 2. Backbones at B=8, T=1024, d=64, 2 layers (blocks) each, float32, forward + backward of the mean of the output:
    S4Backbone (s4d and s5, zoh, d_state 64) on its default path (the FFT one), MambaBackbone (d_state 16,
    expand 2, d_conv 4), seqrl's LSTM; then the same with episode resets (each step starts an episode with
@@ -62,6 +64,8 @@ def one(cfg: dict, reps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     if "layer" in cfg:
         m = S4Layer(H, D_STATE, kind=cfg["layer"], fft_min_len=1 if cfg["path"] == "fft" else None)
+        if cfg["path"] == "chunked":  # the scan's place taken by the chunked form (this process only)
+            S4Layer._scan = lambda self, u, h0, a, b, C, reset: self._chunked(u, h0, torch.log(a), b, C, reset)
         u = torch.randn(B, cfg["T"], H, generator=g).requires_grad_()
         cot = torch.randn(B, cfg["T"], H, generator=g)
         r = cfg.get("reset_every")
@@ -104,7 +108,7 @@ def main():
     p.add_argument("--reset-every", type=float, default=50.0, help="mean steps between resets in the layer rows")
     p.add_argument("--reset-lengths", default="64,128,256,512,1024")
     p.add_argument("--reset-sweep", default=None, help="e.g. 2,3,4,6,8,16: reset_every values at T=1024, alone")
-    p.add_argument("--only", default=None, help="layer | resets | backbone: one part only")
+    p.add_argument("--only", default=None, help="layer | resets | backbone | chunked: one part only")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -122,6 +126,15 @@ def main():
                 print(f"layer {kind:3s} T= 1024 resets every {r:5.1f}  fwd+bwd  scan {scan:8.1f} ms  fft "
                       f"{fft:8.1f} ms  scan/fft {scan / fft:5.2f}", flush=True)
         return
+    if args.only == "chunked":
+        for r in (None, args.reset_every):
+            for T in (int(t) for t in args.lengths.split(",")):
+                ms = {path: measure({"layer": "s4d", "T": T, "path": path, "reset_every": r}, args)["ms"]
+                      for path in ("scan", "fft", "chunked")}
+                layers.append({"kind": "s4d", "T": T, "reset_every": r, **{f"{k}_ms": v for k, v in ms.items()}})
+                print(f"layer s4d T={T:5d} resets every {r or 0:g}  fwd+bwd  " + "  ".join(
+                    f"{k} {v:8.1f} ms" for k, v in ms.items()) + f"  chunked/fft {ms['chunked'] / ms['fft']:5.2f}",
+                    flush=True)
     for kind in ("s4d", "s5") if args.only in (None, "layer") else ():
         for T in (int(t) for t in args.lengths.split(",")):
             scan, fft = (measure({"layer": kind, "T": T, "path": path}, args)["ms"] for path in ("scan", "fft"))
