@@ -411,7 +411,7 @@ class S4Layer(nn.Module):
 
     def _chunked(self, u, h0, log_a, b, C, reset, chunk: int = CHUNK):
         """S4D by chunks of c steps, with no per-step state in memory (the scan's form keeps (T, B, H N/2) complex
-        states, 4 GB at 4 x 1,024 steps and width 256 on the GPU). Per chunk, with s_t the number of episode
+        states: see the module docstring). Per chunk, with s_t the number of episode
         starts in the chunk up to t (a start cuts the state off from the steps before it):
           y_t = sum over s <= t in the chunk with s_s = s_t of K_(t-s) u_s      K_k = 2 Re(sum_n C b a^k)
               + 2 Re(sum_n C a^(t - t0 + 1) S)  where s_t = 0                    S: the state before the chunk
