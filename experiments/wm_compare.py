@@ -36,7 +36,7 @@ import torch
 from seqrl.data.wm_collect import TASKS, build_wm_dataset, load_image_store
 from seqrl.policies.base import TaskSpec
 from seqrl.policies.world_model import WorldModel
-from seqrl.presets import load_agent
+from seqrl.presets import load_agent, parse_overrides
 from seqrl.presets import EnvPreset
 from seqrl.runners.imagine import imagine_checkpoint, training_length_note
 from seqrl.runners.sources import DatasetSource
@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eager", action="store_true", help="trainer.cuda_graph = false (eager updates)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a preset override for every run, as seqrl train's (e.g. policy.reward_loss_scale=100)")
     ap.add_argument("--out", default="runs/wm_compare")
     args = ap.parse_args()
     out = Path(args.out)
@@ -121,8 +123,10 @@ def main() -> None:
             if args.lr:
                 trainer["lr"] = args.lr
             source = {"batch_size": args.batch} if args.batch else {}
-            preset = load_agent(AGENTS[backbone] + args.preset_suffix,
-                                 {"policy": policy, "trainer": trainer, "source": source})
+            over = {"policy": policy, "trainer": trainer, "source": source}
+            for section, values in parse_overrides(args.set).items():
+                over[section] = {**over.get(section, {}), **values} if isinstance(values, dict) else values
+            preset = load_agent(AGENTS[backbone] + args.preset_suffix, over)
             run_dir = out / f"{backbone}_{tag}_seed{seed}"
             torch.manual_seed(seed)
             agent = WorldModel(preset.policy, TaskSpec.from_store(store, env))

@@ -3,6 +3,7 @@
 backbone (one sequence with a reset equals two sequences); the loss falls through the real Trainer on image data;
 vector and image observations; imagine_checkpoint's files; bad inputs."""
 
+import dataclasses
 import json
 import math
 
@@ -187,6 +188,14 @@ def test_vector_observations_train(backbone, latent, act):
         m.reward_head[-1].weight.zero_(), m.reward_head[-1].bias.zero_()
     want = (torch.sign(b.rew) * torch.log1p(b.rew.abs())).square().mean()
     assert world_model_loss(m, b)["loss_reward"].item() == pytest.approx(want.item(), rel=1e-5) and want > 0.1
+    torch.manual_seed(1)
+    plain = world_model_loss(m, b)
+    m.config = dataclasses.replace(m.config, reward_loss_scale=30.0)  # the reward term's weight, and only its
+    torch.manual_seed(1)  # the same latent draws
+    scaled = world_model_loss(m, b)
+    assert scaled["loss_reward"].item() == pytest.approx(30 * want.item(), rel=1e-5)
+    for k in ("loss_recon", "loss_cont", "loss_kl_dyn", "loss_kl_rep"):
+        assert scaled[k].item() == pytest.approx(plain[k].item(), rel=1e-6)
     with pytest.raises(TypeError, match="world model"):
         m.act(b.obs[:, 0], None)
     with pytest.raises(PresetError, match="set trainer.eval_episodes = 0"):

@@ -115,13 +115,17 @@ class WorldModelConfig:
     """beta_rep: weight of KL[q || sg(p)] (trains the posterior; DreamerV3: 0.1)"""
     free_bits: float = 1.0
     """KL terms below this many nats per step give no gradient (DreamerV3: 1)"""
+    reward_loss_scale: float = 1.0
+    """weight of the reward loss (DreamerV3's: 1). The decoder's loss is summed over a frame's pixels (3,072 at
+    32x32 RGB), so where only the reward depends on something remembered (DistractingMemory's cue), that memory
+    gets about a thousandth of the backbone's gradient unless this is raised"""
     dropout: float = 0.0
     """backbone dropout"""
 
     def __post_init__(self):
         require_at_least(self, 1, ("d_model", "n_layers", "d_state", "n_heads", "z_dim", "z_groups", "z_classes",
                                    "embed_dim", "hidden", "seq_len", "reward_heads"))
-        require_at_least(self, 0, ("window", "kl_dyn", "kl_rep", "free_bits", "min_std"))
+        require_at_least(self, 0, ("window", "kl_dyn", "kl_rep", "free_bits", "min_std", "reward_loss_scale"))
         require_in(self, 0.0, 1.0, ("unimix", "dropout"))
         if self.backbone == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
@@ -448,7 +452,7 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     se = se.flatten(2).sum(-1)  # (B, K) summed over pixels or features
     r_target = symlog(batch.rew.to(dec.dtype))
     terms = {"loss_recon": (se * m).sum() / n,
-             "loss_reward": (((rew - r_target) ** 2).mean(0) * m).sum() / n,  # mean over the reward heads
+             "loss_reward": cfg.reward_loss_scale * (((rew - r_target) ** 2).mean(0) * m).sum() / n,  # mean over heads
              "loss_cont": (F.binary_cross_entropy_with_logits(cont, (~batch.term).to(dec.dtype), reduction="none")
                            * m).sum() / n}
     terms |= kl_terms(out["post"], out["prior"], batch.mask, cfg)
