@@ -140,7 +140,8 @@ def main() -> None:
             row = {"backbone": backbone, "seed": seed, "params": n_params, "seq_len": seq, "train_s": round(train_s, 1),
                    "mse_mean": res["mse_mean"], "mse_last": res["mse_per_step"][-1],
                    "mse_at": {str(h): res["mse_per_step"][h - 1] for h in marks}, "reward_mse": res["reward_mse"],
-                   "reward_accuracy": res["reward_accuracy"], "reward_steps": res["reward_steps"]}
+                   "reward_accuracy": res["reward_accuracy"],
+                   "reward_accuracy_posterior": res["reward_accuracy_posterior"], "reward_steps": res["reward_steps"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -184,11 +185,12 @@ def main() -> None:
 def table(s: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     if s.get("task", "distracting-memory") == "distracting-memory":
-        lines = ["| backbone | seeds | generation MSE (mean over horizon) | MSE at the last step | reward accuracy |",
-                 "|---|---|---|---|---|"]
+        lines = ["| backbone | seeds | generation MSE (mean over horizon) | MSE at the last step | reward accuracy "
+                 "(imagined; posterior) |", "|---|---|---|---|---|"]
         for bb in dict.fromkeys(r["backbone"] for r in s["runs"]):
             rs = [r for r in s["runs"] if r["backbone"] == bb]
-            acc = lambda r: "n/a" if r["reward_accuracy"] is None else f"{100 * r['reward_accuracy']:.0f}%"  # noqa: E731
+            pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+            acc = lambda r: f"{pct(r['reward_accuracy'])}; {pct(r.get('reward_accuracy_posterior'))}"  # noqa: E731
             lines.append(f"| {bb} | {len(rs)} | {' / '.join(fmt(r['mse_mean']) for r in rs)} | "
                          f"{' / '.join(fmt(r['mse_last']) for r in rs)} | {' / '.join(acc(r) for r in rs)} |")
     else:  # generation MSE against the imagined step (seeds separated by /)

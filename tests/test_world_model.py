@@ -215,7 +215,8 @@ def trained(tmp_path_factory):
 
 
 def test_imagine_checkpoint_writes_strip_plot_json_gif(trained, tmp_path):
-    from seqrl.runners.imagine import imagine_checkpoint
+    from seqrl.data.samplers import windows_at
+    from seqrl.runners.imagine import imagine_checkpoint, world_model_from_checkpoint
 
     ckpt, store = trained
     res = imagine_checkpoint(ckpt, context=2, horizon=3, out=tmp_path, dataset=store, sequences=3, show=3)
@@ -225,6 +226,16 @@ def test_imagine_checkpoint_writes_strip_plot_json_gif(trained, tmp_path):
     assert saved["backbone"] == "transformer" and len(saved["mse_per_step"]) == 3 and saved["sequences"] == 3
     assert saved["reward_steps"] == 3 and 0 <= saved["reward_accuracy"] <= 1  # the doors step is step 4 of 5
     assert res["mse_mean"] == pytest.approx(np.mean(saved["mse_per_step"]))
+    # the posterior's reward sign at the same doors steps, every frame real: the model's memory without imagination
+    model, _ = world_model_from_checkpoint(ckpt)
+    batch = windows_at(store, store.ep_start[saved["episodes"]], 5)
+    first = torch.zeros(3, 5, dtype=torch.bool)
+    first[:, 0] = True
+    with torch.no_grad():
+        post = model.posterior_pass(batch.obs, batch.act, first, sample=False)
+        rew = model.heads(post["h"], post["z"], post["a"])[1].mean(0)[:, 4]  # symlog units: the same sign
+    want = (torch.sign(rew) == torch.sign(batch.rew[:, 4])).float().mean().item()
+    assert saved["reward_accuracy_posterior"] == pytest.approx(want)
 
 
 def test_bad_inputs(trained, tmp_path):

@@ -9,7 +9,10 @@ of the first features for vector observations), `error.png` (generation MSE agai
 Numbers: generation MSE per imagined step, mean over sequences and pixels in [0, 1] units (features: in the
 dataset's normalised units); reward accuracy in imagination: at imagined steps with a nonzero real reward, the
 fraction whose predicted reward has the real one's sign (DistractingMemory: +1 right door, -1 wrong; a model that
-forgot the cue is right half of the time); reward MSE over all imagined steps, in the env's units.
+forgot the cue is right half of the time); the same fraction with the posterior reading the real frames of those
+steps too ("reward_accuracy_posterior": the model's memory without imagination, so that a model that never learned
+what the reward depends on is told apart from one that loses it while imagining); reward MSE over all imagined
+steps, in the env's units.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from seqrl.data.store import ReplayStore
 from seqrl.errors import CheckpointError, DataError
 from seqrl.io import atomic_write_json
 from seqrl.policies.base import TaskSpec
-from seqrl.policies.world_model import WORLD_MODELS, WorldModel, WorldModelConfig, check_store, imagine
+from seqrl.policies.world_model import WORLD_MODELS, WorldModel, WorldModelConfig, check_store, imagine, symexp
 from seqrl.presets import build
 
 
@@ -94,6 +97,14 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
     r_real = batch.rew[:, context:].to(res["reward"].dtype)  # env units
     paid = r_real != 0
     right = (torch.sign(res["reward"]) == torch.sign(r_real)) & paid
+    right_post = None
+    if bool(paid.any()):  # the same steps read through the posterior: every frame real
+        with torch.no_grad():
+            first = torch.zeros(batch.act.shape[:2], dtype=torch.bool, device=batch.act.device)
+            first[:, 0] = True
+            post = model.posterior_pass(batch.obs, batch.act, first, sample=sample)
+            _, rew, _ = model.heads(post["h"], post["z"], post["a"])
+        right_post = (torch.sign(symexp(rew).mean(0)[:, context:]) == torch.sign(r_real)) & paid
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = np.unique(np.linspace(0, horizon - 1, min(show, horizon)).round().astype(int))
@@ -111,6 +122,7 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
               "mse_per_step": mse.mean(0).tolist(), "mse_mean": float(mse.mean()),
               "reward_steps": int(paid.sum()),
               "reward_accuracy": float(right.sum() / paid.sum()) if bool(paid.any()) else None,
+              "reward_accuracy_posterior": None if right_post is None else float(right_post.sum() / paid.sum()),
               "reward_mse": float(((res["reward"] - r_real) ** 2).mean()),
               "gif": None if gif else ("no frames" if not model.image else "skipped: Pillow is not installed"),
               "files": files}
