@@ -17,7 +17,7 @@ CPU (docs/world_model.md):
     python experiments/wm_compare.py --task four-rooms --data-steps 20000 --steps 200 --out runs/wm_compare_rooms
 GPU, the paper's width (someone else's run; sizes as arguments):
     python experiments/wm_compare.py --width 400 --data-steps 200000 --seq-len 512 --batch 16 --steps 20000 \
-        --preset-suffix "" --device cuda --bench-lens 256 1024 4096 --out runs/wm_compare_gpu
+        --preset-suffix "" --device cuda --set policy.reward_loss_scale=1000 --out runs/wm_compare_gpu
 """
 
 from __future__ import annotations
