@@ -36,7 +36,7 @@ import torch
 from seqrl.data.wm_collect import TASKS, build_wm_dataset, load_image_store
 from seqrl.policies.base import TaskSpec
 from seqrl.policies.world_model import WorldModel
-from seqrl.presets import load_agent, parse_overrides
+from seqrl.presets import load_agent, merge, parse_overrides
 from seqrl.presets import EnvPreset
 from seqrl.runners.imagine import imagine_checkpoint, training_length_note
 from seqrl.runners.sources import DatasetSource
@@ -106,6 +106,7 @@ def main() -> None:
     marks = [h for h in (1, 10, 50, 100, 250, 500) if h < horizon] + [horizon]
 
     rows = []
+    sets = parse_overrides(args.set)
     for backbone in args.backbones:
         for seed in args.seeds:
             policy = dict(OVERRIDES.get(backbone, {}))
@@ -123,10 +124,8 @@ def main() -> None:
             if args.lr:
                 trainer["lr"] = args.lr
             source = {"batch_size": args.batch} if args.batch else {}
-            over = {"policy": policy, "trainer": trainer, "source": source}
-            for section, values in parse_overrides(args.set).items():
-                over[section] = {**over.get(section, {}), **values} if isinstance(values, dict) else values
-            preset = load_agent(AGENTS[backbone] + args.preset_suffix, over)
+            preset = load_agent(AGENTS[backbone] + args.preset_suffix,
+                                merge({"policy": policy, "trainer": trainer, "source": source}, sets))
             run_dir = out / f"{backbone}_{tag}_seed{seed}"
             torch.manual_seed(seed)
             agent = WorldModel(preset.policy, TaskSpec.from_store(store, env))
