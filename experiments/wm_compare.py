@@ -140,7 +140,11 @@ def main() -> None:
                    "mse_mean": res["mse_mean"], "mse_last": res["mse_per_step"][-1],
                    "mse_at": {str(h): res["mse_per_step"][h - 1] for h in marks}, "reward_mse": res["reward_mse"],
                    "reward_accuracy": res["reward_accuracy"],
-                   "reward_accuracy_posterior": res["reward_accuracy_posterior"], "reward_steps": res["reward_steps"]}
+                   "reward_accuracy_posterior": res["reward_accuracy_posterior"], "reward_steps": res["reward_steps"],
+                   # no model, the same episodes: the last context frame held; the more common reward sign
+                   "hold_mean": res["mse_hold_mean"], "hold_last": res["mse_hold_per_step"][-1],
+                   "hold_at": {str(h): res["mse_hold_per_step"][h - 1] for h in marks},
+                   "reward_accuracy_constant": res["reward_accuracy_constant"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -182,16 +186,23 @@ def main() -> None:
 
 
 def table(s: dict) -> str:
+    """Markdown tables of a summary: one row per backbone, its seeds separated by /, and a last row of the reference
+    levels of no model (the first backbone's runs: the episodes imagined depend on the seed only)."""
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    ref = [r for r in s["runs"] if r["backbone"] == s["runs"][0]["backbone"] and "hold_mean" in r] if s["runs"] else []
     if s.get("task", "distracting-memory") == "distracting-memory":
         lines = ["| backbone | seeds | generation MSE (mean over horizon) | MSE at the last step | reward accuracy "
                  "(imagined; posterior) |", "|---|---|---|---|---|"]
         for bb in dict.fromkeys(r["backbone"] for r in s["runs"]):
             rs = [r for r in s["runs"] if r["backbone"] == bb]
-            pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
             acc = lambda r: f"{pct(r['reward_accuracy'])}; {pct(r.get('reward_accuracy_posterior'))}"  # noqa: E731
             lines.append(f"| {bb} | {len(rs)} | {' / '.join(fmt(r['mse_mean']) for r in rs)} | "
                          f"{' / '.join(fmt(r['mse_last']) for r in rs)} | {' / '.join(acc(r) for r in rs)} |")
+        if ref:
+            lines.append(f"| no model: last context frame held; the more common sign | {len(ref)} | "
+                         f"{' / '.join(fmt(r['hold_mean']) for r in ref)} | {' / '.join(fmt(r['hold_last']) for r in ref)}"
+                         f" | {' / '.join(pct(r['reward_accuracy_constant']) for r in ref)} |")
     else:  # generation MSE against the imagined step (seeds separated by /)
         marks = list(s["runs"][0]["mse_at"]) if s["runs"] else []
         lines = [f"| backbone | seeds | MSE, mean over {s['horizon']} | " + " | ".join(f"MSE at step {h}" for h in marks)
@@ -202,6 +213,10 @@ def table(s: dict) -> str:
             cells += [" / ".join(fmt(r["mse_at"][h]) for r in rs) for h in marks]
             cells += [" / ".join(fmt(r["reward_mse"]) for r in rs)]
             lines.append(f"| {bb} | {len(rs)} | " + " | ".join(cells) + " |")
+        if ref:
+            cells = [" / ".join(fmt(r["hold_mean"]) for r in ref)]
+            cells += [" / ".join(fmt(r["hold_at"][h]) for r in ref) for h in marks] + ["n/a"]
+            lines.append(f"| no model: last context frame held | {len(ref)} | " + " | ".join(cells) + " |")
     lines += ["", "| backbone | seq len | s / update |", "|---|---|---|"]
     lines += [f"| {b['backbone']} | {b['seq_len']} | {b['s_per_update']:.3f} |" for b in s["bench"]]
     return "\n".join(lines)

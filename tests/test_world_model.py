@@ -216,7 +216,7 @@ def trained(tmp_path_factory):
 
 def test_imagine_checkpoint_writes_strip_plot_json_gif(trained, tmp_path):
     from seqrl.data.samplers import windows_at
-    from seqrl.runners.imagine import imagine_checkpoint, world_model_from_checkpoint
+    from seqrl.runners.imagine import constant_sign_accuracy, imagine_checkpoint, world_model_from_checkpoint
 
     ckpt, store = trained
     res = imagine_checkpoint(ckpt, context=2, horizon=3, out=tmp_path, dataset=store, sequences=3, show=3)
@@ -236,6 +236,15 @@ def test_imagine_checkpoint_writes_strip_plot_json_gif(trained, tmp_path):
         rew = model.heads(post["h"], post["z"], post["a"])[1].mean(0)[:, 4]  # symlog units: the same sign
     want = (torch.sign(rew) == torch.sign(batch.rew[:, 4])).float().mean().item()
     assert saved["reward_accuracy_posterior"] == pytest.approx(want)
+    # reference levels with no model: the last context frame held, and the more common reward sign
+    real, last = batch.obs[:, 2:].float() / 255, batch.obs[:, 1:2].float() / 255
+    hold = ((real - last) ** 2).flatten(2).mean(-1).mean(0)
+    assert saved["mse_hold_per_step"] == pytest.approx(hold.tolist(), rel=1e-5) and hold[-1] > 0
+    assert saved["mse_hold_mean"] == pytest.approx(hold.mean().item(), rel=1e-5)
+    pos = (batch.rew[:, 4] > 0).float().mean().item()
+    assert saved["reward_accuracy_constant"] == pytest.approx(max(pos, 1 - pos))
+    assert constant_sign_accuracy(torch.tensor([1.0, -1.0, -2.0])) == pytest.approx(2 / 3)
+    assert constant_sign_accuracy(torch.zeros(0)) is None
 
 
 def test_bad_inputs(trained, tmp_path):

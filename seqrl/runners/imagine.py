@@ -13,6 +13,11 @@ forgot the cue is right half of the time); the same fraction with the posterior 
 steps too ("reward_accuracy_posterior": the model's memory without imagination, so that a model that never learned
 what the reward depends on is told apart from one that loses it while imagining); reward MSE over all imagined
 steps, in the env's units.
+
+Reference levels, from the same episodes and no model, so that a number can be read against what knowing nothing
+scores: "mse_hold_per_step" / "mse_hold_mean", the generation MSE of holding the last context frame through the
+horizon (a model that stops at the context); "reward_accuracy_constant", the accuracy of the better of the two
+constant signs over the same rewarded steps (a model that ignores the cue).
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ def training_length_note(steps: int, seq_len: int) -> str | None:
     return (f"note: imagination runs to step {steps}, past the {seq_len}-step sequences this model trained on, where "
             "S4 and transformer world models lost accuracy in docs/world_model.md's measurements (train on sequences "
             "as long as the context)")
+
+
+def constant_sign_accuracy(rewards: torch.Tensor) -> float | None:
+    """The share of nonzero `rewards` that the more common sign gets right (None for none): what a reward head
+    that ignores everything scores at best."""
+    if not rewards.numel():
+        return None
+    pos = float((rewards > 0).float().mean())
+    return max(pos, 1.0 - pos)
 
 
 def world_model_from_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
@@ -94,6 +108,7 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
     res = imagine(model, batch.obs[:, :context], batch.act, horizon, sample=sample)
     real = model.obs_target(batch.obs[:, context:])  # (B, H, ...) decoder units
     mse = ((res["target"] - real) ** 2).flatten(2).mean(-1)  # (B, H)
+    hold = ((model.obs_target(batch.obs[:, context - 1:context]) - real) ** 2).flatten(2).mean(-1)  # (B, H)
     r_real = batch.rew[:, context:].to(res["reward"].dtype)  # env units
     paid = r_real != 0
     right = (torch.sign(res["reward"]) == torch.sign(r_real)) & paid
@@ -120,9 +135,11 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
               "trained_seq_len": model.config.seq_len,
               "sequences": len(chosen), "episodes": chosen.tolist(), "sample": sample,
               "mse_per_step": mse.mean(0).tolist(), "mse_mean": float(mse.mean()),
+              "mse_hold_per_step": hold.mean(0).tolist(), "mse_hold_mean": float(hold.mean()),
               "reward_steps": int(paid.sum()),
               "reward_accuracy": float(right.sum() / paid.sum()) if bool(paid.any()) else None,
               "reward_accuracy_posterior": None if right_post is None else float(right_post.sum() / paid.sum()),
+              "reward_accuracy_constant": constant_sign_accuracy(r_real[paid]),
               "reward_mse": float(((res["reward"] - r_real) ** 2).mean()),
               "gif": None if gif else ("no frames" if not model.image else "skipped: Pillow is not installed"),
               "files": files}
