@@ -30,10 +30,12 @@ def spec_of(obs_space, act_space, env_id="CartPole-v1"):
     return TaskSpec(obs_space, act_space, mean, std, EnvPreset(name="t", env_id=env_id, max_episode_steps=50))
 
 
-def make_agent(backbone="s4", act_space=None, latent="categorical", free_bits=1.0, reward_heads=1, **over):
+def make_agent(backbone="s4", act_space=None, latent="categorical", free_bits=1.0, reward_heads=1,
+               prior_input_rate=0.0, **over):
     torch.manual_seed(0)
     act_space = act_space or gym.spaces.Discrete(3)
-    wm = WorldModelConfig(backbone=backbone, latent=latent, free_bits=free_bits, reward_heads=reward_heads, **TINY)
+    wm = WorldModelConfig(backbone=backbone, latent=latent, free_bits=free_bits, reward_heads=reward_heads,
+                          prior_input_rate=prior_input_rate, **TINY)
     cfg = DreamerConfig(world_model=wm, horizon=4, starts=2, hidden=16, **over)
     return Dreamer(cfg, spec_of(gym.spaces.Box(-5, 5, (3,), np.float32), act_space)).double()
 
@@ -149,9 +151,11 @@ def test_acting_step_by_step_equals_the_training_pass(backbone, box):
 
 
 def test_each_loss_steps_only_its_own_parameters():
-    agent = make_agent("s4", bc_weight=0.5, free_bits=0.0, reward_heads=2, reward_penalty=1.0)  # below the free bits, the KL terms have no gradient
+    agent = make_agent("s4", bc_weight=0.5, free_bits=0.0, reward_heads=2, reward_penalty=1.0,  # below the free
+                       prior_input_rate=0.5)  # bits, the KL terms have no gradient
     obs, act, first = batch_of(agent, B=4, K=8)
     terms = agent.losses(sequence_batch(obs, act, first, torch.randn(4, 8, dtype=torch.float64)))
+    assert {"loss_reward_prior", "loss_cont_prior"} <= set(next(g for g in agent.optimizer_groups()).losses)
     for name in ("loss_actor", "loss_critic", *[k for k in terms if k.startswith("loss_") and "kl" in k]):
         assert torch.isfinite(terms[name])
     groups = {g.name: g for g in agent.optimizer_groups()}

@@ -16,8 +16,8 @@ from conftest import make_episodes
 from seqrl.data.store import ReplayStore
 from seqrl.errors import CheckpointError, DataError, PresetError
 from seqrl.policies.base import TaskSpec
-from seqrl.policies.world_model import (WorldModel, WorldModelConfig, imagine, kl_terms, latent_kl,
-                                        world_model_loss)
+from seqrl.policies.world_model import (WorldModel, WorldModelConfig, imagine, kl_terms, latent_kl, latent_sample,
+                                        symlog, world_model_loss)
 from seqrl.presets import EnvPreset, load_agent
 from seqrl.runners.sources import DatasetSource
 from seqrl.runners.trainer import Trainer
@@ -200,6 +200,41 @@ def test_vector_observations_train(backbone, latent, act):
         m.act(b.obs[:, 0], None)
     with pytest.raises(PresetError, match="set trainer.eval_episodes = 0"):
         load_agent("s4wm_small", {"trainer": {"eval_episodes": 5}})
+
+
+@pytest.mark.parametrize("backbone,latent", [("s4", "gaussian"), ("transformer", "categorical")])
+def test_prior_input_pass_by_hand(backbone, latent):
+    """prior_input_rate: a second backbone pass with some inputs the prior's mode, its reward and continuation
+    losses equal to the same computed by hand from the swap mask's draw."""
+    store = vector_store(act="discrete")
+    m = model(store, backbone=backbone, latent=latent, prior_input_rate=0.5, reward_loss_scale=3.0)
+    b = m.sample(store, 4, torch.Generator().manual_seed(0))
+    out = m.posterior_pass(b.obs, b.act, b.first)
+    torch.manual_seed(5)
+    terms = world_model_loss(m, b, out)
+    torch.manual_seed(5)  # the swap mask's draw (the prior's mode draws nothing)
+    swap = torch.rand(b.mask.shape) < 0.5
+    assert 0 < swap.sum() < swap.numel()
+    z = torch.where(swap[..., None], latent_sample(out["prior"], m.config, False), out["z"])
+    h, _ = m.hidden(z, out["a"], b.first)
+    _, rew, cont = m.heads(h, out["z"], out["a"])
+    mask = b.mask.float()
+    want_r = 3.0 * (((rew - symlog(b.rew)) ** 2).mean(0) * mask).sum() / mask.sum()
+    want_c = (torch.nn.functional.binary_cross_entropy_with_logits(cont, (~b.term).float(), reduction="none")
+              * mask).sum() / mask.sum()
+    assert terms["loss_reward_prior"].item() == pytest.approx(want_r.item(), rel=1e-5)
+    assert terms["loss_cont_prior"].item() == pytest.approx(want_c.item(), rel=1e-5)
+    assert abs(terms["loss_reward_prior"].item() - terms["loss_reward"].item()) > 1e-4  # another pass: can differ
+    # its gradient trains the backbone and the heads, not the prior (whose latents it reads detached)
+    grads = torch.autograd.grad(terms["loss_reward_prior"], [m.prior[0].weight, m.reward_head[0].weight, m.inp[0].weight],
+                                allow_unused=True)
+    assert grads[0] is None and grads[1].abs().sum() > 0 and grads[2].abs().sum() > 0
+    plain = world_model_loss(model(store, backbone=backbone, latent=latent), b)
+    assert not {"loss_reward_prior", "loss_cont_prior"} & set(plain)
+    with pytest.raises(ValueError, match="prior_input_rate is for the S4 and transformer"):
+        WorldModelConfig(**(TINY | {"backbone": "gru", "prior_input_rate": 0.5}))
+    with pytest.raises(ValueError, match="prior_input_rate must be in"):
+        WorldModelConfig(**(TINY | {"prior_input_rate": 1.5}))
 
 
 # --------------------------------------------------------------------------------- imagine_checkpoint

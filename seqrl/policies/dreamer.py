@@ -69,8 +69,8 @@ from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import DataError
 from seqrl.nn import map_state, stack_states
 from seqrl.policies.base import Agent, OptimizerGroup, TaskSpec, log_prob_entropy
-from seqrl.policies.world_model import (WorldModel, WorldModelConfig, latent_sample, mlp, sample_categorical,
-                                        symexp, symlog, world_model_loss)
+from seqrl.policies.world_model import (PRIOR_INPUT_LOSSES, WorldModel, WorldModelConfig, latent_sample, mlp,
+                                        sample_categorical, symexp, symlog, world_model_loss)
 from seqrl.presets import require_at_least, require_in
 
 WORLD_MODEL_LOSSES = ("loss_recon", "loss_reward", "loss_cont", "loss_kl_dyn", "loss_kl_rep")
@@ -201,7 +201,8 @@ class Dreamer(Agent):
 
     def optimizer_groups(self) -> list[OptimizerGroup]:
         c = self.config
-        return [OptimizerGroup("world_model", list(self.wm.parameters()), WORLD_MODEL_LOSSES),
+        wm_losses = WORLD_MODEL_LOSSES + (PRIOR_INPUT_LOSSES if self.wm.config.prior_input_rate else ())
+        return [OptimizerGroup("world_model", list(self.wm.parameters()), wm_losses),
                 OptimizerGroup("actor", list(self.actor.parameters()), ("loss_actor",), c.actor_lr_scale),
                 OptimizerGroup("critic", list(self.critic.parameters()), ("loss_critic",), c.critic_lr_scale)]
 

@@ -25,6 +25,11 @@ in the env's own units: the env preset's reward_scale is for return tokens and i
 
 beta_dyn 0.5, beta_rep 0.1, free bits 1 nat, per step on the KL summed over the latent, averaged after the clip.
 
+Addition, off by default (`prior_input_rate` p > 0, S4 and transformer backbones): training feeds the backbone
+posterior latents only, imagination the prior's. A second backbone pass replaces each step's z_{t-1} input with
+the prior's mode at that step (detached) with probability p, and adds the reward and continuation losses read from
+that pass at the posterior's z_t ("loss_reward_prior", "loss_cont_prior").
+
 Latents: a diagonal Gaussian (S4WM; std = softplus + min_std), or DreamerV3's 32 groups of 32 classes with 1%
 uniform mixing and straight-through one-hot samples.
 
@@ -64,6 +69,7 @@ from seqrl.presets import require_at_least, require_in
 from seqrl.tokenizer import TrajectoryTokenizer
 
 WORLD_MODELS = ("s4wm", "rssm", "twm")  # agent names (agents/*.toml) whose class is WorldModel
+PRIOR_INPUT_LOSSES = ("loss_reward_prior", "loss_cont_prior")  # world_model_loss's terms with prior_input_rate > 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,12 @@ class WorldModelConfig:
     """weight of the reward loss (DreamerV3's: 1). The decoder's loss is summed over a frame's pixels (3,072 values
     at 32x32 RGB) against one reward value a step: where only the reward depends on something remembered
     (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md)"""
+    prior_input_rate: float = 0.0
+    """S4 and transformer backbones: the share of steps whose backbone input z_{t-1} is, in a second training pass,
+    the prior's mode (what imagination feeds it) in place of the posterior's latent, with the reward and continuation
+    losses read from that pass too ("loss_reward_prior", "loss_cont_prior"). 0: no second pass. Imagination feeds
+    the backbone latents it never saw in training; on DistractingMemory one such input lost the cue on half the
+    seeds (docs/world_model.md)"""
     dropout: float = 0.0
     """backbone dropout"""
 
@@ -127,6 +139,10 @@ class WorldModelConfig:
                                    "embed_dim", "hidden", "seq_len", "reward_heads"))
         require_at_least(self, 0, ("window", "kl_dyn", "kl_rep", "free_bits", "min_std", "reward_loss_scale"))
         require_in(self, 0.0, 1.0, ("unimix", "dropout"))
+        require_in(self, 0.0, 1.0, ("prior_input_rate",), high_open=False)
+        if self.prior_input_rate and self.backbone == "gru":
+            raise ValueError("prior_input_rate is for the S4 and transformer backbones: the GRU's (RSSM's) posterior "
+                             "reads h, so its pass is sequential and has no second pass with the prior's latents")
         if self.backbone == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.backbone == "s4" and self.d_state % 2:
@@ -456,6 +472,15 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
              "loss_cont": (F.binary_cross_entropy_with_logits(cont, (~batch.term).to(dec.dtype), reduction="none")
                            * m).sum() / n}
     terms |= kl_terms(out["post"], out["prior"], batch.mask, cfg)
+    if cfg.prior_input_rate:  # the backbone again, some inputs the prior's mode: what imagination feeds it
+        prior_z = latent_sample(out["prior"].detach(), cfg, False)
+        swap = torch.rand(out["z"].shape[:2], device=out["z"].device) < cfg.prior_input_rate
+        h, _ = model.hidden(torch.where(swap[..., None], prior_z, out["z"]), out["a"], batch.first)
+        fa = torch.cat([h, out["z"], out["a"]], -1)  # the reward and continuation heads' input; no decoder
+        rew_p, cont_p = model.rewards(fa).to(acc), model.cont_head(fa)[..., 0].to(acc)
+        terms[PRIOR_INPUT_LOSSES[0]] = cfg.reward_loss_scale * (((rew_p - r_target) ** 2).mean(0) * m).sum() / n
+        terms[PRIOR_INPUT_LOSSES[1]] = (F.binary_cross_entropy_with_logits(
+            cont_p, (~batch.term).to(dec.dtype), reduction="none") * m).sum() / n
     per = math.prod(target.shape[2:])
     terms["recon_mse"] = (terms["loss_recon"] / per).detach()  # per pixel (feature)
     # -ELBO of the observations under unit-variance Gaussians, up to constants
