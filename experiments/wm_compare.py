@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eager", action="store_true", help="trainer.cuda_graph = false (eager updates)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a preset override for every run, as seqrl train's (e.g. policy.reward_loss_scale=100)")
+                    help="a preset override for every run and every timed update, as seqrl train's "
+                         "(e.g. policy.reward_loss_scale=100)")
     ap.add_argument("--out", default="runs/wm_compare")
     args = ap.parse_args()
     out = Path(args.out)
@@ -152,7 +153,7 @@ def main() -> None:
     for backbone in args.backbones:
         for L in args.bench_lens:
             preset = load_agent(AGENTS[backbone] + args.preset_suffix,
-                                {"policy": {"seq_len": L, **OVERRIDES.get(backbone, {})}})
+                                merge({"policy": {"seq_len": L, **OVERRIDES.get(backbone, {})}}, sets))
             torch.manual_seed(0)
             agent = WorldModel(preset.policy, TaskSpec.from_store(store, env)).to(args.device)
             opt = torch.optim.AdamW(agent.parameters(), lr=1e-4)
