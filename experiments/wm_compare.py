@@ -202,8 +202,9 @@ def table(s: dict) -> str:
                          f"{' / '.join(fmt(r['mse_last']) for r in rs)} | {' / '.join(acc(r) for r in rs)} |")
         if ref:
             lines.append(f"| no model: last context frame held; the more common sign | {len(ref)} | "
-                         f"{' / '.join(fmt(r['hold_mean']) for r in ref)} | {' / '.join(fmt(r['hold_last']) for r in ref)}"
-                         f" | {' / '.join(pct(r['reward_accuracy_constant']) for r in ref)} |")
+                         f"{' / '.join(fmt(r['hold_mean']) for r in ref)} | "
+                         f"{' / '.join(fmt(r['hold_last']) for r in ref)} | "
+                         f"{' / '.join(pct(r['reward_accuracy_constant']) for r in ref)} |")
     else:  # generation MSE against the imagined step (seeds separated by /)
         marks = list(s["runs"][0]["mse_at"]) if s["runs"] else []
         lines = [f"| backbone | seeds | MSE, mean over {s['horizon']} | " + " | ".join(f"MSE at step {h}" for h in marks)

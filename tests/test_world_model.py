@@ -226,8 +226,8 @@ def test_prior_input_pass_by_hand(backbone, latent):
     assert terms["loss_cont_prior"].item() == pytest.approx(want_c.item(), rel=1e-5)
     assert abs(terms["loss_reward_prior"].item() - terms["loss_reward"].item()) > 1e-4  # another pass: can differ
     # its gradient trains the backbone and the heads, not the prior (whose latents it reads detached)
-    grads = torch.autograd.grad(terms["loss_reward_prior"], [m.prior[0].weight, m.reward_head[0].weight, m.inp[0].weight],
-                                allow_unused=True)
+    grads = torch.autograd.grad(terms["loss_reward_prior"],
+                                [m.prior[0].weight, m.reward_head[0].weight, m.inp[0].weight], allow_unused=True)
     assert grads[0] is None and grads[1].abs().sum() > 0 and grads[2].abs().sum() > 0
     plain = world_model_loss(model(store, backbone=backbone, latent=latent), b)
     assert not {"loss_reward_prior", "loss_cont_prior"} & set(plain)
