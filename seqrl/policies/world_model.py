@@ -130,7 +130,8 @@ class WorldModelConfig:
     the prior's mode (what imagination feeds it) in place of the posterior's latent, with the reward and continuation
     losses read from that pass too ("loss_reward_prior", "loss_cont_prior"). 0: no second pass. Imagination feeds
     the backbone latents it never saw in training; on DistractingMemory one such input lost the cue on half the
-    seeds. Measured at 0.5 and 1 (docs/world_model.md): each such run kept the cue at one of the two, none at both"""
+    seeds. At 0.5 and 1 (docs/world_model.md) each such width-8 run kept the cue at one of them; neither kept it on
+    every run"""
     dropout: float = 0.0
     """backbone dropout"""
 
