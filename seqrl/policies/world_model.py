@@ -468,20 +468,23 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     se = (dec - target) ** 2
     se = se.flatten(2).sum(-1)  # (B, K) summed over pixels or features
     r_target = symlog(batch.rew.to(dec.dtype))
-    terms = {"loss_recon": (se * m).sum() / n,
-             "loss_reward": cfg.reward_loss_scale * (((rew - r_target) ** 2).mean(0) * m).sum() / n,  # mean over heads
-             "loss_cont": (F.binary_cross_entropy_with_logits(cont, (~batch.term).to(dec.dtype), reduction="none")
-                           * m).sum() / n}
+    c_target = (~batch.term).to(dec.dtype)
+
+    def reward_and_cont(rew: torch.Tensor, cont: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reward loss (mean over the reward heads, weighted) and the continuation loss, masked means."""
+        return (cfg.reward_loss_scale * (((rew - r_target) ** 2).mean(0) * m).sum() / n,
+                (F.binary_cross_entropy_with_logits(cont, c_target, reduction="none") * m).sum() / n)
+
+    terms = {"loss_recon": (se * m).sum() / n}
+    terms["loss_reward"], terms["loss_cont"] = reward_and_cont(rew, cont)
     terms |= kl_terms(out["post"], out["prior"], batch.mask, cfg)
     if cfg.prior_input_rate:  # the backbone again, some inputs the prior's mode: what imagination feeds it
         prior_z = latent_sample(out["prior"].detach(), cfg, False)
         swap = torch.rand(out["z"].shape[:2], device=out["z"].device) < cfg.prior_input_rate
         h, _ = model.hidden(torch.where(swap[..., None], prior_z, out["z"]), out["a"], batch.first)
         fa = torch.cat([h, out["z"], out["a"]], -1)  # the reward and continuation heads' input; no decoder
-        rew_p, cont_p = model.rewards(fa).to(acc), model.cont_head(fa)[..., 0].to(acc)
-        terms[PRIOR_INPUT_LOSSES[0]] = cfg.reward_loss_scale * (((rew_p - r_target) ** 2).mean(0) * m).sum() / n
-        terms[PRIOR_INPUT_LOSSES[1]] = (F.binary_cross_entropy_with_logits(
-            cont_p, (~batch.term).to(dec.dtype), reduction="none") * m).sum() / n
+        terms |= dict(zip(PRIOR_INPUT_LOSSES, reward_and_cont(model.rewards(fa).to(acc),
+                                                              model.cont_head(fa)[..., 0].to(acc))))
     per = math.prod(target.shape[2:])
     terms["recon_mse"] = (terms["loss_recon"] / per).detach()  # per pixel (feature)
     # -ELBO of the observations under unit-variance Gaussians, up to constants
