@@ -84,15 +84,21 @@ def test_selective_scan_matches_loop(device, b, d, n, l, chunk):
 
 @pytest.mark.parametrize("device", SELECTIVE)
 @pytest.mark.parametrize("gate,h0,l", [(True, True, 11), (False, False, 11), (True, True, 200), (True, False, 1)])
-def test_selective_scan_gradients_match_loop(device, gate, h0, l):
+@pytest.mark.parametrize("used", ["both", "out", "state"])
+def test_selective_scan_gradients_match_loop(device, gate, h0, l, used):
+    """Gradients through the output and the final state, and through either alone (the other output's gradient
+    then reaches the backward as None)."""
     x = selective_inputs(2, 5, 4, l, seed=1, z=gate, h0=h0)
     names = [k for k, v in x.items() if v is not None]
-    g = torch.randn(2, 5, l, dtype=torch.float64)
-    g_h = torch.randn(2, 5, 4, dtype=torch.float64)
+    g = torch.randn(2, 5, l, dtype=torch.float64) * (used != "state")
+    g_h = torch.randn(2, 5, 4, dtype=torch.float64) * (used != "out")
     leaves = {k: x[k].clone().to(dev(device)).requires_grad_() for k in names}
     out, h = selective_scan(**{**on(x, device), **leaves}, delta_softplus=True, return_state=True, chunk=4)
-    grads = torch.autograd.grad((out.double() * g.to(dev(device))).sum() + (h.double() * g_h.to(dev(device))).sum(),
-                                list(leaves.values()))
+    loss = {"both": (out.double() * g.to(dev(device))).sum() + (h.double() * g_h.to(dev(device))).sum(),
+            "out": (out.double() * g.to(dev(device))).sum(), "state": (h.double() * g_h.to(dev(device))).sum()}[used]
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=used == "state")
+    if used == "state":  # z gates the output only
+        grads = [torch.zeros_like(leaves[k]) if a is None else a for k, a in zip(names, grads)]
     ref_leaves = {k: x[k].clone().requires_grad_() for k in names}
     ref, h_ref = selective_scan_ref(**{**x, **ref_leaves}, delta_softplus=True)
     grads_ref = torch.autograd.grad((ref * g).sum() + (h_ref * g_h).sum(), list(ref_leaves.values()))

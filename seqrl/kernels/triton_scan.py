@@ -330,7 +330,7 @@ def _adjoint_step(p, dA_acc, h_prev, r, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, h
 @gluon.jit
 def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr,
                    dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dz_ptr,
-                   dh0_ptr, L, DM, seg_len, n_seg, n_states, n_chunks,
+                   dh0_ptr, L, DM, seg_len, n_seg, n_states, n_chunks, share_stride,
                    N: gl.constexpr, T: gl.constexpr, SEG: gl.constexpr, RT: gl.constexpr, RN: gl.constexpr,
                    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
                    SOFTPLUS: gl.constexpr, HAS_DHLAST: gl.constexpr, RESET: gl.constexpr):
@@ -344,7 +344,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     the walk writes over the states it no longer needs. Each program writes its share, (b, d-block, l, n),
     summed over d-blocks afterwards. The adjoint entering the segment comes from `carries` (per SEG-step
     chunk, SEG here the carries' chunk: _selective_bwd_carries and a linear scan); shares of dA, dD and the
-    delta bias's gradient are (b, n_seg, d, n), (b, n_seg, d) and (b, n_seg, d)."""
+    delta bias's gradient are rows (b, n_seg) of share_stride values, (d, n), (d,) and (d,) in each, so that one
+    reduction sums all three."""
     gl.static_assert(gl.num_warps() == 1, "one warp per program")
     CH: gl.constexpr = 32
     VEC: gl.constexpr = 4 if N >= 4 else N
@@ -492,26 +493,29 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         gl.store(du_ptr + grow + offs_g[None, :], gl.convert_layout(du, LG).to(du_ptr.dtype.element_ty), mask=m2)
         gl.store(ddelta_ptr + grow + offs_g[None, :], gl.convert_layout(ddt, LG).to(ddelta_ptr.dtype.element_ty),
                  mask=m2)
-    gl.store(dA_ptr + ((pid_b * n_seg + seg) * DM) * N + dn, dA_acc, mask=mdn)
+    share_row = (pid_b * n_seg + seg) * share_stride
+    gl.store(dA_ptr + share_row + dn, dA_acc, mask=mdn)
     if HAS_D:
-        gl.store(dD_ptr + (pid_b * n_seg + seg) * DM + td, dD_acc, mask=td < DM)
+        gl.store(dD_ptr + share_row + td, dD_acc, mask=td < DM)
     if HAS_BIAS:
-        gl.store(dbias_ptr + (pid_b * n_seg + seg) * DM + td, dbias_acc, mask=td < DM)
+        gl.store(dbias_ptr + share_row + td, dbias_acc, mask=td < DM)
     if seg == 0:  # dA_0 dh_0, the initial state's adjoint (0 with groups: step 0 starts one)
         gl.store(dh0_ptr + pid_b * DM * N + dn, p, mask=mdn)
 
 
 @triton.jit
-def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, x_ptr, m_ptr, L, DM, n_chunks,
-                           N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HAS_Z: tl.constexpr,
-                           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RESET: tl.constexpr):
+def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, dhlast_ptr, x_ptr, m_ptr, L, DM,
+                           n_chunks, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                           HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                           HAS_DHLAST: tl.constexpr, RESET: tl.constexpr):
     """Each chunk's own share of the adjoint at its first step t0, and the decay that carries the adjoint at
     the next chunk's first step t1 back to t0, per (d, n):
         local = sum_s w_s C_s dy_s,  w_s = prod_{t0 < r <= s} dA_r = exp2(a_n sum_{t0 < r <= s} dt_r),
         M = prod_{t0 < r <= t1} dA_r,
     so the adjoints at the chunks' first steps follow Q_c = local_c + M_c Q_{c+1}, a linear recurrence over
     chunks. No scan per n: one cumulative sum of dt per chunk, then an exp2 and a reduction per n. Written at
-    slot n_chunks - c of (b, d, n, n_chunks + 1), so that scanning the slots in order walks the chunks backwards."""
+    slot n_chunks - c of (b, d, n, n_chunks + 1), so that scanning the slots in order walks the chunks backwards;
+    chunk 0's programs also write slot 0: the final state's adjoint dhlast (0 without HAS_DHLAST), decay 0."""
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     c = tl.program_id(2)
@@ -542,7 +546,15 @@ def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, x
     if RESET > 0:  # a group start in (t0, s] cuts the adjoint's path from s back to t0
         open_ = (offs_l // RESET) == (t0 // RESET)
         open_end = (tl.minimum(t1, L - 1) // RESET) == (t0 // RESET)
-    slot = (pid_b * DM + offs_d) * N * (n_chunks + 1) + (n_chunks - c)
+    base = (pid_b * DM + offs_d) * N * (n_chunks + 1)
+    slot = base + (n_chunks - c)
+    if c == 0:
+        for n in tl.static_range(N):
+            q = tl.zeros(offs_d.shape, tl.float32)
+            if HAS_DHLAST:
+                q = tl.load(dhlast_ptr + (pid_b * DM + offs_d) * N + n, mask=mask_d, other=0.0)
+            tl.store(x_ptr + base + n * (n_chunks + 1), q, mask=mask_d)
+            tl.store(m_ptr + base + n * (n_chunks + 1), tl.zeros(offs_d.shape, tl.float32), mask=mask_d)
     for n in tl.static_range(N):
         a2_n = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32) * 1.4426950408889634
         Cn = tl.load(C_ptr + (pid_b * L + offs_l) * N + n, mask=mask_l, other=0.0)  # C as (b, l, n) float32
@@ -588,16 +600,20 @@ def _selective_step(h_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, 
 # ----------------------------------------------------------------------------------- linear scan
 @triton.jit
 def _linear_fwd(a_ptr, x_ptr, h0_ptr, h_ptr, L, DM, n_chunks,
-                COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """h_t = a_t h_{t-1} + x_t; complex tensors are (..., 2) float pairs, element stride 2."""
+                COMPLEX: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """h_t = a_t h_{t-1} + x_t from h0 (zeros without HAS_H0); complex tensors are (..., 2) float pairs, element
+    stride 2."""
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DM
     cols = tl.arange(0, BLOCK_L)
     S: tl.constexpr = 2 if COMPLEX else 1
-    hr = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
-    if COMPLEX:
-        hi = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
+    hr = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    hi = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_H0:
+        hr = tl.load(h0_ptr + (pid_b * DM + offs_d) * S, mask=mask_d, other=0.0).to(tl.float32)
+        if COMPLEX:
+            hi = tl.load(h0_ptr + (pid_b * DM + offs_d) * S + 1, mask=mask_d, other=0.0).to(tl.float32)
     row = (pid_b * DM * L + offs_d[:, None] * L) * S
     for c in tl.range(0, n_chunks):
         offs_l = c * BLOCK_L + cols
@@ -720,6 +736,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         blocks = triton.cdiv(d, 32 * cfg["num_warps"])
         n_seg, seg_len = _segments(l, b * blocks, cfg["PROGRAMS"], SEG)
         save = grad_enabled and any(ctx.needs_input_grad[:9])  # needs_input_grad ignores torch.no_grad()
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not a tensor of zeros
         out = torch.empty_like(u)
         f32 = dict(device=u.device, dtype=torch.float32)
         hlast = torch.empty(b, d, n, **f32)
@@ -734,11 +751,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         if n_seg > 1:
             # each segment's end state from zero and its decay, then a linear scan over the segments gives
             # every segment's start state (slot s - 1 for segment s)
-            hend, decay = torch.empty(b, d, n, n_seg, **f32), torch.empty(b, d, n, n_seg, **f32)
+            hend, decay = torch.empty(2, b, d * n, n_seg, **f32).unbind(0)
             _selective_fwd[(b, blocks, n_seg)](*args, hlast, out, hlast, states, hend, decay, l, d, seg_len,
                                                n_seg, states.shape[2], FULL=False, SAVE=False, **flags)
-            carry = _linear_scan(decay.view(b, d * n, n_seg), hend.view(b, d * n, n_seg),
-                                 torch.zeros(b, d * n, **f32) if h0 is None else h0.view(b, d * n))
+            carry = _linear_scan(decay, hend, None if h0 is None else h0.view(b, d * n))
         _selective_fwd[(b, blocks, n_seg)](*args, carry, out, hlast, states, hlast, hlast, l, d, seg_len,
                                            n_seg, states.shape[2], FULL=True, SAVE=bool(save), **flags)
         if save:
@@ -752,7 +768,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         u, delta, A, Bt, Ct, D, z, delta_bias, states = ctx.saved_tensors
         b, d, l = u.shape
         n = A.shape[1]
-        dout = dout.contiguous()
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
         f32 = dict(device=u.device, dtype=torch.float32)
         cfg = CONFIG["bwd"]
         blocks = triton.cdiv(d, 32)  # one-warp programs
@@ -767,33 +783,37 @@ class _SelectiveScanFn(torch.autograd.Function):
         if n_seg > 1:
             # the adjoint at each SEG-step chunk's first step: each chunk's own share and decay, then a linear
             # scan over the chunks, last first; slot 0 holds dhlast
-            x, m = torch.empty(b, d, n, n_chunks + 1, **f32), torch.empty(b, d, n, n_chunks + 1, **f32)
-            x[..., 0] = 0.0 if dhlast is None else dhlast
-            m[..., 0] = 0.0
+            x, m = torch.empty(2, b, d * n, n_chunks + 1, **f32).unbind(0)
             ck = CONFIG["carries"]
             _selective_bwd_carries[(b, triton.cdiv(d, ck["BLOCK_D"]), n_chunks)](
-                delta, A, Ct, opt(z), opt(delta_bias), dout, x, m, l, d, n_chunks, N=n, BLOCK_D=ck["BLOCK_D"],
-                BLOCK_L=chunk, num_warps=ck["num_warps"], **flags)
-            carries = _linear_scan(m.view(b, d * n, n_chunks + 1), x.view(b, d * n, n_chunks + 1),
-                                   torch.zeros(b, d * n, **f32))
+                delta, A, Ct, opt(z), opt(delta_bias), dout, opt(dhlast), x, m, l, d, n_chunks, N=n,
+                BLOCK_D=ck["BLOCK_D"], BLOCK_L=chunk, HAS_DHLAST=dhlast is not None, num_warps=ck["num_warps"],
+                **flags)
+            carries = _linear_scan(m, x, None)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dA = torch.empty(b, n_seg, d, n, **f32)
-        dB = torch.empty(b, blocks, l, n, **f32)
-        dC = torch.empty_like(dB)
-        dD = torch.empty(b, n_seg, d, **f32) if D is not None else None
-        dbias = torch.empty(b, n_seg, d, **f32) if delta_bias is not None else None
+        # one buffer for the shares of dA, dD and the delta bias (summed by one reduction), one for dB and dC's
+        stride = d * (n + (D is not None) + (delta_bias is not None))
+        shares = torch.empty(b * n_seg, stride, **f32)
+        dA, dD, dbias = shares[:, :d * n], shares[:, d * n:], shares[:, stride - d:]
+        bc_shares = torch.empty(2, b, blocks, l, n, **f32)
+        dB, dC = bc_shares.unbind(0)
         dh0 = torch.empty(b, d, n, **f32)
         rn = min(32, max(1, n // 4))  # dB, dC are summed with RN threads along n and RT along the tile's steps
         rt = min(EVERY, 32 // rn)
         _selective_bwd[(b, blocks, n_seg)](
             u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, dout, opt(dhlast, dh0),
-            opt(carries, dh0), du, ddelta, dA, dB, dC, opt(dD, dA), opt(dbias, dA), opt(dz), dh0, l, d, seg_len, n_seg,
-            states.shape[2], n_chunks, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
+            opt(carries, dh0), du, ddelta, dA, dB, dC, dD, dbias, opt(dz), dh0, l, d, seg_len, n_seg,
+            states.shape[2], n_chunks, stride, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
             HAS_DHLAST=dhlast is not None, num_warps=1, **flags)
-        return (du, ddelta, dA.sum((0, 1)), dB.sum(1).transpose(1, 2).to(ctx.dtypes[0]),
-                dC.sum(1).transpose(1, 2).to(ctx.dtypes[1]), dD.sum((0, 1)).to(D.dtype) if D is not None else None,
-                dz, dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None,
+        sums = shares.sum(0)
+        bc = bc_shares.sum(2)  # (2, b, l, n)
+        if ctx.dtypes[0] == ctx.dtypes[1]:
+            bc = bc.to(ctx.dtypes[0])  # one cast for both
+        dB, dC = (t.transpose(1, 2).to(dtype) for t, dtype in zip(bc.unbind(0), ctx.dtypes))
+        return (du, ddelta, sums[:d * n].view(d, n), dB, dC,
+                sums[d * n:d * n + d].to(D.dtype) if D is not None else None,
+                dz, sums[stride - d:].to(delta_bias.dtype) if delta_bias is not None else None,
                 dh0 if ctx.has_h0 else None, None, None, None)
 
 
@@ -832,12 +852,13 @@ def _as_real(t):
 
 
 def _linear_scan(a, x, h0):
-    """The forward of the linear scan, outside autograd: contiguous inputs, h of x's shape."""
+    """The forward of the linear scan, outside autograd: contiguous inputs (h0 None: zeros), h of x's shape."""
     b, d, l = x.shape
     h = torch.empty_like(x)
     cfg = CONFIG["lin"]
-    _linear_fwd[(b, triton.cdiv(d, cfg["BLOCK_D"]))](_as_real(a), _as_real(x), _as_real(h0), _as_real(h), l, d,
-                                                     triton.cdiv(l, cfg["BLOCK_L"]), COMPLEX=x.is_complex(),
+    _linear_fwd[(b, triton.cdiv(d, cfg["BLOCK_D"]))](_as_real(a), _as_real(x), _as_real(x if h0 is None else h0),
+                                                     _as_real(h), l, d, triton.cdiv(l, cfg["BLOCK_L"]),
+                                                     COMPLEX=x.is_complex(), HAS_H0=h0 is not None,
                                                      BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
                                                      num_warps=cfg["num_warps"])
     return h
