@@ -75,7 +75,7 @@ def bench_dt(C: int, n_envs: int, steps: int, device: torch.device) -> float:
     state = dt.initial_state(n_envs, device, target_return=0.0)
     kv = state.kv  # C steps of history: every cache slot holds a token of the current episode
     state.kv = KVState(tuple(torch.randn_like(k) for k in kv.k), tuple(torch.randn_like(v) for v in kv.v),
-                       torch.ones_like(kv.valid))
+                       torch.ones_like(kv.valid), torch.full_like(kv.pos, 3 * C))
     state.t = torch.full_like(state.t, C)
     sec, _ = time_steps(dt, state, n_envs, steps, device)
     return sec
