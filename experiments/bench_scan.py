@@ -26,7 +26,10 @@ Paths:
 - loop: the reference loop (L=1024 only).
 
 Timing: "ms" calls the path eagerly (every launch from Python, what a user without CUDA graphs pays);
-"graph ms" replays the same call captured in a CUDA graph (CUDA only). The backward is
+"graph ms" replays the same call captured in a CUDA graph (CUDA only). On CUDA, "kernels" counts the GPU
+kernels one call launches (torch.profiler; memsets and copies included) and "host ms" is how long the Python call
+takes to return while the GPU never makes it wait (a synchronize every 8 calls; median of 25 groups): where host
+ms is above graph ms, the eager time is the host's. The backward is
 `torch.autograd.grad` of every input against a random cotangent. "vs mamba-ssm" gives mamba-ssm's time over
 seqrl's for each cell (> 1: seqrl faster) and both peaks.
 
@@ -163,6 +166,28 @@ def saved_mb(fn):
     return sum(seen.values()) / 2**20
 
 
+def kernels_per_call(call, reps=5):
+    call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            call()
+        torch.cuda.synchronize()
+    return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events()) / reps
+
+
+def host_ms(call, groups=25, per=8):
+    times = []
+    for _ in range(groups):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(per):
+            call()
+        times.append((time.perf_counter() - t) / per * 1e3)
+    torch.cuda.synchronize()
+    return sorted(times)[groups // 2]
+
+
 def peak_mb(fn, device):
     if device != "cuda":
         return float("nan")
@@ -206,8 +231,9 @@ def run_case(name, L, dtype, mode, device, ref=None, graph=False):
         ms = bench(call, device)
         mem = peak_mb(call, device) if device == "cuda" else (saved_mb(lambda: fn(x)) if mode != "fwd" else float("nan"))
         graph_ms = bench(graphed(call), device) if graph else float("nan")
+        host = dict(kernels=kernels_per_call(call), host_ms=host_ms(call)) if device == "cuda" else {}
     return dict(path=name, L=L, dtype=str(dtype).replace("torch.", ""), mode=mode, ms=ms, graph_ms=graph_ms,
-                peak_mb=mem, rel_err_vs_seqrl=err), out
+                peak_mb=mem, rel_err_vs_seqrl=err, **host), out
 
 
 def against_mamba_ssm(rows):
@@ -319,11 +345,13 @@ def main():
     result["rows"] = rows
     result["vs_mamba_ssm"] = against_mamba_ssm(rows)
     print(f"\n{'dtype':8} {'L':>6} {'mode':8} {'path':17} {'ms':>9} {'graph ms':>9} {'peak MB':>9} {'floor %':>8} "
-          f"{'err':>8}")
+          f"{'err':>8} {'kernels':>8} {'host ms':>8}")
+    nan = float("nan")
     for r in rows:
         if "ms" in r:
             print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['ms']:9.3f} {r['graph_ms']:9.3f} "
-                  f"{r['peak_mb']:9.0f} {r.get('floor_pct', float('nan')):8.1f} {r['rel_err_vs_seqrl']:8.1e}")
+                  f"{r['peak_mb']:9.0f} {r.get('floor_pct', nan):8.1f} {r['rel_err_vs_seqrl']:8.1e} "
+                  f"{r.get('kernels', nan):8.1f} {r.get('host_ms', nan):8.3f}")
         else:
             print(f"{r['dtype']:8} {r['L']:>6} {r['mode']:8} {r['path']:17} {r['error'][:60]}")
     if result["vs_mamba_ssm"]:
