@@ -1,7 +1,7 @@
 """Where imagination loses what a world model knows: reward accuracy and generation MSE against the context.
 
 For each checkpoint (trained world models, e.g. from wm_compare.py) and each context C of --contexts, imagine each
-of --sequences dataset episodes from its first step (seqrl.runners.imagine.imagine_checkpoint: C real steps through
+of --sequences dataset episodes from its first step (seqrl.runners.imagine.score_imagination: C real steps through
 the posterior, then the prior to the episode's end under the dataset's actions), with the prior's mode or a sample
 (--modes). On DistractingMemory (cue at step 0, doors at step W + 1) a context of C leaves W + 1 - C imagined
 hallway steps before the doors: reward accuracy against C shows how many imagined steps the cue survives, beside
@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from seqrl.data.store import ReplayStore
-from seqrl.runners.imagine import imagine_checkpoint, world_model_from_checkpoint
+from seqrl.runners.imagine import score_imagination, world_model_from_checkpoint
 
 
 def main() -> None:
@@ -39,27 +38,26 @@ def main() -> None:
     args = ap.parse_args()
     stores: dict[str, ReplayStore] = {}
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for ckpt in args.checkpoints:
-            model, meta = world_model_from_checkpoint(ckpt)
-            did = meta["spec"]["meta"].get("dataset_id")
-            if did not in stores:
-                stores[did] = ReplayStore.from_minari(did)
-            length = int(stores[did].episode_lengths.min())
-            name = f"{model.config.backbone} {Path(ckpt).parent.name}"
-            for mode in args.modes:
-                for c in args.contexts:
-                    if not 1 <= c < length:
-                        ap.error(f"--contexts: {c} leaves no step to imagine in episodes of {length} steps")
-                    torch.manual_seed(0)
-                    res = imagine_checkpoint(ckpt, c, length - c, tmp, dataset=stores[did], sequences=args.sequences,
-                                             seed=args.seed, sample=mode == "sample", device=args.device)
-                    row = {"checkpoint": str(ckpt), "name": name, "mode": mode, "context": c, "horizon": length - c,
-                           **{k: res[k] for k in ("mse_mean", "mse_hold_mean", "reward_accuracy",
-                                                  "reward_accuracy_posterior", "reward_accuracy_constant",
-                                                  "reward_steps")}}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+    for ckpt in args.checkpoints:
+        model, meta = world_model_from_checkpoint(ckpt, args.device)
+        did = meta["spec"]["meta"].get("dataset_id")
+        if did not in stores:
+            stores[did] = ReplayStore.from_minari(did)
+        length = int(stores[did].episode_lengths.min())
+        name = f"{model.config.backbone} {Path(ckpt).parent.name}"
+        for mode in args.modes:
+            for c in args.contexts:
+                if not 1 <= c < length:
+                    ap.error(f"--contexts: {c} leaves no step to imagine in episodes of {length} steps")
+                torch.manual_seed(0)
+                res, _ = score_imagination(model, stores[did], c, length - c, sequences=args.sequences, seed=args.seed,
+                                           sample=mode == "sample")
+                row = {"checkpoint": str(ckpt), "name": name, "mode": mode, "context": c, "horizon": length - c,
+                       **{k: res[k] for k in ("mse_mean", "mse_hold_mean", "reward_accuracy",
+                                              "reward_accuracy_posterior", "reward_accuracy_constant",
+                                              "reward_steps")}}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     out = {"command": "python experiments/wm_context_sweep.py " + " ".join(os.sys.argv[1:]),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": f"{platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}", "rows": rows}

@@ -73,25 +73,15 @@ def world_model_from_checkpoint(checkpoint: str | Path, device: str | torch.devi
     return model.to(device).eval(), ckpt
 
 
-def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: str | Path,
-                       dataset: str | ReplayStore | None = None, sequences: int = 8, show: int = 8,
-                       sample: bool = False, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
-    """Imagine from `sequences` dataset episodes (drawn with `seed` among those at least context + horizon long),
-    each from its first step; write the files of the module docstring into `out`; return the JSON's dict.
-    dataset: a store, a Minari id, or None for the checkpoint's own dataset. `show`: imagined steps in the strip."""
-    for name, v in (("context", context), ("horizon", horizon), ("sequences", sequences), ("show", show)):
+def score_imagination(model: WorldModel, store: ReplayStore, context: int, horizon: int, sequences: int = 8,
+                      sample: bool = False, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Imagine from `sequences` episodes of `store` (drawn with `seed` among those at least context + horizon long),
+    each from its first step, and score it against what happened: (the numbers of the module docstring, as JSON
+    values; the tensors behind them: "obs" real and "fake" imagined observations (B, horizon, ...), "mse" (B,
+    horizon)). Files are left to the caller (imagine_checkpoint writes them)."""
+    for name, v in (("context", context), ("horizon", horizon), ("sequences", sequences)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"imagine: {name} must be an integer >= 1, got {v!r}")
-    model, ckpt = world_model_from_checkpoint(checkpoint, device)
-    if not isinstance(dataset, ReplayStore):
-        did = dataset or ckpt["spec"]["meta"].get("dataset_id")
-        if not did:
-            raise DataError(f"checkpoint {checkpoint} names no dataset: pass one")
-        import seqrl.envs  # noqa: F401
-
-        dataset = ReplayStore.from_minari(did)
-    store = dataset
-    check_store(store, model.spec.observation_space, f"checkpoint {checkpoint}'s")
     need = context + horizon
     lengths = store.episode_lengths
     longest = int(lengths.max()) if len(lengths) else 0
@@ -104,6 +94,7 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
                         f"of the dataset (the longest has {longest} steps)")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(ok, size=min(sequences, len(ok)), replace=False))
+    device = next(model.parameters()).device
     batch = windows_at(store, store.ep_start[chosen], need).to(device)
     res = imagine(model, batch.obs[:, :context], batch.act, horizon, sample=sample)
     real = model.obs_target(batch.obs[:, context:])  # (B, H, ...) decoder units
@@ -120,19 +111,7 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
             post = model.posterior_pass(batch.obs, batch.act, first, sample=sample)
             _, rew, _ = model.heads(post["h"], post["z"], post["a"])
         right_post = (torch.sign(symexp(rew).mean(0)[:, context:]) == torch.sign(r_real)) & paid
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    steps = np.unique(np.linspace(0, horizon - 1, min(show, horizon)).round().astype(int))
-    files = {"strip": str(out / "strip.png"), "error": str(out / "error.png")}
-    real_obs, fake_obs = batch.obs[:, context:].float().cpu().numpy(), res["obs"].float().cpu().numpy()
-    _strip(real_obs, fake_obs, steps, context, model.image, out / "strip.png")
-    _error_plot(mse.mean(0).cpu().numpy(), context, out / "error.png")
-    gif = _gif(real_obs[0], fake_obs[0], out / "imagine.gif") if model.image else None
-    if gif:
-        files["gif"] = gif
-    result = {"checkpoint": str(checkpoint), "agent": ckpt["agent"], "backbone": model.config.backbone,
-              "latent": model.config.latent, "step": int(ckpt["step"]), "context": context, "horizon": horizon,
-              "trained_seq_len": model.config.seq_len,
+    scores = {"context": context, "horizon": horizon, "trained_seq_len": model.config.seq_len,
               "sequences": len(chosen), "episodes": chosen.tolist(), "sample": sample,
               "mse_per_step": mse.mean(0).tolist(), "mse_mean": float(mse.mean()),
               "mse_hold_per_step": hold.mean(0).tolist(), "mse_hold_mean": float(hold.mean()),
@@ -140,7 +119,40 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
               "reward_accuracy": float(right.sum() / paid.sum()) if bool(paid.any()) else None,
               "reward_accuracy_posterior": None if right_post is None else float(right_post.sum() / paid.sum()),
               "reward_accuracy_constant": constant_sign_accuracy(r_real[paid]),
-              "reward_mse": float(((res["reward"] - r_real) ** 2).mean()),
+              "reward_mse": float(((res["reward"] - r_real) ** 2).mean())}
+    return scores, {"obs": batch.obs[:, context:], "fake": res["obs"], "mse": mse}
+
+
+def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: str | Path,
+                       dataset: str | ReplayStore | None = None, sequences: int = 8, show: int = 8,
+                       sample: bool = False, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """`score_imagination` on a checkpoint's world model; writes the files of the module docstring into `out` and
+    returns the JSON's dict. dataset: a store, a Minari id, or None for the checkpoint's own dataset. `show`:
+    imagined steps in the strip."""
+    if not isinstance(show, (int, np.integer)) or isinstance(show, bool) or show < 1:
+        raise ValueError(f"imagine: show must be an integer >= 1, got {show!r}")
+    model, ckpt = world_model_from_checkpoint(checkpoint, device)
+    if not isinstance(dataset, ReplayStore):
+        did = dataset or ckpt["spec"]["meta"].get("dataset_id")
+        if not did:
+            raise DataError(f"checkpoint {checkpoint} names no dataset: pass one")
+        import seqrl.envs  # noqa: F401
+
+        dataset = ReplayStore.from_minari(did)
+    check_store(dataset, model.spec.observation_space, f"checkpoint {checkpoint}'s")
+    scores, t = score_imagination(model, dataset, context, horizon, sequences, sample, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = np.unique(np.linspace(0, horizon - 1, min(show, horizon)).round().astype(int))
+    files = {"strip": str(out / "strip.png"), "error": str(out / "error.png")}
+    real_obs, fake_obs = t["obs"].float().cpu().numpy(), t["fake"].float().cpu().numpy()
+    _strip(real_obs, fake_obs, steps, context, model.image, out / "strip.png")
+    _error_plot(t["mse"].mean(0).cpu().numpy(), context, out / "error.png")
+    gif = _gif(real_obs[0], fake_obs[0], out / "imagine.gif") if model.image else None
+    if gif:
+        files["gif"] = gif
+    result = {"checkpoint": str(checkpoint), "agent": ckpt["agent"], "backbone": model.config.backbone,
+              "latent": model.config.latent, "step": int(ckpt["step"]), **scores,
               "gif": None if gif else ("no frames" if not model.image else "skipped: Pillow is not installed"),
               "files": files}
     atomic_write_json(out / "imagine.json", result)
