@@ -416,9 +416,12 @@ class WorldModel(Agent):
     def heads(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(decoded observation in target units, rewards (R, ...) in symlog units, one row per reward head,
         continuation logit)."""
-        f = torch.cat([h, z], -1)
-        fa = torch.cat([f, a], -1)
-        return self.decoder(f), self.rewards(fa), self.cont_head(fa)[..., 0]
+        return (self.decoder(torch.cat([h, z], -1)), *self.reward_cont(h, z, a))
+
+    def reward_cont(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`heads` without the decoder: (rewards (R, ...) in symlog units, continuation logit)."""
+        fa = torch.cat([h, z, a], -1)
+        return self.rewards(fa), self.cont_head(fa)[..., 0]
 
     def rewards(self, fa: torch.Tensor) -> torch.Tensor:
         """Every reward head at (h, z, a) features (..., F + A): (R, ...) in symlog units."""
@@ -482,9 +485,8 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
         prior_z = latent_sample(out["prior"].detach(), cfg, False)
         swap = torch.rand(out["z"].shape[:2], device=out["z"].device) < cfg.prior_input_rate
         h, _ = model.hidden(torch.where(swap[..., None], prior_z, out["z"]), out["a"], batch.first)
-        fa = torch.cat([h, out["z"], out["a"]], -1)  # the reward and continuation heads' input; no decoder
-        terms |= dict(zip(PRIOR_INPUT_LOSSES, reward_and_cont(model.rewards(fa).to(acc),
-                                                              model.cont_head(fa)[..., 0].to(acc))))
+        rew_p, cont_p = (x.to(acc) for x in model.reward_cont(h, out["z"], out["a"]))
+        terms |= dict(zip(PRIOR_INPUT_LOSSES, reward_and_cont(rew_p, cont_p)))
     per = math.prod(target.shape[2:])
     terms["recon_mse"] = (terms["loss_recon"] / per).detach()  # per pixel (feature)
     # -ELBO of the observations under unit-variance Gaussians, up to constants

@@ -109,7 +109,7 @@ def score_imagination(model: WorldModel, store: ReplayStore, context: int, horiz
             first = torch.zeros(batch.act.shape[:2], dtype=torch.bool, device=batch.act.device)
             first[:, 0] = True
             post = model.posterior_pass(batch.obs, batch.act, first, sample=sample)
-            _, rew, _ = model.heads(post["h"], post["z"], post["a"])
+            rew, _ = model.reward_cont(post["h"], post["z"], post["a"])
         right_post = (torch.sign(symexp(rew).mean(0)[:, context:]) == torch.sign(r_real)) & paid
     scores = {"context": context, "horizon": horizon, "trained_seq_len": model.config.seq_len,
               "sequences": len(chosen), "episodes": chosen.tolist(), "sample": sample,
