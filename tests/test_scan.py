@@ -163,22 +163,46 @@ def test_selective_step_is_one_scan_step(device):
     assert ((h.double().cpu() - h_ref).norm() / h_ref.norm()).item() < 1e-5
 
 
+def steps_major(t):
+    """(b, d, l) -> the same values as (b, l, d) memory: the transpose of a projection's output."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def half_of_wider(t):
+    """(b, d, l) -> the same values as the second half of a (b, l, 2d) tensor, as Mamba's z (half of in_proj)."""
+    wide = torch.cat([torch.zeros_like(t), t], dim=1).transpose(1, 2).contiguous()
+    return wide[..., t.shape[1]:].transpose(1, 2)
+
+
+LAYOUTS = {"bdl": {}, "bld": {"u": steps_major, "delta": steps_major, "z": half_of_wider},
+           "mixed": {"delta": steps_major, "z": half_of_wider}}  # mixed: u as a (b, d, l) conv gives it
+
+
 @pytest.mark.parametrize("device", SELECTIVE)
 @pytest.mark.parametrize("b,d,n,l", [(2, 40, 16, 300), (3, 9, 8, 129), (2, 40, 32, 300), (1, 33, 64, 130)])
-def test_selective_scan_float32_inputs_match_loop(device, b, d, n, l):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_selective_scan_float32_inputs_match_loop(device, b, d, n, l, layout):
     """float32 tensors as a model passes them (the other tests pass float64): values, final state and
     gradients against the loop run in float64 on the same (float32-rounded) values. B and C arrive as
-    transposed views, as Mamba's projections give them."""
+    transposed views, as Mamba's projections give them; u, delta and z as (b, d, l) memory, or as Mamba's
+    projections give them (layout "bld": the kernels then read (b, l, d) memory in place, z with its own step
+    stride, and write the output and the gradients so; "mixed": u is (b, d, l) memory and is copied)."""
     x = {k: None if v is None else v.float().double() for k, v in selective_inputs(b, d, n, l, seed=l).items()}
     names = [k for k, v in x.items() if v is not None]
     gy, gh = torch.randn(b, d, l, dtype=torch.float64), torch.randn(b, d, n, dtype=torch.float64)
     leaves = {k: x[k].float().to(dev(device)).requires_grad_() for k in names}
-    views = {k: leaves[k].transpose(1, 2).contiguous().transpose(1, 2) if k in ("B", "C") else leaves[k]
-             for k in names}
+    make = {"B": steps_major, "C": steps_major, **LAYOUTS[layout]}
+    views = {k: make[k](leaves[k]) if k in make else leaves[k] for k in names}
     out, h = selective_scan(**views, delta_softplus=True, return_state=True)
     assert out.dtype == torch.float32
-    grads = torch.autograd.grad((out.double() * gy.to(dev(device))).sum() + (h.double() * gh.to(dev(device))).sum(),
+    if dev(device) == "cuda":  # the kernels' layout: (b, l, d) memory when most of u, delta and z are
+        assert out.transpose(1, 2).is_contiguous() == (layout != "bdl")
+    gy = gy.to(dev(device))
+    if layout != "bdl":  # the output's gradient as (b, l, d) memory too, as an out_proj gives it
+        gy = steps_major(gy)
+    grads = torch.autograd.grad((out.double() * gy).sum() + (h.double() * gh.to(dev(device))).sum(),
                                 list(leaves.values()))
+    gy = gy.cpu()
     ref_leaves = {k: x[k].clone().requires_grad_() for k in names}
     ref, h_ref = selective_scan_ref(**ref_leaves, delta_softplus=True)
     tol = 2e-5  # float32 arithmetic on every path

@@ -10,7 +10,10 @@ answers (tests/test_scan.py holds them to the reference loop in float64, values 
 
       h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,    y_t = C_t . h_t + D u_t,    out_t = y_t silu(z_t)
 
-  u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D, delta_bias (d,); state h (b, d, n).
+  u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D, delta_bias (d,); state h (b, d, n). Only the shapes
+  matter: u, delta and z may be transposes of (b, l, d) tensors, as a model's projections give them, and on
+  CUDA the kernels then read them in place (z also as half of a wider projection) and return the output in
+  that layout.
 - ``linear_scan``: the diagonal recurrence of S4D/S5, ``h_t = a_t h_{t-1} + x_t`` over (b, d, l),
   real or complex; ``linear_step`` is its one-step form, h (b, d).
 

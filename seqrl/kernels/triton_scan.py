@@ -10,8 +10,11 @@ Selective scan, forward (a Gluon kernel: Triton with the layouts spelled out). A
 32 * num_warps channels, one channel per thread, and one segment of the sequence; each thread keeps its
 channel's n states in registers and walks the segment's steps one by one: per step and n, one exp2, two
 multiplies and two fused multiply-adds (h = exp2(dt A_n) h + dt u B_n, y += C_n h), no shuffles and no scan
-tree. Tiles of T steps of u, delta (and z) are loaded along l, whole 16-byte runs per thread, and moved to a
-thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler picks). B and C are
+tree. Tiles of T steps of u, delta (and z) are loaded in 16-byte runs per thread, along l from (b, d, l) memory or
+along d from (b, l, d) memory (CL: the kernels read whichever layout most of u, delta and z are in, z also as half
+of a wider tensor, and write the output and the gradients in it, so that Mamba's projections need no transposed
+copies), and moved to a thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler
+picks). B and C are
 read as (b, l, n) float32 (copied beforehand unless they are that already), so a tile's T x n values are
 contiguous: they are copied into shared memory once per tile (16-byte loads), and each step reads its n values
 from there, every thread alike
@@ -190,10 +193,11 @@ def _stage_steps(smem, ptr, pid_b, t0, L, offs_f, N: gl.constexpr):
 
 @gluon.jit
 def _program_indices(A_ptr, pid_b, d0, L, DM, CH: gl.constexpr, N: gl.constexpr, T: gl.constexpr, LH: gl.constexpr,
-                     LT: gl.constexpr, LG: gl.constexpr):
+                     LT: gl.constexpr, LG: gl.constexpr, CL: gl.constexpr):
     """A program's channels and steps in each layout, shared by the forward and the backward: channels and n
     of the states (LH) with their flat (d, n) offsets, mask and A scaled by log2(e); channels and steps of a
-    tile as loaded (LG, with the rows' offsets) and as held a channel per thread (LT)."""
+    tile as loaded (LG, with where each channel's steps start: `_tile_at`) and as held a channel per thread
+    (LT)."""
     offs_d = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LH))
     offs_n = gl.arange(0, N, layout=gl.SliceLayout(0, LH))
     dn = offs_d[:, None] * N + offs_n[None, :]
@@ -201,18 +205,41 @@ def _program_indices(A_ptr, pid_b, d0, L, DM, CH: gl.constexpr, N: gl.constexpr,
     A2 = gl.load(A_ptr + dn, mask=mdn, other=0.0) * 1.4426950408889634
     gd = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LG))
     gcols = gl.arange(0, T, layout=gl.SliceLayout(0, LG))
-    grow = (pid_b * DM + gd[:, None]) * L
+    if CL:
+        grow = pid_b * L * DM + gd[:, None]
+    else:
+        grow = (pid_b * DM + gd[:, None]) * L
     td = d0 + gl.arange(0, CH, layout=gl.SliceLayout(1, LT))
     cols = gl.arange(0, T, layout=gl.SliceLayout(0, LT))
     return offs_d, offs_n, dn, mdn, A2, gd, gcols, grow, td, cols
 
 
 @gluon.jit
+def _tile_at(grow, offs_g, DM, CL: gl.constexpr):
+    """The offsets of a tile's elements (channels from grow, steps offs_g) in u, delta, the output and their
+    gradients: rows along l ((b, d, l) memory) or, with CL, steps of DM channels ((b, l, d) memory)."""
+    if CL:
+        at = grow + offs_g[None, :] * DM
+    else:
+        at = grow + offs_g[None, :]
+    return at
+
+
+@gluon.jit
+def _z_offsets(at, pid_b, gd, offs_g, L, z_step, CL: gl.constexpr):
+    """Where a tile's z is: at `at` like u in (b, d, l) memory; with CL, steps z_step apart (Mamba's z is half of
+    one projection's output, its steps rows of 2 d values)."""
+    if CL:
+        at = (pid_b * L + offs_g[None, :]) * z_step + gd[:, None]
+    return at
+
+
+@gluon.jit
 def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, carry_ptr,
-                   out_ptr, hlast_ptr, states_ptr, hend_ptr, decay_ptr, L, DM, seg_len, n_seg, n_states,
+                   out_ptr, hlast_ptr, states_ptr, hend_ptr, decay_ptr, L, DM, seg_len, n_seg, n_states, z_step,
                    N: gl.constexpr, T: gl.constexpr, EVERY: gl.constexpr, FULL: gl.constexpr,
                    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-                   HAS_H0: gl.constexpr, SAVE: gl.constexpr, RESET: gl.constexpr):
+                   HAS_H0: gl.constexpr, SAVE: gl.constexpr, RESET: gl.constexpr, CL: gl.constexpr):
     """One segment of one batch row for 32 * num_warps channels, a channel per thread (layouts below).
     FULL: from the segment's start state (h0, or slot seg - 1 of carry), write y (and with SAVE the state
     every EVERY steps); the last segment writes the final state. Else: the
@@ -222,14 +249,17 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     CH: gl.constexpr = 32 * W
     LH: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [W, 1], [1, 0])  # (CH, N) states: a thread's channel
     LT: gl.constexpr = gl.BlockedLayout([1, T], [32, 1], [W, 1], [1, 0])  # (CH, T) inputs: a thread's channel
-    LG: gl.constexpr = gl.BlockedLayout([1, 4], [128 // T, T // 4], [W, 1], [1, 0])  # (CH, T) as loaded
+    if CL:  # (CH, T) as loaded: 16-byte runs of a step's channels, or of a channel's steps
+        LG: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [W, 1], [0, 1])
+    else:
+        LG: gl.constexpr = gl.BlockedLayout([1, 4], [128 // T, T // 4], [W, 1], [1, 0])
     VH: gl.constexpr = gl.SliceLayout(1, LH)
     VT: gl.constexpr = gl.SliceLayout(1, LT)
     pid_b = gl.program_id(0)
     d0 = gl.program_id(1) * CH
     seg = gl.program_id(2)
     offs_d, offs_n, dn, mdn, A2, gd, gcols, grow, td, cols = _program_indices(A_ptr, pid_b, d0, L, DM, CH, N, T, LH,
-                                                                             LT, LG)
+                                                                             LT, LG, CL)
     bias = gl.zeros([CH], gl.float32, layout=VT)
     if HAS_BIAS:
         bias = gl.load(bias_ptr + td, mask=td < DM, other=0.0).to(gl.float32)
@@ -257,17 +287,18 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     for t0 in range(t_begin, t_end, T):
         # the tile is loaded along l (whole sectors) and moved to a thread per channel
         offs_g = t0 + gcols
+        at = _tile_at(grow, offs_g, DM, CL)
         m2 = (gd < DM)[:, None] & (offs_g < L)[None, :]
-        ug = gl.load(u_ptr + grow + offs_g[None, :], mask=m2, other=0.0)
+        ug = gl.load(u_ptr + at, mask=m2, other=0.0)
         u = gl.convert_layout(ug, LT).to(gl.float32)
-        dt = gl.convert_layout(gl.load(delta_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
+        dt = gl.convert_layout(gl.load(delta_ptr + at, mask=m2, other=0.0), LT).to(gl.float32)
         _, dt = _step_size(dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         dt = gl.where((td < DM)[:, None] & (t0 + cols < L)[None, :], dt, 0.0)  # padding: decay 1, input 0
         dtu = dt * u
         if not FULL:
             total += gl.sum(dt, axis=1)
         if HAS_Z and FULL:
-            z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+            z = gl.load(z_ptr + _z_offsets(at, pid_b, gd, offs_g, L, z_step, CL), mask=m2, other=0.0).to(gl.float32)
         gl.thread_barrier()  # the previous tile's steps have read what is overwritten here
         _stage_steps(Bs2, B_ptr, pid_b, t0, L, offs_f, N)  # past the end, times dt u = 0
         if FULL:
@@ -291,7 +322,7 @@ def _selective_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                 ys += Dv[:, None] * ug.to(gl.float32)
             if HAS_Z:
                 ys = gl.fdiv(ys * z, 1.0 + gl.exp2(z * -1.4426950408889634))
-            gl.store(out_ptr + grow + offs_g[None, :], ys.to(out_ptr.dtype.element_ty), mask=m2)
+            gl.store(out_ptr + at, ys.to(out_ptr.dtype.element_ty), mask=m2)
     if FULL:
         if seg == n_seg - 1:
             gl.store(hlast_ptr + pid_b * DM * N + dn, h, mask=mdn)
@@ -330,10 +361,10 @@ def _adjoint_step(p, dA_acc, h_prev, r, t0, L, A2, Bs, Cs, dts, dys, sbs, sas, h
 @gluon.jit
 def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr,
                    dhlast_ptr, carries_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dz_ptr,
-                   dh0_ptr, L, DM, seg_len, n_seg, n_states, n_chunks, share_stride,
+                   dh0_ptr, L, DM, seg_len, n_seg, n_states, n_chunks, share_stride, z_step,
                    N: gl.constexpr, T: gl.constexpr, SEG: gl.constexpr, RT: gl.constexpr, RN: gl.constexpr,
                    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr,
-                   SOFTPLUS: gl.constexpr, HAS_DHLAST: gl.constexpr, RESET: gl.constexpr):
+                   SOFTPLUS: gl.constexpr, HAS_DHLAST: gl.constexpr, RESET: gl.constexpr, CL: gl.constexpr):
     """One segment of one batch row for 32 channels (one warp), a channel per thread, in tiles of T steps
     from last to first. Per tile: the states at its steps are recomputed from the one the forward stored at
     its start and kept in shared memory (a thread writes and reads its own channel's rows); the adjoint
@@ -351,7 +382,10 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     VEC: gl.constexpr = 4 if N >= 4 else N
     LH: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [1, 1], [1, 0])  # (CH, N): a thread's channel
     LT: gl.constexpr = gl.BlockedLayout([1, T], [32, 1], [1, 1], [1, 0])  # (CH, T): a thread's channel
-    LG: gl.constexpr = gl.BlockedLayout([1, 4], [128 // T, T // 4], [1, 1], [1, 0])  # (CH, T) as loaded
+    if CL:  # (CH, T) as loaded (as in the forward)
+        LG: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, 1], [0, 1])
+    else:
+        LG: gl.constexpr = gl.BlockedLayout([1, 4], [128 // T, T // 4], [1, 1], [1, 0])
     TC: gl.constexpr = 32 // (RT * RN)  # threads that share a step's channels
     LR: gl.constexpr = gl.BlockedLayout([CH // TC, N // RN], [RT * TC, RN], [1, 1], [1, 0])  # (T * CH, N)
     L3: gl.constexpr = gl.BlockedLayout([1, CH // TC, N // RN], [RT, TC, RN], [1, 1, 1], [2, 1, 0])  # as (T, CH, N)
@@ -384,7 +418,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     d0 = gl.program_id(1) * CH
     seg = gl.program_id(2)
     offs_d, offs_n, dn, mdn, A2, gd, gcols, grow, td, cols = _program_indices(A_ptr, pid_b, d0, L, DM, CH, N, T, LH,
-                                                                             LT, LG)
+                                                                             LT, LG, CL)
     rt = gl.arange(0, T, layout=gl.SliceLayout(1, SR))
     rn = gl.arange(0, N, layout=gl.SliceLayout(0, SR))
     part = (pid_b * gl.num_programs(1) + gl.program_id(1)) * L
@@ -406,8 +440,12 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     else:
         q = gl.load(carries_ptr + (pid_b * DM * N + dn) * (n_chunks + 1) + n_chunks - t_end // SEG, mask=mdn,
                     other=0.0)
-        _, dt_e = _step_size(gl.load(delta_ptr + (pid_b * DM + offs_d) * L + t_end, mask=offs_d < DM,
-                                     other=0.0).to(gl.float32), bias_h, HAS_BIAS, SOFTPLUS)
+        if CL:
+            at_end = (pid_b * L + t_end) * DM + offs_d
+        else:
+            at_end = (pid_b * DM + offs_d) * L + t_end
+        _, dt_e = _step_size(gl.load(delta_ptr + at_end, mask=offs_d < DM, other=0.0).to(gl.float32), bias_h,
+                             HAS_BIAS, SOFTPLUS)
         p = gl.exp2(dt_e[:, None] * A2) * q
         if RESET > 0:  # the step after the segment starts a group: nothing flows back across it
             p = gl.where(t_end % RESET == 0, 0.0, p)
@@ -418,14 +456,15 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     for i in range(n_tiles):
         t0 = t_begin + (n_tiles - 1 - i) * T
         offs_g = t0 + gcols
+        at = _tile_at(grow, offs_g, DM, CL)
         m2 = (gd < DM)[:, None] & (offs_g < L)[None, :]
-        u = gl.convert_layout(gl.load(u_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
-        raw = gl.convert_layout(gl.load(delta_ptr + grow + offs_g[None, :], mask=m2, other=0.0), LT).to(gl.float32)
+        u = gl.convert_layout(gl.load(u_ptr + at, mask=m2, other=0.0), LT).to(gl.float32)
+        raw = gl.convert_layout(gl.load(delta_ptr + at, mask=m2, other=0.0), LT).to(gl.float32)
         raw, dt = _step_size(raw, bias[:, None], HAS_BIAS, SOFTPLUS)
         dt = gl.where((td < DM)[:, None] & (t0 + cols < L)[None, :], dt, 0.0)  # padding: decay 1, input 0
-        g = gl.load(dout_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+        g = gl.load(dout_ptr + at, mask=m2, other=0.0).to(gl.float32)
         if HAS_Z:
-            z = gl.load(z_ptr + grow + offs_g[None, :], mask=m2, other=0.0).to(gl.float32)
+            z = gl.load(z_ptr + _z_offsets(at, pid_b, gd, offs_g, L, z_step, CL), mask=m2, other=0.0).to(gl.float32)
             sz = _sigmoid(z)
             gz = g * sz * (1.0 + z * (1.0 - sz))  # dz = gz y_pre, y_pre recomputed with the states below
             g = g * z * sz
@@ -457,8 +496,7 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                 yp = gl.where(cols[None, :] == t, yps.index(t).load(VT)[:, None], yp)
             if HAS_D:
                 yp += Dv[:, None] * u
-            gl.store(dz_ptr + grow + offs_g[None, :], (gz * gl.convert_layout(yp, LG)).to(dz_ptr.dtype.element_ty),
-                     mask=m2)
+            gl.store(dz_ptr + at, (gz * gl.convert_layout(yp, LG)).to(dz_ptr.dtype.element_ty), mask=m2)
         # dC_t = sum over channels of dy_t h_t
         terms = hist2.load(LR) * dys2.load(gl.SliceLayout(1, LR))[:, None]
         share = gl.sum(gl.convert_layout(gl.reshape(terms, [T, CH, N]), L3, assert_trivial=True), axis=1)
@@ -490,9 +528,8 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             ddt = ddt * _sigmoid(raw)
         if HAS_BIAS:  # padding has no delta, but the adjoint runs through it
             dbias_acc += gl.sum(gl.where((t0 + cols < L)[None, :], ddt, 0.0), axis=1)
-        gl.store(du_ptr + grow + offs_g[None, :], gl.convert_layout(du, LG).to(du_ptr.dtype.element_ty), mask=m2)
-        gl.store(ddelta_ptr + grow + offs_g[None, :], gl.convert_layout(ddt, LG).to(ddelta_ptr.dtype.element_ty),
-                 mask=m2)
+        gl.store(du_ptr + at, gl.convert_layout(du, LG).to(du_ptr.dtype.element_ty), mask=m2)
+        gl.store(ddelta_ptr + at, gl.convert_layout(ddt, LG).to(ddelta_ptr.dtype.element_ty), mask=m2)
     share_row = (pid_b * n_seg + seg) * share_stride
     gl.store(dA_ptr + share_row + dn, dA_acc, mask=mdn)
     if HAS_D:
@@ -505,9 +542,9 @@ def _selective_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
 
 @triton.jit
 def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, dhlast_ptr, x_ptr, m_ptr, L, DM,
-                           n_chunks, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                           HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                           HAS_DHLAST: tl.constexpr, RESET: tl.constexpr):
+                           stride_d, stride_l, z_stride_b, z_stride_l, n_chunks, N: tl.constexpr,
+                           BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, RESET: tl.constexpr):
     """Each chunk's own share of the adjoint at its first step t0, and the decay that carries the adjoint at
     the next chunk's first step t1 back to t0, per (d, n):
         local = sum_s w_s C_s dy_s,  w_s = prod_{t0 < r <= s} dA_r = exp2(a_n sum_{t0 < r <= s} dt_r),
@@ -515,7 +552,8 @@ def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, d
     so the adjoints at the chunks' first steps follow Q_c = local_c + M_c Q_{c+1}, a linear recurrence over
     chunks. No scan per n: one cumulative sum of dt per chunk, then an exp2 and a reduction per n. Written at
     slot n_chunks - c of (b, d, n, n_chunks + 1), so that scanning the slots in order walks the chunks backwards;
-    chunk 0's programs also write slot 0: the final state's adjoint dhlast (0 without HAS_DHLAST), decay 0."""
+    chunk 0's programs also write slot 0: the final state's adjoint dhlast (0 without HAS_DHLAST), decay 0.
+    delta and dout have strides stride_d and stride_l ((b, d, l) or (b, l, d) memory), z stride_d and its own."""
     pid_b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     c = tl.program_id(2)
@@ -528,20 +566,21 @@ def _selective_bwd_carries(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, d
     offs_l = t0 + tl.arange(0, BLOCK_L)
     mask_l = offs_l < L
     m2 = mask_d[:, None] & mask_l[None, :]
-    row = pid_b * DM * L + offs_d * L
-    _, dt = _step_size(tl.load(delta_ptr + row[:, None] + offs_l[None, :], mask=m2, other=0.0).to(tl.float32),
-                       bias[:, None], HAS_BIAS, SOFTPLUS)
+    row = pid_b * DM * L + offs_d * stride_d
+    at = row[:, None] + offs_l[None, :] * stride_l
+    _, dt = _step_size(tl.load(delta_ptr + at, mask=m2, other=0.0).to(tl.float32), bias[:, None], HAS_BIAS, SOFTPLUS)
     dt = tl.where(m2, dt, 0.0)
-    _, dt_first = _step_size(tl.load(delta_ptr + row + t0, mask=mask_d, other=0.0).to(tl.float32), bias,
+    _, dt_first = _step_size(tl.load(delta_ptr + row + t0 * stride_l, mask=mask_d, other=0.0).to(tl.float32), bias,
                              HAS_BIAS, SOFTPLUS)
-    _, dt_next = _step_size(tl.load(delta_ptr + row + t1, mask=mask_d & (t1 < L), other=0.0).to(tl.float32), bias,
-                            HAS_BIAS, SOFTPLUS)
+    _, dt_next = _step_size(tl.load(delta_ptr + row + t1 * stride_l, mask=mask_d & (t1 < L), other=0.0).to(tl.float32),
+                            bias, HAS_BIAS, SOFTPLUS)
     dt_next = tl.where(t1 < L, dt_next, 0.0)  # past the end the decay is 1: dhlast enters the last step as it is
     span = tl.cumsum(dt, axis=1) - dt_first[:, None]  # sum over t0 < r <= s
     total = tl.sum(dt, axis=1) - dt_first + dt_next  # sum over t0 < r <= t1
-    g = tl.load(dout_ptr + row[:, None] + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+    g = tl.load(dout_ptr + at, mask=m2, other=0.0).to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + row[:, None] + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        z_at = pid_b * z_stride_b + offs_d[:, None] * stride_d + offs_l[None, :] * z_stride_l
+        z = tl.load(z_ptr + z_at, mask=m2, other=0.0).to(tl.float32)
         g = g * z * tl.sigmoid(z)
     if RESET > 0:  # a group start in (t0, s] cuts the adjoint's path from s back to t0
         open_ = (offs_l // RESET) == (t0 // RESET)
@@ -704,6 +743,35 @@ def _opt(t):
     return None if t is None else t.contiguous()
 
 
+def _channels_last(t) -> bool:
+    """Whether a (b, d, l) tensor is (b, l, d) memory: the transpose of a contiguous (b, l, d) tensor."""
+    return t.transpose(1, 2).is_contiguous()
+
+
+def _step_stride(t) -> int | None:
+    """The distance between a (b, d, l) tensor's steps when each step's channels are contiguous and a batch row's
+    steps follow one another (the transpose of a (b, l, d) tensor, or of a slice along d of a wider one, as Mamba's
+    z is half of a projection's output); None otherwise."""
+    if _channels_last(t):
+        return t.shape[1]
+    b, d, l = t.shape
+    return t.stride(2) if t.stride(1) == 1 and t.stride(2) >= d and t.stride(0) == l * t.stride(2) else None
+
+
+def _sequence_layout(u, delta, z) -> bool:
+    """The layout the kernels read u, delta and z in (and write the output and the gradients in): (b, l, d) memory
+    (True) when most of them already are (Mamba's projections give delta and z so), else (b, d, l) memory."""
+    votes = [_channels_last(u), _channels_last(delta)] + ([] if z is None else [_step_stride(z) is not None])
+    return 2 * sum(votes) > len(votes)
+
+
+def _in_layout(t, channels_last: bool):
+    """t in the kernels' layout: itself when it already is, else one copy."""
+    if t is None or not channels_last:
+        return _opt(t)
+    return t if _channels_last(t) else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def _steps_major(t):
     """B or C, (b, n, l), as (b, l, n) float32 and contiguous, the layout the kernels read (a step's n values
     together): a view when it already is one (the transpose of a contiguous (b, l, n) float32 tensor), else
@@ -726,7 +794,11 @@ def _segments(l: int, rows: int, programs: int, unit: int) -> tuple[int, int]:
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset_every, grad_enabled):
-        u, delta, z = (_opt(t) for t in (u, delta, z))
+        cl = _sequence_layout(u, delta, z)
+        u, delta = _in_layout(u, cl), _in_layout(delta, cl)
+        if z is not None and not (cl and _step_stride(z)):
+            z = _in_layout(z, cl)
+        z_step = _step_stride(z) if cl and z is not None else 1  # read in place with (b, l, d) memory
         A = A.contiguous().float()
         D, delta_bias = _opt(D), _opt(delta_bias)
         h0 = None if h0 is None else h0.contiguous().float()
@@ -737,7 +809,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         n_seg, seg_len = _segments(l, b * blocks, cfg["PROGRAMS"], SEG)
         save = grad_enabled and any(ctx.needs_input_grad[:9])  # needs_input_grad ignores torch.no_grad()
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not a tensor of zeros
-        out = torch.empty_like(u)
+        out = torch.empty_like(u)  # u's strides
         f32 = dict(device=u.device, dtype=torch.float32)
         hlast = torch.empty(b, d, n, **f32)
         states = torch.empty(b, d, triton.cdiv(l, EVERY), n, **f32) if save else hlast
@@ -745,7 +817,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         opt = lambda t: u if t is None else t  # noqa: E731
         flags = dict(N=n, T=cfg["T"], EVERY=EVERY, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, RESET=reset_every,
-                     num_warps=cfg["num_warps"])
+                     CL=cl, num_warps=cfg["num_warps"])
         args = (u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), opt(h0))
         carry = hlast
         if n_seg > 1:
@@ -753,13 +825,14 @@ class _SelectiveScanFn(torch.autograd.Function):
             # every segment's start state (slot s - 1 for segment s)
             hend, decay = torch.empty(2, b, d * n, n_seg, **f32).unbind(0)
             _selective_fwd[(b, blocks, n_seg)](*args, hlast, out, hlast, states, hend, decay, l, d, seg_len,
-                                               n_seg, states.shape[2], FULL=False, SAVE=False, **flags)
+                                               n_seg, states.shape[2], z_step, FULL=False, SAVE=False, **flags)
             carry = _linear_scan(decay, hend, None if h0 is None else h0.view(b, d * n))
         _selective_fwd[(b, blocks, n_seg)](*args, carry, out, hlast, states, hlast, hlast, l, d, seg_len,
-                                           n_seg, states.shape[2], FULL=True, SAVE=bool(save), **flags)
+                                           n_seg, states.shape[2], z_step, FULL=True, SAVE=bool(save), **flags)
         if save:
             ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias, states)
             ctx.softplus, ctx.has_h0, ctx.reset_every = softplus, h0 is not None, reset_every
+            ctx.cl, ctx.z_step = cl, z_step
             ctx.dtypes = B.dtype, C.dtype
         return out, hlast
 
@@ -768,7 +841,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         u, delta, A, Bt, Ct, D, z, delta_bias, states = ctx.saved_tensors
         b, d, l = u.shape
         n = A.shape[1]
-        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+        dout = torch.zeros_like(u) if dout is None else _in_layout(dout, ctx.cl)
         f32 = dict(device=u.device, dtype=torch.float32)
         cfg = CONFIG["bwd"]
         blocks = triton.cdiv(d, 32)  # one-warp programs
@@ -785,13 +858,14 @@ class _SelectiveScanFn(torch.autograd.Function):
             # scan over the chunks, last first; slot 0 holds dhlast
             x, m = torch.empty(2, b, d * n, n_chunks + 1, **f32).unbind(0)
             ck = CONFIG["carries"]
+            strides = (1, d, l * ctx.z_step, ctx.z_step) if ctx.cl else (l, 1, d * l, 1)  # (d, l) and z's (b, l)
             _selective_bwd_carries[(b, triton.cdiv(d, ck["BLOCK_D"]), n_chunks)](
-                delta, A, Ct, opt(z), opt(delta_bias), dout, opt(dhlast), x, m, l, d, n_chunks, N=n,
+                delta, A, Ct, opt(z), opt(delta_bias), dout, opt(dhlast), x, m, l, d, *strides, n_chunks, N=n,
                 BLOCK_D=ck["BLOCK_D"], BLOCK_L=chunk, HAS_DHLAST=dhlast is not None, num_warps=ck["num_warps"],
                 **flags)
             carries = _linear_scan(m, x, None)
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)  # their strides
+        dz = torch.empty_like(u, dtype=z.dtype) if z is not None else None  # dense, as u (z may be a view)
         # one buffer for the shares of dA, dD and the delta bias (summed by one reduction), one for dB and dC's
         stride = d * (n + (D is not None) + (delta_bias is not None))
         shares = torch.empty(b * n_seg, stride, **f32)
@@ -804,8 +878,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         _selective_bwd[(b, blocks, n_seg)](
             u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), states, dout, opt(dhlast, dh0),
             opt(carries, dh0), du, ddelta, dA, dB, dC, dD, dbias, opt(dz), dh0, l, d, seg_len, n_seg,
-            states.shape[2], n_chunks, stride, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
-            HAS_DHLAST=dhlast is not None, num_warps=1, **flags)
+            states.shape[2], n_chunks, stride, ctx.z_step, N=n, T=EVERY, SEG=chunk, RT=rt, RN=rn, HAS_D=D is not None,
+            HAS_DHLAST=dhlast is not None, CL=ctx.cl, num_warps=1, **flags)
         sums = shares.sum(0)
         bc = bc_shares.sum(2)  # (2, b, l, n)
         if ctx.dtypes[0] == ctx.dtypes[1]:

@@ -179,17 +179,19 @@ class MambaMixer(nn.Module):
         if group:
             if state is not None or T % group:
                 raise ValueError(f"MambaMixer: group={group} takes whole groups (T={T}) and no state")
-            u = F.silu(grouped_causal_conv(xs, self.conv1d.weight[:, 0], self.conv1d.bias, group)).transpose(1, 2)
+            u = F.silu(grouped_causal_conv(xs, self.conv1d.weight[:, 0], self.conv1d.bias, group))  # (B, T, E)
             h0 = None
         else:
             if state is None:
                 state = self.initial_state(Bsz, x.device, x.dtype)
             xs = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (B, E, W-1+T): causal left context
-            u = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=E))  # (B, E, T)
+            u = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=E)).transpose(1, 2).contiguous()
             h0, conv_state = state.ssm, xs[:, :, xs.shape[2] - (W - 1):]
-        delta, Bm, Cm = self._ssm_params(u.transpose(1, 2))  # (B, T, E), (B, T, N), (B, T, N)
+        delta, Bm, Cm = self._ssm_params(u)  # (B, T, E), (B, T, N), (B, T, N)
         A, D, dt_bias = self._fixed(x.dtype)  # A (E, N)
-        y, h = selective_scan(u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
+        # the scan takes (B, E, T) shapes; on CUDA its kernels read these views of (B, T, E) memory in place (z as
+        # half of in_proj's output) and give y as one, which out_proj reads in place too
+        y, h = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
                               z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True,
                               h0=h0, return_state=True, reset_every=group)  # y (B, E, T), h (B, E, N)
         out = self.out_proj(y.transpose(1, 2))
