@@ -14,6 +14,8 @@ then the backward of a random cotangent.
 
 Paths:
 - seqrl: `seqrl.kernels.scan.selective_scan` (Triton on CUDA);
+- seqrl-bld: the same with u, delta (and the cotangent) as transposes of (B, L, D) tensors and z as half of a
+  (B, L, 2D) one, as a Mamba layer's projections give them: the kernels read and write that memory in place;
 - mamba-ssm: mamba-ssm 2.3.2.post1's `selective_scan_fn` (its CUDA kernel; built by experiments/build_mamba_ssm.sh),
   the same inputs, gate, delta bias and softplus;
 - torch-chunked: seqrl's chunked PyTorch path, run on the same device (what the CPU uses);
@@ -54,13 +56,21 @@ from seqrl.kernels import scan as S
 B_, D_, N_ = 8, 256, 16
 
 
-def inputs(L, dtype, device, grad, seed=0):
+def steps_major(t):
+    """(B, D, L) -> the same values as (B, L, D) memory."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def inputs(L, dtype, device, grad, seed=0, bld=False):
     g = torch.Generator(device=device).manual_seed(seed)
     r = lambda *s: torch.randn(*s, device=device, generator=g)  # noqa: E731
     x = dict(u=r(B_, D_, L), delta=r(B_, D_, L) * 0.5 - 2.0, A=-torch.exp(r(D_, N_) * 0.5), B=r(B_, N_, L),
              C=r(B_, N_, L), D=r(D_), z=r(B_, D_, L), delta_bias=r(D_) * 0.1)
     for k in ("u", "delta", "B", "C", "z"):
         x[k] = x[k].to(dtype)
+    if bld:  # as a Mamba layer's projections give them (seqrl-bld)
+        x["u"], x["delta"] = steps_major(x["u"]), steps_major(x["delta"])
+        x["z"] = steps_major(torch.cat([torch.zeros_like(x["z"]), x["z"]], 1))[:, D_:]
     if grad:
         for v in x.values():
             v.requires_grad_()
@@ -120,8 +130,8 @@ def loop_scan(x):
     return S.selective_scan_ref(**x, delta_softplus=True)[0]
 
 
-PATHS = {"seqrl": seqrl_scan, "mamba-ssm": mamba_ssm_scan, "torch-chunked": chunked_scan, "mambapy": mambapy_scan,
-         "accelerated-scan": accel_scan, "loop": loop_scan}
+PATHS = {"seqrl": seqrl_scan, "seqrl-bld": seqrl_scan, "mamba-ssm": mamba_ssm_scan, "torch-chunked": chunked_scan,
+         "mambapy": mambapy_scan, "accelerated-scan": accel_scan, "loop": loop_scan}
 
 
 def bench(fn, device, warmup=3, reps=10):
@@ -217,8 +227,10 @@ def floor_bytes(L, esize, mode):
 
 def run_case(name, L, dtype, mode, device, ref=None, graph=False):
     fn = PATHS[name]
-    x = inputs(L, dtype, device, grad=mode != "fwd")
+    x = inputs(L, dtype, device, grad=mode != "fwd", bld=name == "seqrl-bld")
     g = torch.randn(B_, D_, L, device=device, dtype=dtype)
+    if name == "seqrl-bld":
+        g = steps_major(g)
     if mode == "fwd":
         call = lambda: fn(x)  # noqa: E731
         ctx = torch.no_grad
@@ -309,7 +321,7 @@ def main():
         result["config"] = CONFIG
         lengths = [1024, 4096, 16384]
         dtypes = [torch.float32, torch.bfloat16]
-        names = ["seqrl", "mamba-ssm", "torch-chunked", "mambapy", "accelerated-scan", "loop"]
+        names = ["seqrl", "seqrl-bld", "mamba-ssm", "torch-chunked", "mambapy", "accelerated-scan", "loop"]
     else:
         torch.set_num_threads(1)
         lengths = [256, 1024]
