@@ -14,14 +14,12 @@ tree. Tiles of T steps of u, delta (and z) are loaded in 16-byte runs per thread
 along d from (b, l, d) memory (CL: the kernels read whichever layout most of u, delta and z are in, z also as half
 of a wider tensor, and write the output and the gradients in it, so that Mamba's projections need no transposed
 copies), and moved to a thread per channel by `gl.convert_layout` (registers or shared memory, as the compiler
-picks). B and C are
-read as (b, l, n) float32 (copied beforehand unless they are that already), so a tile's T x n values are
-contiguous: they are copied into shared memory once per tile (16-byte loads), and each step reads its n values
-from there, every thread alike
-(loading them from global memory at each step, just before use, left the kernel waiting on those loads:
-docs/history.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it gave such a tile put
-threads along l (docs/history.md, 2026-11-24). Segments give the parallelism: a first pass runs each
-segment from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those
+picks). B and C are read as (b, l, n) float32 (copied beforehand unless they are that already), so a tile's T x n
+values are contiguous: they are copied into shared memory once per tile (16-byte loads), and each step reads its
+n values from there, every thread alike (loading them from global memory at each step, just before use, left the
+kernel waiting on those loads: docs/history.md, 2026-11-24). Plain Triton picks layouts itself, and the layout it
+gave such a tile put threads along l (docs/history.md, 2026-11-24). Segments give the parallelism: a first pass
+runs each segment from zero to its end state and its decay exp2(A sum dt), the linear-scan kernel below carries those
 across segments, and a second pass runs each segment from its true start state, writing y. Memory traffic is
 the inputs twice and the outputs once; the (b, l, d, n) states never exist in memory. When gradients are
 wanted, the state every EVERY steps is stored, (b, d, l / EVERY, n); nothing else (the backward recomputes the
