@@ -756,11 +756,13 @@ def _step_stride(t) -> int | None:
     return t.stride(2) if t.stride(1) == 1 and t.stride(2) >= d and t.stride(0) == l * t.stride(2) else None
 
 
-def _sequence_layout(u, delta, z) -> bool:
+def _sequence_layout(u, delta, z) -> tuple[bool, int | None]:
     """The layout the kernels read u, delta and z in (and write the output and the gradients in): (b, l, d) memory
-    (True) when most of them already are (Mamba's projections give delta and z so), else (b, d, l) memory."""
-    votes = [_channels_last(u), _channels_last(delta)] + ([] if z is None else [_step_stride(z) is not None])
-    return 2 * sum(votes) > len(votes)
+    (True) when most of them already are (Mamba's projections give delta and z so), else (b, d, l) memory; and z's
+    `_step_stride` (None without z)."""
+    z_step = None if z is None else _step_stride(z)
+    votes = [_channels_last(u), _channels_last(delta)] + ([] if z is None else [z_step is not None])
+    return 2 * sum(votes) > len(votes), z_step
 
 
 def _in_layout(t, channels_last: bool):
@@ -792,11 +794,11 @@ def _segments(l: int, rows: int, programs: int, unit: int) -> tuple[int, int]:
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset_every, grad_enabled):
-        cl = _sequence_layout(u, delta, z)
+        cl, z_step = _sequence_layout(u, delta, z)
         u, delta = _in_layout(u, cl), _in_layout(delta, cl)
-        if z is not None and not (cl and _step_stride(z)):
-            z = _in_layout(z, cl)
-        z_step = _step_stride(z) if cl and z is not None else 1  # read in place with (b, l, d) memory
+        if z is not None and not (cl and z_step):
+            z, z_step = _in_layout(z, cl), u.shape[1]  # a dense copy
+        z_step = z_step if cl and z is not None else 1  # with (b, l, d) memory z is read in place, z_step apart
         A = A.contiguous().float()
         D, delta_bias = _opt(D), _opt(delta_bias)
         h0 = None if h0 is None else h0.contiguous().float()
