@@ -13,7 +13,7 @@
 Times are CUDA-event medians of repeated calls after warm-up (Triton compiles outside the timing). The
 eager fine-mixer times include the host's kernel launches, which move them by about 0.5 ms from run to run;
 the graph-captured updates do not. --profile prints instead where the GPU time of DM's update goes: the
-kernels of 5 eager updates (bf16 autocast), by total time.
+kernels of 5 eager updates (bf16 autocast), by total time, and the PyTorch operators that launched them.
 
     seqrl collect --env pendulum --quality mixed      # the dataset (seconds; or pass --dataset)
     python experiments/bench_dm_update.py --out docs/results/bench_dm_update.json
@@ -96,12 +96,18 @@ def profile_update(dataset: str) -> None:
     for _ in range(5):
         r.iteration()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             r.iteration()
         torch.cuda.synchronize()
+    events = prof.key_averages()
     print("DM update (eager, bf16 autocast), the kernels of 5 updates:")
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    print("The PyTorch operators that launched them (GPU time of each call's kernels, nested calls counted in each):")
+    ops = sorted((e for e in events if e.key.startswith("aten::") and e.device_time_total > 0),
+                 key=lambda e: -e.device_time_total)
+    for e in ops[:30]:
+        print(f"{e.key:40s} {e.count:6d} calls {e.device_time_total / 1e3:8.3f} ms {e.device_time_total / e.count:8.1f} us")
 
 
 def updates(rows: list, dataset: str) -> None:

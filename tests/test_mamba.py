@@ -1,5 +1,5 @@
-"""Mamba specifics: the mixer against a plain reference, the grouped conv of the fine-grained branch, init,
-scans inside groups, gradients. The backbone contract (step == forward, resets, segments, dtypes; with and
+"""Mamba specifics: the mixer against a plain reference, init, scans inside groups, gradients (the causal
+conv itself: tests/test_conv.py). The backbone contract (step == forward, resets, segments, dtypes; with and
 without the fine-grained branch) is tests/test_backbones.py."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seqrl.kernels.scan import selective_scan_ref
-from seqrl.nn.mamba import MambaBackbone, MambaMixer, grouped_causal_conv
+from seqrl.nn.mamba import MambaBackbone, MambaMixer
 
 
 def backbone(fine_group=0, d=16, n_layers=2):
@@ -36,22 +36,18 @@ def test_mixer_matches_the_plain_reference():
     torch.testing.assert_close(y, mixer_reference(m, x), atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("W,group", [(4, 3), (3, 2), (1, 3), (2, 5), (4, 1)])
-def test_grouped_causal_conv_matches_conv1d_on_each_group(W, group):
-    """Tap by tap equals PyTorch's depthwise conv1d run on each group alone from zeros, in float64, on a
-    strided (non-contiguous) input as the mixer passes it; gradients by gradcheck."""
+@pytest.mark.parametrize("T", [13, 2])
+def test_mixer_from_no_state_equals_from_the_zero_state(T):
+    """state=None (the conv from zeros, seqrl.kernels.conv) and an explicit zero state (the conv over the carried
+    window) give the same output and the same state after the segment, also when T < W - 1."""
     torch.manual_seed(0)
-    B, T, E = 2, 3 * group, 5
-    x = torch.randn(B, T, 2 * E, dtype=torch.float64)[..., :E].requires_grad_()
-    w = torch.randn(E, W, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(E, dtype=torch.float64, requires_grad=True)
-    xg = F.pad(x.reshape(B * T // group, group, E).transpose(1, 2), (W - 1, 0))
-    ref = F.conv1d(xg, w[:, None], b, groups=E).transpose(1, 2).reshape(B, T, E)
-    torch.testing.assert_close(grouped_causal_conv(x, w, b, group), ref, atol=1e-12, rtol=1e-12)
-    assert torch.autograd.gradcheck(lambda x_, w_, b_: grouped_causal_conv(x_, w_, b_, group), (x, w, b))
-    if group > 1:
-        with pytest.raises(ValueError, match="whole groups"):
-            grouped_causal_conv(x[:, 1:], w, b, group)
+    m = MambaMixer(8, d_state=4, d_conv=4, expand=2).double()
+    x = torch.randn(2, T, 8, dtype=torch.float64)
+    y, s = m(x)
+    y0, s0 = m(x, m.initial_state(2, "cpu", torch.float64))
+    torch.testing.assert_close(y, y0, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(s.conv, s0.conv, atol=0, rtol=0)
+    torch.testing.assert_close(s.ssm, s0.ssm, atol=1e-12, rtol=1e-12)
 
 
 def test_mamba_init():

@@ -45,56 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqrl.kernels.conv import causal_conv_silu
 from seqrl.kernels.scan import selective_scan, selective_step
-
-
-class _GroupedCausalConv(torch.autograd.Function):
-    """`grouped_causal_conv`, one strided multiply-add per tap. PyTorch's depthwise conv1d over B*T/g
-    sequences of g steps (the earlier form) computed its weight gradient with a kernel that took 0.33 ms a
-    call on an H100 at Decision Mamba's shapes; over whole sequences (the coarse mixer) it stays fast."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, group):
-        acc = torch.promote_types(x.dtype, torch.float32)
-        w = weight.to(acc)
-        y = bias.to(acc).expand(x.shape).clone()
-        yg, xg = (t.unflatten(1, (-1, group)) for t in (y, x))  # (B, T/g, g, E)
-        for k, out, inp in _taps(group, weight.shape[1]):
-            yg[:, :, out].addcmul_(xg[:, :, inp], w[:, k])
-        ctx.save_for_backward(x, weight)
-        ctx.group = group
-        return y.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight = ctx.saved_tensors
-        acc = torch.promote_types(x.dtype, torch.float32)
-        g, w = gy.to(acc), weight.to(acc)
-        dx = torch.zeros(x.shape, device=x.device, dtype=acc)
-        dw = torch.zeros(weight.shape, device=x.device, dtype=acc)
-        gg, xg, dxg = (t.unflatten(1, (-1, ctx.group)) for t in (g, x, dx))
-        for k, out, inp in _taps(ctx.group, weight.shape[1]):
-            dw[:, k] = (gg[:, :, out] * xg[:, :, inp]).sum(dim=(0, 1, 2))
-            dxg[:, :, inp].addcmul_(gg[:, :, out], w[:, k])
-        return dx.to(x.dtype), dw.to(weight.dtype), g.sum((0, 1)).to(weight.dtype), None
-
-
-def _taps(group: int, W: int):
-    """(k, steps of each group that tap k writes, steps it reads) for a W-wide causal conv inside groups of g
-    steps: tap k reaches s = W-1-k steps back, so steps s.. of a group take its steps ..g-s."""
-    for k in range(max(0, W - group), W):
-        s = W - 1 - k
-        yield k, slice(s, None), slice(0, group - s)
-
-
-def grouped_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, group: int) -> torch.Tensor:
-    """Depthwise causal conv of each group of g consecutive steps on its own, from zeros (Decision Mamba's
-    fine-grained branch): x (B, T, E) channels last with T whole groups, weight (E, W), bias (E,) ->
-    (B, T, E), y_t = bias + sum_k weight[:, k] x_{t-(W-1-k)} over the taps that stay inside t's group.
-    Accumulates in float32 (or float64) and returns x's dtype."""
-    if x.shape[1] % group:
-        raise ValueError(f"grouped_causal_conv: {x.shape[1]} steps are not whole groups of {group}")
-    return _GroupedCausalConv.apply(x, weight, bias, group)
 
 
 @dataclass
@@ -176,14 +128,15 @@ class MambaMixer(nn.Module):
         Bsz, T, _ = x.shape
         E, W = self.d_inner, self.d_conv
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, T, E)
-        if group:
-            if state is not None or T % group:
-                raise ValueError(f"MambaMixer: group={group} takes whole groups (T={T}) and no state")
-            u = F.silu(grouped_causal_conv(xs, self.conv1d.weight[:, 0], self.conv1d.bias, group))  # (B, T, E)
-            h0 = None
+        if group and (state is not None or T % group):
+            raise ValueError(f"MambaMixer: group={group} takes whole groups (T={T}) and no state")
+        if state is None:  # from zeros (a training window, a fresh segment, the fine-grained groups)
+            u = causal_conv_silu(xs, self.conv1d.weight[:, 0], self.conv1d.bias, group)  # (B, T, E)
+            h0, keep = None, min(T, W - 1)
+            conv_state = xs[:, T - keep:].transpose(1, 2)  # the last W-1 conv inputs, zeros before step 0
+            if keep < W - 1 and not group:
+                conv_state = F.pad(conv_state, (W - 1 - keep, 0))
         else:
-            if state is None:
-                state = self.initial_state(Bsz, x.device, x.dtype)
             xs = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (B, E, W-1+T): causal left context
             u = F.silu(F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=E)).transpose(1, 2).contiguous()
             h0, conv_state = state.ssm, xs[:, :, xs.shape[2] - (W - 1):]
