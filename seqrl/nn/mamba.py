@@ -188,7 +188,7 @@ class MambaLayer(nn.Module):
             ys.append(y)
         return torch.stack(ys, 1), state
 
-    def forward(self, x, state: MixerState, fine_state: MixerState | None, phase: torch.Tensor, aligned: bool):
+    def forward(self, x, state: MixerState | None, fine_state: MixerState | None, phase: torch.Tensor, aligned: bool):
         h = self.norm(x)
         y, state = self.mixer(h, state)
         if self.fine_group:
@@ -258,15 +258,19 @@ class MambaBackbone(nn.Module):
         for t0, t1 in zip(cuts[:-1], cuts[1:]):
             if reset is not None:
                 state = self.reset(state, reset[:, t0])
-            aligned = not self.fine_group or (fresh and t0 == 0) or not bool(state.phase.any())
-            y, state = self._segment(x[:, t0:t1], state, aligned)
+            zeros = fresh and t0 == 0  # the coarse mixers start from zeros (their conv without a carried window)
+            aligned = not self.fine_group or zeros or not bool(state.phase.any())
+            y, state = self._segment(x[:, t0:t1], state, aligned, zeros)
             ys.append(y)
         return torch.cat(ys, 1), state
 
-    def _segment(self, x: torch.Tensor, state: MambaState, aligned: bool) -> tuple[torch.Tensor, MambaState]:
+    def _segment(self, x: torch.Tensor, state: MambaState, aligned: bool,
+                 zeros: bool) -> tuple[torch.Tensor, MambaState]:
+        """One segment without resets; `zeros`: `state` is the initial one, so the coarse mixers are given None."""
         layers, fine = [], []
         for i, layer in enumerate(self.layers):
-            x, s, f = layer(x, state.layers[i], state.fine[i] if self.fine_group else None, state.phase, aligned)
+            x, s, f = layer(x, None if zeros else state.layers[i], state.fine[i] if self.fine_group else None,
+                            state.phase, aligned)
             layers.append(s)
             fine += [f] if self.fine_group else []
         phase = (state.phase + x.shape[1]) % self.fine_group if self.fine_group else state.phase
