@@ -107,7 +107,8 @@ def profile_update(dataset: str) -> None:
     ops = sorted((e for e in events if e.key.startswith("aten::") and e.device_time_total > 0),
                  key=lambda e: -e.device_time_total)
     for e in ops[:30]:
-        print(f"{e.key:40s} {e.count:6d} calls {e.device_time_total / 1e3:8.3f} ms {e.device_time_total / e.count:8.1f} us")
+        t = e.device_time_total
+        print(f"{e.key:40s} {e.count:6d} calls {t / 1e3:8.3f} ms {t / e.count:8.1f} us")
 
 
 def updates(rows: list, dataset: str) -> None:

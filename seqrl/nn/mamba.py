@@ -134,7 +134,7 @@ class MambaMixer(nn.Module):
             u = causal_conv_silu(xs, self.conv1d.weight[:, 0], self.conv1d.bias, group)  # (B, T, E)
             h0, keep = None, min(T, W - 1)
             conv_state = xs[:, T - keep:].transpose(1, 2)  # the last W-1 conv inputs, zeros before step 0
-            if keep < W - 1 and not group:
+            if keep < W - 1:
                 conv_state = F.pad(conv_state, (W - 1 - keep, 0))
         else:
             xs = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (B, E, W-1+T): causal left context
