@@ -797,8 +797,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         cl, z_step = _sequence_layout(u, delta, z)
         u, delta = _in_layout(u, cl), _in_layout(delta, cl)
         if z is not None and not (cl and z_step):
-            z, z_step = _in_layout(z, cl), u.shape[1]  # a dense copy
-        z_step = z_step if cl and z is not None else 1  # with (b, l, d) memory z is read in place, z_step apart
+            z = _in_layout(z, cl)  # dense, in the kernels' layout (a copy unless it already is)
+        z_step = (z_step or u.shape[1]) if cl and z is not None else 1  # (b, l, d) memory: z's steps z_step apart
         A = A.contiguous().float()
         D, delta_bias = _opt(D), _opt(delta_bias)
         h0 = None if h0 is None else h0.contiguous().float()
