@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 CHECKS = r"""
 import json, torch
-import torch.nn.functional as F
 from seqrl.kernels import scan, triton_conv, triton_scan
+from tests.test_conv import inputs, reference  # the conv's float64 reference and strided inputs
 
 torch.manual_seed(0)
 out = {}
@@ -37,12 +37,9 @@ def err(a, b):  # the largest error over tensors, each relative to its reference
 
 # causal conv + SiLU: strided x (half of a wider tensor), whole sequence and groups, against conv1d per group
 for B, T, E, W, g in [(2, 9, 5, 4, 3), (2, 13, 70, 4, 0), (3, 40, 9, 3, 2), (1, 6, 3, 1, 3)]:
-    x = torch.randn(B, T, 2 * E, **f64)[..., :E].requires_grad_()
-    w, bias = torch.randn(E, W, **f64, requires_grad=True), torch.randn(E, **f64, requires_grad=True)
+    x, w, bias = inputs(B, T, E, W, "cpu")
     y = triton_conv.causal_conv_silu_triton(x, w, bias, g)
-    G = g or T
-    xg = F.pad(x.reshape(B * T // G, G, E).transpose(1, 2), (W - 1, 0))
-    ref = F.silu(F.conv1d(xg, w[:, None], bias, groups=E)).transpose(1, 2).reshape(B, T, E)
+    ref = reference(x, w, bias, g)
     gy = torch.randn(B, T, E, **f64)
     out[f"conv B={B} T={T} E={E} W={W} g={g}"] = err([y] + list(grads(y, (x, w, bias), gy)),
                                                     [ref] + list(grads(ref, (x, w, bias), gy)))
