@@ -260,8 +260,10 @@ class DecisionMamba(Agent):
         if self.earlier is None:
             return
         w = (self.updates % self.config.pser_interval == 0).float()
-        for e, p in zip(self.earlier.parameters(), self.net.parameters()):  # (_foreach_lerp_ reads w on the host)
-            e.lerp_(p.detach(), w)
+        earlier, current = list(self.earlier.parameters()), [p.detach() for p in self.net.parameters()]
+        # e <- (1 - w) e + w p, exact for w in {0, 1}, in three multi-tensor kernels instead of one per tensor
+        torch._foreach_mul_(earlier, 1 - w)  # (the Tensor overload keeps w on the device: _foreach_lerp_ reads it)
+        torch._foreach_add_(earlier, torch._foreach_mul(current, w))
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, head = self.config, self.net.head
