@@ -58,6 +58,7 @@ import torch.nn as nn
 
 from seqrl.data.store import COMPOSITE, Batch, is_image, leaf_spaces, normalised, unit_stats
 from seqrl.errors import DataError, PresetError
+from seqrl.nn.norm import LayerNorm
 
 MODALITIES = {"R": "rtg", "s": "obs", "a": "act", "r": "rew"}  # letter -> Batch field
 
@@ -222,7 +223,7 @@ class TrajectoryTokenizer(nn.Module):
             else:
                 self.embed[mod] = nn.Linear(1, d_model)
         self.timestep = nn.Embedding(max_timestep + 1, d_model) if max_timestep > 0 else None
-        self.norm = nn.LayerNorm(d_model) if norm else nn.Identity()
+        self.norm = LayerNorm(d_model) if norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         if self.obs_keys is None:
             # normalisation statistics travel with the weights (state_dict) and so with every checkpoint

@@ -500,7 +500,8 @@ def test_cpu_paths_need_no_triton(fresh_import, monkeypatch):
     """The CPU paths are the design there, not fallbacks: no reason recorded, no warning, Triton not imported."""
     monkeypatch.setitem(sys.modules, "triton", None)  # importing it would raise
     assert no_warnings(kernel_status, "cpu") == {"selective_scan": "pytorch-chunked", "selective_step": "pytorch",
-                                                 "linear_scan": "pytorch-chunked", "causal_conv": "pytorch"}
+                                                 "linear_scan": "pytorch-chunked", "causal_conv": "pytorch",
+                                                 "norm": "pytorch"}
     x = selective_inputs(1, 2, 3, 5)
     no_warnings(lambda: selective_scan(**x, delta_softplus=True))
     assert scan_mod._triton is None  # no import tried
@@ -520,7 +521,7 @@ def test_triton_without_gluon_falls_back_for_the_selective_scan_only(fresh_impor
         triton_scan.selective_scan_triton(*[None] * 10)
     status = no_warnings(kernel_status, "cuda")
     assert status == {"selective_scan": "pytorch-chunked", "selective_scan.fallback": triton_scan.GLUON_MISSING,
-                      "selective_step": "triton", "linear_scan": "triton", "causal_conv": "triton"}
+                      "selective_step": "triton", "linear_scan": "triton", "causal_conv": "triton", "norm": "triton"}
     assert "selective_scan.fallback" not in kernel_status("cpu")
     with pytest.warns(KernelFallbackWarning, match="selective_scan on CUDA runs in PyTorch.*has no Gluon"):
         assert scan_mod._kernels("selective_scan", CUDA_DEV) is None
@@ -535,7 +536,8 @@ def test_without_triton_every_recurrence_falls_back(fresh_import, monkeypatch):
     assert status == {"selective_scan": "pytorch-chunked", "selective_scan.fallback": "Triton is not installed",
                       "selective_step": "pytorch", "selective_step.fallback": "Triton is not installed",
                       "linear_scan": "pytorch-chunked", "linear_scan.fallback": "Triton is not installed",
-                      "causal_conv": "pytorch", "causal_conv.fallback": "Triton is not installed"}
+                      "causal_conv": "pytorch", "causal_conv.fallback": "Triton is not installed",
+                      "norm": "pytorch", "norm.fallback": "Triton is not installed"}
     for name in scan_mod.KERNELS:
         with pytest.warns(KernelFallbackWarning, match=f"{name} on CUDA runs in PyTorch, not Triton: Triton is not installed"):
             assert scan_mod._kernels(name, CUDA_DEV) is None

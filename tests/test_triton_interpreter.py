@@ -1,8 +1,8 @@
 """The plain-Triton kernels run on the CPU in Triton's interpreter (TRITON_INTERPRET=1), against the references in
-float64: the causal conv (forward and backward, computing in float64), the selective step and the linear scan
-(real and complex, forward and backward; both compute in float32). So a machine without a GPU checks the kernels'
+float64: the causal conv and the LayerNorm / RMSNorm (forward and backward, computing in float64), the selective
+step and the linear scan (real and complex, forward and backward; both compute in float32). So a machine without a GPU checks the kernels'
 indexing and masks too; speed and the Gluon selective scan (which the interpreter cannot run) are a GPU's
-(tests/test_scan.py, tests/test_conv.py there). Skipped where Triton is not installed (`pip install triton` beside
+(tests/test_scan.py, tests/test_conv.py, tests/test_norm.py there). Skipped where Triton is not installed (`pip install triton` beside
 the CPU torch is enough). The checks run in a subprocess: the interpreter is chosen when a kernel is defined, so
 the variable must be set before Triton is first imported."""
 
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 CHECKS = r"""
 import json, torch
-from seqrl.kernels import scan, triton_conv, triton_scan
+from seqrl.kernels import scan, triton_conv, triton_norm, triton_scan
 from tests.test_conv import inputs, reference  # the conv's float64 reference and strided inputs
+from tests.test_norm import inputs as ninputs, reference as nreference  # and the norms'
 
 torch.manual_seed(0)
 out = {}
@@ -69,6 +70,16 @@ for dtype in (torch.float64, torch.complex128):
     g = torch.randn(b, d, l, dtype=dtype)
     out[f"linear {dtype}"] = err([hs] + list(grads(hs, leaves, g)), [ref] + list(grads(ref, leaves, g)))
 
+# LayerNorm / RMSNorm: a partial block of rows, several blocks per backward program, strided x; float64
+for shape, rms in [((7, 70), False), ((3, 70), True), ((20000, 5), False), ((20000, 5), True)]:
+    x, w, bias = ninputs(shape, "cpu")
+    bias = None if rms else bias
+    y = triton_norm.norm_triton(x, w, bias, 1e-5, rms)
+    ref = nreference(x, w, bias, 1e-5, rms)
+    leaves = [t for t in (x, w, bias) if t is not None]
+    gy = torch.randn(shape, **f64)
+    out[f"norm {shape} rms={rms}"] = err([y] + list(grads(y, leaves, gy)), [ref] + list(grads(ref, leaves, gy)))
+
 print(json.dumps(out))
 """
 
@@ -80,6 +91,6 @@ def test_plain_triton_kernels_in_the_interpreter():
     run = subprocess.run([sys.executable, "-c", CHECKS], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(errors) == 7
-    for name, e in errors.items():  # the step and the linear scan compute in float32, the conv in the inputs' float64
-        assert e < (1e-12 if name.startswith("conv") else 2e-6), f"{name}: relative error {e:.2e}"
+    assert len(errors) == 11
+    for name, e in errors.items():  # the step and the linear scan compute in float32, conv and norms in float64
+        assert e < (1e-12 if name.startswith(("conv", "norm")) else 2e-6), f"{name}: relative error {e:.2e}"

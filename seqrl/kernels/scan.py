@@ -75,7 +75,8 @@ class KernelFallbackWarning(RuntimeWarning):
     """A recurrence on CUDA runs the PyTorch path because its Triton kernels cannot be imported."""
 
 
-KERNELS = ("selective_scan", "selective_step", "linear_scan", "causal_conv")  # causal_conv: seqrl/kernels/conv.py
+# causal_conv: seqrl/kernels/conv.py; norm: seqrl/kernels/norm.py
+KERNELS = ("selective_scan", "selective_step", "linear_scan", "causal_conv", "norm")
 # Process-wide, set once: the outcome of importing the Triton kernels (on the first CUDA call, so a CPU run never
 # imports Triton), and the recurrences whose fallback has been warned about.
 _triton: tuple[ModuleType | None, str] | None = None
@@ -98,7 +99,7 @@ def _triton_kernels() -> tuple[ModuleType | None, str]:
 
 def _route(name: str, device: torch.device) -> tuple[str, str, ModuleType | None]:
     """(path, why the fast path is not taken or "", the Triton module on a Triton path) for a recurrence."""
-    slow = "pytorch" if name in ("selective_step", "causal_conv") else "pytorch-chunked"
+    slow = "pytorch" if name in ("selective_step", "causal_conv", "norm") else "pytorch-chunked"
     if device.type != "cuda":
         return slow, "", None
     kernels, why = _triton_kernels()
@@ -111,8 +112,8 @@ def _route(name: str, device: torch.device) -> tuple[str, str, ModuleType | None
 
 
 def _kernels(name: str, device: torch.device) -> ModuleType | None:
-    """The Triton module if recurrence `name` runs Triton kernels on `device`, else None (for "causal_conv",
-    whose kernels are in triton_conv: whether Triton imports). A missing fast path on CUDA warns once per
+    """The Triton module if recurrence `name` runs Triton kernels on `device`, else None (for "causal_conv"
+    and "norm", whose kernels are in triton_conv and triton_norm: whether Triton imports). A missing fast path on CUDA warns once per
     name (KernelFallbackWarning); `kernel_status` records it."""
     _, why, kernels = _route(name, device)
     if why and name not in _warned:
@@ -123,12 +124,12 @@ def _kernels(name: str, device: torch.device) -> ModuleType | None:
 
 
 def kernel_status(device: torch.device | str) -> dict[str, str]:
-    """Which path each recurrence (and Mamba's causal conv, seqrl/kernels/conv.py) takes for tensors on
-    `device`, for a run's metadata.
+    """Which path each recurrence (and Mamba's causal conv, seqrl/kernels/conv.py, and the norms,
+    seqrl/kernels/norm.py) takes for tensors on `device`, for a run's metadata.
 
-    {"selective_scan": path, "selective_step": path, "linear_scan": path, "causal_conv": path}, paths being
-    "triton-gluon" (the selective scan's Gluon kernels), "triton", "pytorch-chunked" (the CPU path, on any
-    device) and "pytorch" (the one-step update, the conv's CPU path). Where one on CUDA falls back to
+    {"selective_scan": path, "selective_step": path, "linear_scan": path, "causal_conv": path, "norm": path},
+    paths being "triton-gluon" (the selective scan's Gluon kernels), "triton", "pytorch-chunked" (the CPU path,
+    on any device) and "pytorch" (the one-step update's, the conv's and the norms' CPU paths). Where one on CUDA falls back to
     PyTorch, "<name>.fallback" holds the reason (Triton missing, Triton without Gluon), the one its first call
     warns with. On CUDA the first call imports Triton, once per process; the answer does not change after that.
     """

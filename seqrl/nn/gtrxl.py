@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqrl.nn.norm import LayerNorm
+
 
 @dataclass
 class GTrXLState:
@@ -105,10 +107,10 @@ class RelMultiHeadAttention(nn.Module):
 class GTrXLBlock(nn.Module):
     def __init__(self, d: int, n_heads: int, d_ff: int, memory: int, gate_bias: float):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d)
+        self.ln1 = LayerNorm(d)
         self.attn = RelMultiHeadAttention(d, n_heads, memory)
         self.gate1 = GRUGate(d, gate_bias)
-        self.ln2 = nn.LayerNorm(d)
+        self.ln2 = LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
         self.gate2 = GRUGate(d, gate_bias)
 
@@ -129,7 +131,7 @@ class GTrXL(nn.Module):
         self.d_model, self.n_layers, self.memory = d_model, n_layers, memory
         self.blocks = nn.ModuleList(GTrXLBlock(d_model, n_heads, d_ff or 4 * d_model, memory, gate_bias)
                                     for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.ln_f = LayerNorm(d_model)
 
     # ------------------------------------------------------------------------------------ state
     def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> GTrXLState:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from seqrl.kernels.conv import causal_conv_silu
 from seqrl.kernels.scan import selective_scan, selective_step
+from seqrl.nn.norm import LayerNorm, RMSNorm
 
 
 @dataclass
@@ -166,12 +167,12 @@ class MambaLayer(nn.Module):
 
     def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, fine_group: int):
         super().__init__()
-        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.norm = RMSNorm(d_model, eps=1e-5)
         self.mixer = MambaMixer(d_model, d_state, d_conv, expand)
         self.fine_group = fine_group
         if fine_group:
             self.fine = MambaMixer(d_model, d_state, d_conv, expand)
-            self.fine_norm = nn.LayerNorm(d_model)
+            self.fine_norm = LayerNorm(d_model)
 
     def fine_forward(self, x: torch.Tensor, state: MixerState, phase: torch.Tensor,
                      aligned: bool) -> tuple[torch.Tensor, MixerState]:
@@ -214,7 +215,7 @@ class MambaBackbone(nn.Module):
             raise ValueError("d_conv, d_state and expand must be >= 1 and fine_group >= 0")
         self.d_model, self.n_layers, self.fine_group = d_model, n_layers, fine_group
         self.layers = nn.ModuleList(MambaLayer(d_model, d_state, d_conv, expand, fine_group) for _ in range(n_layers))
-        self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
+        self.norm_f = RMSNorm(d_model, eps=1e-5)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -75,6 +75,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seqrl.kernels.scan import linear_scan, linear_step
+from seqrl.nn.norm import LayerNorm
 
 Kind = Literal["s4d", "s5"]
 Discretization = Literal["zoh", "bilinear"]
@@ -527,7 +528,7 @@ class S4Block(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float, **ssm):
         super().__init__()
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3))
+        self.norms = nn.ModuleList(LayerNorm(d_model) for _ in range(3))
         self.ssms = nn.ModuleList(S4Layer(d_model, **ssm) for _ in range(2))
         self.outs = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(2))
         self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
@@ -563,7 +564,7 @@ class S4Backbone(nn.Module):
             S4Block(d_model, d_ff or 2 * d_model, dropout, d_state=d_state, kind=kind, discretization=discretization,
                     s4d_init=s4d_init, blocks=blocks, dt_min=dt_min, dt_max=dt_max, fft_min_len=fft_min_len)
             for _ in range(n_layers))
-        self.norm_f = nn.LayerNorm(d_model)
+        self.norm_f = LayerNorm(d_model)
 
     def _layers(self):
         return [ssm for block in self.blocks for ssm in block.ssms]

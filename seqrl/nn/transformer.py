@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqrl.nn.norm import LayerNorm
+
 
 def gpt2_init(m: nn.Module, n_layers: int) -> None:
     """GPT-2 init (Radford et al. 2019) applied to the whole model, as CORL's DT does: linear and
@@ -102,9 +104,9 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float, activation: str):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
+        self.ln1 = LayerNorm(d_model)
         self.attn = SelfAttention(d_model, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
+        self.ln2 = LayerNorm(d_model)
         out = nn.Linear(4 * d_model, d_model)
         out.residual_out = True
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU() if activation == "relu" else nn.GELU(),
@@ -124,7 +126,7 @@ class CausalTransformer(nn.Module):
         super().__init__()
         self.d_model, self.n_layers, self.n_heads, self.window = d_model, n_layers, n_heads, window
         self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, activation) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.ln_f = LayerNorm(d_model)
         self.apply(functools.partial(gpt2_init, n_layers=n_layers))
         self.rope = rope
         if rope:

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from seqrl.data.samplers import sequences
 from seqrl.data.store import Batch, ReplayStore, is_image, same_space
 from seqrl.errors import DataError
+from seqrl.nn.norm import LayerNorm
 from seqrl.nn.rnn import GRU
 from seqrl.nn.s4 import S4Backbone
 from seqrl.nn.transformer import CausalTransformer
@@ -228,7 +229,7 @@ def mlp(d_in: int, hidden: int, d_out: int, layers: int = 1) -> nn.Sequential:
     """`layers` hidden layers of Linear, LayerNorm, SiLU (DreamerV3's blocks), then a Linear to d_out."""
     mods: list[nn.Module] = []
     for i in range(layers):
-        mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.SiLU()]
+        mods += [nn.Linear(d_in if i == 0 else hidden, hidden), LayerNorm(hidden), nn.SiLU()]
     return nn.Sequential(*mods, nn.Linear(hidden, d_out))
 
 
@@ -289,7 +290,7 @@ class WorldModel(Agent):
         n_stats = 2 * c.z_dim if c.latent == "gaussian" else c.z_groups * c.z_classes
         self.posterior = mlp(c.embed_dim + (c.d_model if self.rssm else 0), c.hidden, n_stats)
         self.prior = mlp(c.d_model, c.hidden, n_stats)
-        self.inp = nn.Sequential(nn.Linear(c.z_flat + self.a_dim, c.d_model), nn.LayerNorm(c.d_model), nn.SiLU())
+        self.inp = nn.Sequential(nn.Linear(c.z_flat + self.a_dim, c.d_model), LayerNorm(c.d_model), nn.SiLU())
         if c.backbone == "s4":
             self.backbone = S4Backbone(c.d_model, c.n_layers, d_state=c.d_state, kind=c.ssm_kind, dropout=c.dropout)
         elif c.backbone == "gru":
