@@ -44,7 +44,7 @@ def test_norm_matches_the_formula(device, rms, shape):
     refs = [t.detach().cpu().requires_grad_() for t in leaves]
     ref = reference(refs[0], refs[1], None if rms else refs[2], 1e-5, rms)
     assert y.shape == x.shape and y.dtype == torch.float64
-    torch.testing.assert_close(y.cpu(), ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(y.cpu(), ref, atol=1e-10, rtol=1e-10)  # (rows of 5 with a tiny variance)
     if not x.numel():
         return
     gy = torch.randn(shape, dtype=torch.float64)
@@ -101,8 +101,8 @@ def test_norm_low_precision(device, dtype, rms):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_norm_under_autocast_matches_pytorch_dtype(device):
-    """Under autocast the modules give what nn.LayerNorm / nn.RMSNorm give on that device (float32 from bf16 on
-    CUDA), within float32 rounding."""
+    """Under autocast the modules give what nn.LayerNorm / nn.RMSNorm give on that device, in the same dtype (CUDA:
+    LayerNorm float32 from bf16, RMSNorm bf16), within rounding."""
     torch.manual_seed(0)
     x = torch.randn(3, 5, 16, device=device).to(torch.bfloat16)
     ours, theirs = LayerNorm(16).to(device), nn.LayerNorm(16).to(device)
@@ -110,8 +110,10 @@ def test_norm_under_autocast_matches_pytorch_dtype(device):
     with torch.autocast(device, dtype=torch.bfloat16):
         for a, b in ((ours, theirs), (ours_r, theirs_r)):
             ya, yb = a(x), b(x)
-            assert ya.dtype == yb.dtype == (torch.float32 if device == "cuda" else torch.bfloat16)
-            torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+            f32 = device == "cuda" and isinstance(a, LayerNorm)
+            assert ya.dtype == yb.dtype == (torch.float32 if f32 else torch.bfloat16)
+            tol = 1e-5 if f32 else 1e-2
+            torch.testing.assert_close(ya, yb, atol=tol, rtol=tol)
 
 
 def test_modules_keep_the_torch_modules_state():

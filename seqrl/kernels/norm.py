@@ -3,7 +3,7 @@
     layer_norm: y = (x - mean) / sqrt(var + eps) * weight + bias      rms_norm: y = x / sqrt(mean(x^2) + eps) * weight
 
 with the mean and (biased) variance over the last dim, taken in float32 (float64 for float64 inputs). y comes
-back in x's dtype, and in float32 for half-precision x under autocast, as PyTorch's norms on that device.
+back in x's dtype (LayerNorm: float32 for half-precision x under CUDA's autocast), as PyTorch's norms give.
 
 Paths, picked by the inputs' device:
 

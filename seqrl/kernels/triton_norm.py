@@ -104,9 +104,9 @@ class _Norm(torch.autograd.Function):
             x2 = x2.contiguous()
         M = x2.shape[0]
         acc = torch.promote_types(x.dtype, torch.float32)
-        low = x.dtype in (torch.float16, torch.bfloat16)  # autocast runs the norms in float32, as PyTorch's
-        y = torch.empty(x2.shape, device=x.device,
-                        dtype=torch.float32 if low and torch.is_autocast_enabled(x.device.type) else x.dtype)
+        low = x.dtype in (torch.float16, torch.bfloat16)  # autocast gives LayerNorm (not RMSNorm) float32 inputs
+        f32 = low and not rms and torch.is_autocast_enabled(x.device.type)
+        y = torch.empty(x2.shape, device=x.device, dtype=torch.float32 if f32 else x.dtype)
         rstd = torch.empty(M, device=x.device, dtype=acc)
         mean = rstd if rms else torch.empty(M, device=x.device, dtype=acc)  # (RMSNorm's is never read)
         BLOCK_M, BLOCK_N, warps = _blocks(N)
