@@ -1,10 +1,10 @@
 """The plain-Triton kernels run on the CPU in Triton's interpreter (TRITON_INTERPRET=1), against the references in
 float64: the causal conv and the LayerNorm / RMSNorm (forward and backward, computing in float64), the selective
-step and the linear scan (real and complex, forward and backward; both compute in float32). So a machine without a GPU checks the kernels'
-indexing and masks too; speed and the Gluon selective scan (which the interpreter cannot run) are a GPU's
-(tests/test_scan.py, tests/test_conv.py, tests/test_norm.py there). Skipped where Triton is not installed (`pip install triton` beside
-the CPU torch is enough). The checks run in a subprocess: the interpreter is chosen when a kernel is defined, so
-the variable must be set before Triton is first imported."""
+step and the linear scan (real and complex, forward and backward; both compute in float32). So a machine without
+a GPU checks the kernels' indexing and masks too; speed and the Gluon selective scan (which the interpreter cannot
+run) are a GPU's (tests/test_scan.py, tests/test_conv.py, tests/test_norm.py there). Skipped where Triton is not
+installed (`pip install triton` beside the CPU torch is enough). The checks run in a subprocess: the interpreter
+is chosen when a kernel is defined, so the variable must be set before Triton is first imported."""
 
 import importlib.util
 import json

@@ -113,8 +113,8 @@ def _route(name: str, device: torch.device) -> tuple[str, str, ModuleType | None
 
 def _kernels(name: str, device: torch.device) -> ModuleType | None:
     """The Triton module if recurrence `name` runs Triton kernels on `device`, else None (for "causal_conv"
-    and "norm", whose kernels are in triton_conv and triton_norm: whether Triton imports). A missing fast path on CUDA warns once per
-    name (KernelFallbackWarning); `kernel_status` records it."""
+    and "norm", whose kernels are in triton_conv and triton_norm: whether Triton imports). A missing fast path
+    on CUDA warns once per name (KernelFallbackWarning); `kernel_status` records it."""
     _, why, kernels = _route(name, device)
     if why and name not in _warned:
         _warned.add(name)
@@ -129,9 +129,10 @@ def kernel_status(device: torch.device | str) -> dict[str, str]:
 
     {"selective_scan": path, "selective_step": path, "linear_scan": path, "causal_conv": path, "norm": path},
     paths being "triton-gluon" (the selective scan's Gluon kernels), "triton", "pytorch-chunked" (the CPU path,
-    on any device) and "pytorch" (the one-step update's, the conv's and the norms' CPU paths). Where one on CUDA falls back to
-    PyTorch, "<name>.fallback" holds the reason (Triton missing, Triton without Gluon), the one its first call
-    warns with. On CUDA the first call imports Triton, once per process; the answer does not change after that.
+    on any device) and "pytorch" (the one-step update's, the conv's and the norms' CPU paths). Where one on
+    CUDA falls back to PyTorch, "<name>.fallback" holds the reason (Triton missing, Triton without Gluon), the
+    one its first call warns with. On CUDA the first call imports Triton, once per process; the answer does not
+    change after that.
     """
     device = torch.device(device)
     out = {}
