@@ -338,9 +338,9 @@ class Dreamer(Agent):
         self.return_seen.fill_(True)
 
     def after_update(self) -> None:
-        with torch.no_grad():
-            for slow, p in zip(self.slow_critic.parameters(), self.critic.parameters()):
-                slow.lerp_(p, self.config.slow_rate)
+        with torch.no_grad():  # one multi-tensor kernel, not one a parameter
+            torch._foreach_lerp_(list(self.slow_critic.parameters()), list(self.critic.parameters()),
+                                 self.config.slow_rate)
 
     # ------------------------------------------------------------------------------------ acting
     def initial_state(self, n_envs: int, device: torch.device | str) -> DreamerState:
