@@ -32,6 +32,7 @@ BATCH=${BATCH:-32}
 K_BANDIT=${K_BANDIT:-50}             # context transitions per training sample
 K_ROOM=${K_ROOM:-100}
 K_LINEAR=${K_LINEAR:-$K_BANDIT}      # the full-size run: 200, the linear bandit's horizon
+GTRXL=${GTRXL:-0}                    # 1: the bandit parts train DPT and AD on GTrXL too, evaluated in the same run
 BANDIT_TOKENS=${BANDIT_TOKENS:-"s ar"}  # policy.tokens on the bandits (docs/icrl.md: "s a r" learned far slower there)
 ROOM_TOKENS=${ROOM_TOKENS:-"s a r"}
 EMBED=${EMBED:-32}
@@ -69,9 +70,15 @@ bandits() {  # family env-id AD-source-quality tasks K run-prefix: DPT and AD, t
   train ad "seqrl/$fam/$adq-v0" "$env" "$k" "${p}_ad" "${tok[@]}"
   train dpt_mamba "seqrl/$fam/dpt-v0" "$env" "$k" "${p}_dpt_mamba" "${mamba[@]}" "${tok[@]}"
   train ad_mamba "seqrl/$fam/$adq-v0" "$env" "$k" "${p}_ad_mamba" "${mamba[@]}" "${tok[@]}"
+  local models=("$OUT/${p}"_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt) names=(--name dpt-transformer
+                --name ad-transformer --name dpt-mamba --name ad-mamba)
+  if [ "$GTRXL" = 1 ]; then
+    train dpt "seqrl/$fam/dpt-v0" "$env" "$k" "${p}_dpt_gtrxl" --set policy.backbone=gtrxl "${tok[@]}"
+    train ad "seqrl/$fam/$adq-v0" "$env" "$k" "${p}_ad_gtrxl" --set policy.backbone=gtrxl "${tok[@]}"
+    models+=("$OUT/${p}"_{dpt,ad}_gtrxl/checkpoint.pt) names+=(--name dpt-gtrxl --name ad-gtrxl)
+  fi
   # Mamba acts past its trained context (the horizon's pulls > K): --extrapolate, labelled so in docs/icrl.md
-  seqrl icrl "$OUT/${p}"_{dpt,ad,dpt_mamba,ad_mamba}/checkpoint.pt --name dpt-transformer --name ad-transformer \
-    --name dpt-mamba --name ad-mamba --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
+  seqrl icrl "${models[@]}" "${names[@]}" --tasks "$TEST_TASKS" --seeds "$SEEDS" --episodes 1 --mode online \
     --mode offline --extrapolate --device "$DEVICE" --out "$OUT/eval_$p" > "$OUT/eval_$p.log" 2>&1
 }
 
