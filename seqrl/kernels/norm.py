@@ -27,7 +27,7 @@ from seqrl.kernels import scan
 
 def _kernels(x: torch.Tensor):
     """The Triton norm module where it applies to x (CUDA, Triton imports, rows up to MAX_N wide), else None."""
-    if scan._kernels("norm", x.device) is None:
+    if not x.is_cuda or scan._kernels("norm", x.device) is None:  # (is_cuda first: a CPU step pays no routing)
         return None
     from seqrl.kernels import triton_norm
 
@@ -35,8 +35,8 @@ def _kernels(x: torch.Tensor):
 
 
 def _check(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    N = x.shape[-1] if x.dim() else None
-    if N is None or weight.shape != (N,) or (bias is not None and bias.shape != (N,)):
+    N = x.shape[-1] if x.dim() else -1
+    if weight.shape != (N,) or (bias is not None and bias.shape != (N,)):
         raise ValueError(f"{name}: x (..., N) with weight (N,)" + (" and bias (N,)" if bias is not None else "")
                          + f"; got x {tuple(x.shape)}, weight {tuple(weight.shape)}"
                          + (f", bias {tuple(bias.shape)}" if bias is not None else ""))
