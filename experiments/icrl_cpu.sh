@@ -33,6 +33,7 @@ K_BANDIT=${K_BANDIT:-50}             # context transitions per training sample
 K_ROOM=${K_ROOM:-100}
 K_LINEAR=${K_LINEAR:-$K_BANDIT}      # the full-size run: 200, the linear bandit's horizon
 GTRXL=${GTRXL:-0}                    # 1: the bandit parts train DPT and AD on GTrXL too, evaluated in the same run
+SEED=${SEED:-0}                      # trainer.seed of every model (the evaluation's tasks and seeds stay)
 BANDIT_TOKENS=${BANDIT_TOKENS:-"s ar"}  # policy.tokens on the bandits (docs/icrl.md: "s a r" learned far slower there)
 ROOM_TOKENS=${ROOM_TOKENS:-"s a r"}
 EMBED=${EMBED:-32}
@@ -52,7 +53,7 @@ export MINARI_DATASETS_PATH=$(realpath -m "${MINARI_DATASETS_PATH:-$OUT/minari}"
 
 common=(--set "policy.embed_dim=$EMBED" --set "policy.n_layers=$LAYERS" --set "policy.n_heads=$HEADS"
         --set "trainer.steps=$STEPS" --set "source.batch_size=$BATCH" --set "trainer.threads=$THREADS"
-        --set "trainer.checkpoint_every=$STEPS" --device "$DEVICE")
+        --set "trainer.checkpoint_every=$STEPS" --set "trainer.seed=$SEED" --device "$DEVICE")
 mamba=(--set policy.expand=1 --set policy.d_state=8)   # CPU-sized Mamba (as agents/dm_small.toml)
 
 train() {  # agent dataset env K run-name [extra --set ...]
