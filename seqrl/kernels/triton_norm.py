@@ -130,8 +130,8 @@ class _Norm(torch.autograd.Function):
         rows = triton.cdiv(triton.cdiv(max(M, 1), PROGRAMS), BLOCK_M) * BLOCK_M  # a multiple of BLOCK_M
         programs = triton.cdiv(M, rows)
         dx = torch.empty((M, N), device=x2.device, dtype=ctx.x_dtype)
-        part = torch.zeros((max(programs, 1), 2, N), device=x2.device, dtype=torch.promote_types(x2.dtype,
-                                                                                                 torch.float32))
+        # every program writes its whole (2, N) share; with no rows there are none and the sum below is zeros
+        part = torch.empty((programs, 2, N), device=x2.device, dtype=torch.promote_types(x2.dtype, torch.float32))
         if M:
             _norm_bwd[(programs,)](x2, weight, dy, dx, mean, rstd, part, M, N, rows, RMS=ctx.rms, BLOCK_M=BLOCK_M,
                                    BLOCK_N=BLOCK_N, ACC=_acc(x2.dtype), num_warps=warps)
