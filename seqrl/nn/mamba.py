@@ -120,12 +120,12 @@ class MambaMixer(nn.Module):
         return delta @ self.dt_proj.weight.t(), B, C  # dt_proj's bias enters the scan as delta_bias
 
     def forward(self, x: torch.Tensor, state: MixerState | None = None,
-                group: int = 0) -> tuple[torch.Tensor, MixerState]:
+                group: int = 0) -> tuple[torch.Tensor, MixerState | None]:
         """x (B, T, d) -> y (B, T, d), the state after the segment.
 
         group g > 0 (Decision Mamba's fine-grained branch): x is whole groups of g tokens, each mixed on
-        its own from a zero state (conv window and SSM); `state` must be None and the state returned is
-        the zero state a next group starts from. One scan over T with a restart every g steps."""
+        its own from a zero state (conv window and SSM); `state` must be None, and so is the state returned:
+        a next group starts from zeros. One scan over T with a restart every g steps."""
         Bsz, T, _ = x.shape
         E, W = self.d_inner, self.d_conv
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, T, E)
@@ -149,7 +149,7 @@ class MambaMixer(nn.Module):
                               z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True,
                               h0=h0, return_state=True, reset_every=group)  # y (B, E, T), h (B, E, N)
         out = self.out_proj(y.transpose(1, 2))
-        return (out, self.initial_state(Bsz, x.device, x.dtype)) if group else (out, MixerState(conv_state, h))
+        return out, None if group else MixerState(conv_state, h)
 
     def step(self, x: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """One token: x (B, d) -> y (B, d). O(1): a rolling conv window and one SSM update."""
@@ -177,11 +177,11 @@ class MambaLayer(nn.Module):
     def fine_forward(self, x: torch.Tensor, state: MixerState, phase: torch.Tensor,
                      aligned: bool) -> tuple[torch.Tensor, MixerState]:
         """Fine-grained branch over a segment x (B, T, d): a scan inside each group of g tokens.
-        `aligned`: every env is at a group start (phase 0)."""
+        `aligned`: every env is at a group start (phase 0), where the incoming state is never read."""
         g = self.fine_group
         T = x.shape[1]
         if T % g == 0 and aligned:  # whole groups from a group start: one scan, restarting every g tokens
-            return self.fine(x, group=g)
+            return self.fine(x, group=g)[0], state  # ends at a group start too, where a state is never read
         ys = []  # partial groups (acting, segments cut at resets): token by token
         for t in range(T):
             state = _select((phase + t) % g == 0, state)  # a group starts: forget the last one
@@ -231,8 +231,10 @@ class MambaBackbone(nn.Module):
 
     # ------------------------------------------------------------------------------------ state
     def initial_state(self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> MambaState:
-        return MambaState(tuple(l.mixer.initial_state(batch, device, dtype) for l in self.layers),
-                          tuple(l.fine.initial_state(batch, device, dtype) for l in self.layers if self.fine_group),
+        """Zeros. Every mixer's state has the same shape and states are never written in place, so all mixers
+        share one pair of zero tensors (two fills, not four per layer, on each training forward)."""
+        zero = self.layers[0].mixer.initial_state(batch, device, dtype)
+        return MambaState((zero,) * self.n_layers, (zero,) * self.n_layers if self.fine_group else (),
                           torch.zeros(batch, dtype=torch.long, device=device))
 
     @staticmethod
