@@ -7,8 +7,9 @@ so two versions can be timed in one lease, alternating. One JSON line per (dtype
     PYTHONPATH=. python experiments/bench_scan_ab.py new --lengths 1024,4096,16384
     PYTHONPATH=. python experiments/bench_scan_ab.py new --shape 256,256,16 --lengths 60 --reset 3   # DM's shape
 
-Tiles can be overridden (--fwd T,NW,PROGRAMS; --bwd PROGRAMS,SEG) for sweeps. Problem: softplus(delta + bias),
-skip D, gate z, as in bench_scan.py, but A = -(1..N) per channel and delta ~ N(-1, 0.5) (bench_scan.py:
+Tiles can be overridden (--fwd T,NW,PROGRAMS, T at every size; --bwd PROGRAMS,SEG; --every) for sweeps;
+--kernel-info prints each compiled kernel's registers and shared memory. Problem: softplus(delta + bias), skip D,
+gate z, as in bench_scan.py, but A = -(1..N) per channel and delta ~ N(-1, 0.5) (bench_scan.py:
 A = -exp(N(0, 0.5)), delta ~ N(-2, 0.5)), the problem every recorded A/B number was taken on. At small sizes
 (L=1024, DM's shape) the host's launches and autograd dominate what do_bench measures: --kernel-times adds the
 GPU time of the kernels alone (torch.profiler, 20 calls), the selective-scan kernels and all kernels of a
@@ -37,14 +38,20 @@ def main():
     ap.add_argument("--reset", type=int, default=0, help="reset_every")
     ap.add_argument("--fwd", help="T,num_warps,PROGRAMS")
     ap.add_argument("--bwd", help="PROGRAMS,SEG")
+    ap.add_argument("--every", type=int, help="store the state every EVERY steps (the backward's tile)")
+    ap.add_argument("--kernel-info", action="store_true",
+                    help="also each compiled selective-scan kernel's registers, spills and shared memory")
     ap.add_argument("--kernel-times", action="store_true", help="also the kernels' GPU time (torch.profiler)")
     ap.add_argument("--host-profile", action="store_true",
                     help="also where the host's time of an eager forward+backward goes (cProfile, top functions)")
     a = ap.parse_args()
     if a.fwd:
-        T.CONFIG["fwd"] = tile(a.fwd, ("T", "num_warps", "PROGRAMS"))
+        fwd = tile(a.fwd, ("T", "num_warps", "PROGRAMS"))
+        T.CONFIG["fwd"] = dict(T.CONFIG["fwd"], **fwd, T_FEW=fwd["T"])  # one tile at every size
     if a.bwd:
         T.CONFIG["bwd"] = dict(T.CONFIG["bwd"], **tile(a.bwd, ("PROGRAMS", "SEG")))
+    if a.every:
+        T.EVERY = a.every
     b, d, n = (int(v) for v in a.shape.split(","))
     for name in a.dtypes.split(","):
         dtype = getattr(torch, name)
@@ -76,12 +83,25 @@ def main():
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
             t_fb = triton.testing.do_bench(fwd_bwd, rep=300)
             row = dict(tag=a.tag, dtype=name, L=length, fwd_ms=round(t_fwd, 4), fwdbwd_ms=round(t_fb, 4),
-                       shape=a.shape, reset=a.reset, peak_MB=round(peak), cfg=T.CONFIG)
+                       shape=a.shape, reset=a.reset, peak_MB=round(peak), cfg=T.CONFIG, every=T.EVERY)
             if a.kernel_times:
                 row["kernel_us"] = kernel_times(fwd_bwd)
             print(json.dumps(row), flush=True)
             if a.host_profile:
                 host_profile(fwd_bwd)
+    if a.kernel_info:
+        kernel_info()
+
+
+def kernel_info():
+    """Registers, spills and shared memory of every selective-scan kernel compiled in this process (one line
+    each; the variants differ by dtype, layout and pass)."""
+    for fn in (T._selective_fwd, T._selective_bwd, T._selective_bwd_carries):
+        for caches in fn.device_caches.values():
+            for kernel in caches[0].values():
+                print(json.dumps(dict(kernel=fn.__name__, regs=getattr(kernel, "n_regs", None),
+                                      spills=getattr(kernel, "n_spills", None),
+                                      shared=getattr(kernel.metadata, "shared", None))), flush=True)
 
 
 def kernel_times(fn, calls: int = 20) -> dict:

@@ -92,7 +92,11 @@ except ImportError as e:
 # (8192, 64) against (4096, 128): -17% at l=1024, +6% / +7% at l=4096 (float32 / bf16), even at l=16384
 # (kernel time, b=8, d=256); Decision Mamba's shape (b=256, d=256, l=60) is one segment with either.
 # "carries": the backward's first pass (plain Triton), BLOCK_D channels by one chunk per program.
-CONFIG = {"fwd": dict(T=16, num_warps=1, PROGRAMS=4096),
+# "fwd" T_FEW: the tile when fewer than FEW programs run (l=1024 at b=8: 512 programs, where 8-step tiles took the
+# forward's kernels from 78 to 69 us in float32 and 68 to 60 in bf16, H100; with 2,048 programs and more, at
+# Decision Mamba's shape and l=4096 in bf16, they were slower). The state every 4 or 16 steps (EVERY) made the
+# backward slower at every size (docs/history.md, "Tiles and segments at Decision Mamba's shape").
+CONFIG = {"fwd": dict(T=16, num_warps=1, PROGRAMS=4096, T_FEW=8, FEW=1024),
           "bwd": dict(PROGRAMS=8192, SEG=64),
           "carries": dict(BLOCK_D=4, num_warps=1),
           "lin": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4)}
@@ -815,7 +819,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         states = torch.empty(b, d, triton.cdiv(l, EVERY), n, **f32) if save else hlast
         Bt, Ct = _steps_major(B), _steps_major(C)
         opt = lambda t: u if t is None else t  # noqa: E731
-        flags = dict(N=n, T=cfg["T"], EVERY=EVERY, HAS_D=D is not None, HAS_Z=z is not None,
+        tile = cfg["T"] if b * blocks * n_seg >= cfg["FEW"] else cfg["T_FEW"]
+        flags = dict(N=n, T=tile, EVERY=EVERY, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, RESET=reset_every,
                      CL=cl, num_warps=cfg["num_warps"])
         args = (u, delta, A, Bt, Ct, opt(D), opt(z), opt(delta_bias), opt(h0))
@@ -898,9 +903,10 @@ class _SelectiveScanFn(torch.autograd.Function):
 def selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset_every=0):
     if GLUON_MISSING:
         raise RuntimeError(f"the selective scan's Triton kernels are Gluon kernels: {GLUON_MISSING}")
-    if EVERY % 4 or CONFIG["fwd"]["T"] % EVERY or SEG % CONFIG["fwd"]["T"] or CONFIG["bwd"]["SEG"] % EVERY:
-        raise RuntimeError("CONFIG: EVERY must be a multiple of 4, the forward's T and the backward's SEG of EVERY, "
-                           "and SEG of T")
+    fwd = CONFIG["fwd"]
+    if EVERY % 4 or any(t % EVERY or SEG % t for t in (fwd["T"], fwd["T_FEW"])) or CONFIG["bwd"]["SEG"] % EVERY:
+        raise RuntimeError("CONFIG: EVERY must be a multiple of 4, the forward's T and T_FEW and the backward's SEG "
+                           "of EVERY, and SEG of T and T_FEW")
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, bool(delta_softplus), int(reset_every),
                                   torch.is_grad_enabled())
 
