@@ -18,6 +18,7 @@ kernels of 5 eager updates (bf16 autocast), by total time, and the PyTorch opera
     seqrl collect --env pendulum --quality mixed      # the dataset (seconds; or pass --dataset)
     python experiments/bench_dm_update.py --out docs/results/bench_dm_update.json
     python experiments/bench_dm_update.py --profile
+    python experiments/bench_dm_update.py --quick     # DM's and DT's updates only
 """
 
 from __future__ import annotations
@@ -111,11 +112,13 @@ def profile_update(dataset: str) -> None:
         print(f"{e.key:40s} {e.count:6d} calls {t / 1e3:8.3f} ms {t / e.count:8.1f} us")
 
 
-def updates(rows: list, dataset: str) -> None:
+def updates(rows: list, dataset: str, only: tuple[str, ...] | None = None) -> None:
     cases = {"DM": ("dm", DM), "DM, no fine branch": ("dm", DM | {"multi_grained": False}),
              "DM, no self-evolution": ("dm", DM | {"pser": False}), "DT": ("dt", {})}
     store, env = load(dataset)
     for name, (agent, policy) in cases.items():
+        if only and name not in only:
+            continue
         r = runner_for(agent, policy, TRAINER, store, env, name)
         ms = cuda_ms(r.iteration, reps=50, warmup=10)
         rows.append({"part": "runner update", "variant": name, "ms": ms, "updates_per_s": 1e3 / ms,
@@ -128,14 +131,16 @@ def main() -> None:
     ap.add_argument("--dataset", default="seqrl/pendulum/mixed-v0")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", action="store_true", help="print the kernels of DM's update instead")
+    ap.add_argument("--quick", action="store_true", help="only the runner updates of DM and DT")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_dm_update.py times CUDA kernels and graphs: it needs a GPU")
     if args.profile:
         return profile_update(args.dataset)
     rows: list = []
-    fine_branch(rows)
-    updates(rows, args.dataset)
+    if not args.quick:
+        fine_branch(rows)
+    updates(rows, args.dataset, ("DM", "DT") if args.quick else None)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
 
