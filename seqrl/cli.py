@@ -313,11 +313,13 @@ def icrl(
 @app.command()
 @_friendly
 def imagine(
-    checkpoint: Path = typer.Argument(..., help="a world model's checkpoint (agents s4wm, rssm, twm)"),
+    checkpoint: Path = typer.Argument(..., help="a world model's checkpoint (agents s4wm, rssm, twm) or a world-model "
+                                                "agent's (s4wm_agent, dreamer, s4wm_agent_offline)"),
     context: int = typer.Option(4, help="real steps read through the posterior before imagining"),
     horizon: int = typer.Option(16, help="steps imagined by the prior under the dataset's actions (open loop)"),
-    dataset: Optional[str] = typer.Option(None, help="Minari id of the episodes to imagine from (default: the "
-                                                     "checkpoint's dataset)"),
+    dataset: Optional[str] = typer.Option(None, help="Minari id or saved store (.npz) of the episodes to imagine "
+                                                     "from (default: the checkpoint's dataset, else the replay.npz "
+                                                     "beside it)"),
     sequences: int = typer.Option(8, help="episodes imagined (each from its first step)"),
     seed: int = typer.Option(0, help="which episodes"),
     out: Path = typer.Option(Path("runs/imagine"), help="strip.png, error.png, imagine.json (and imagine.gif)"),

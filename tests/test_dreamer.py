@@ -319,6 +319,35 @@ def test_online_training_replays_at_the_train_ratio_and_resumes(tmp_path, agent)
     assert isinstance(loaded, Dreamer)
 
 
+def test_imagine_reads_an_online_agents_world_model_and_replay(tmp_path):
+    """`seqrl imagine` on a world-model agent's checkpoint: its `wm`, on the replay.npz saved beside it."""
+    from seqrl.runners.imagine import imagine_checkpoint, world_model_from_checkpoint
+    from seqrl.runners.sources import resolve_env
+
+    preset = tiny_preset()
+    env = resolve_env("CartPole-v1", {})
+    torch.manual_seed(0)
+    policy = policy_class("dreamer")(preset.policy, TaskSpec.from_env(env))
+    Trainer(policy, EnvSource(preset.source, env), preset, tmp_path / "run").run()
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    model, _ = world_model_from_checkpoint(ckpt)
+    want = policy.wm.state_dict()
+    assert model.state_dict().keys() == want.keys()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    res = imagine_checkpoint(ckpt, context=2, horizon=3, out=tmp_path / "im", sequences=2, show=2)
+    replay = ReplayStore.load(tmp_path / "run" / "replay.npz")
+    assert res["agent"] == "dreamer" and res["sequences"] == 2 and len(res["mse_per_step"]) == 3
+    assert all(replay.episode_lengths[e] >= 5 for e in res["episodes"])
+    assert res["reward_accuracy_constant"] == 1.0  # CartPole pays +1 every step
+    assert json.loads((tmp_path / "im" / "imagine.json").read_text())["episodes"] == res["episodes"]
+    (tmp_path / "run" / "replay.npz").rename(tmp_path / "saved.npz")
+    again = imagine_checkpoint(ckpt, context=2, horizon=3, out=tmp_path / "im2", dataset=str(tmp_path / "saved.npz"),
+                               sequences=2)
+    assert again["episodes"] == res["episodes"] and again["mse_mean"] == pytest.approx(res["mse_mean"])
+    with pytest.raises(DataError, match="names no dataset and has no replay.npz beside it"):
+        imagine_checkpoint(ckpt, context=2, horizon=3, out=tmp_path / "im3")
+
+
 def test_box_actions_stay_in_bounds_when_exploring():
     agent = make_agent("s4", gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32)))
     state = agent.initial_state(64, "cpu")

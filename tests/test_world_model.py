@@ -316,7 +316,7 @@ def test_bad_inputs(trained, tmp_path):
     bad = torch.load(ckpt, weights_only=False)
     bad["agent"] = "dt"
     torch.save(bad, tmp_path / "dt.pt")
-    with pytest.raises(CheckpointError, match="holds agent 'dt', not a world model"):
+    with pytest.raises(CheckpointError, match="holds agent 'dt', neither a world model"):
         imagine_checkpoint(tmp_path / "dt.pt", context=2, horizon=1, out=tmp_path, dataset=store)
 
 

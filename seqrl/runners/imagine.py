@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqrl.checkpoint import load_checkpoint
+from seqrl.checkpoint import load_checkpoint, policy_from_checkpoint
 from seqrl.data.samplers import windows_at
 from seqrl.data.store import ReplayStore
 from seqrl.errors import CheckpointError, DataError
@@ -58,11 +58,16 @@ def constant_sign_accuracy(rewards: torch.Tensor) -> float | None:
 
 
 def world_model_from_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
-    """The WorldModel of a checkpoint; CheckpointError when the checkpoint holds another agent."""
+    """The WorldModel of a checkpoint: a world model's (agents s4wm, rssm, twm) or the one a world-model agent
+    acts from (agent dreamer: the presets s4wm_agent, dreamer, s4wm_agent_offline); CheckpointError for any other
+    agent."""
     ckpt = load_checkpoint(checkpoint)
+    if ckpt["agent"] == "dreamer":
+        agent, _, ckpt = policy_from_checkpoint(checkpoint, device=device)
+        return agent.wm.eval(), ckpt
     if ckpt["agent"] not in WORLD_MODELS:
-        raise CheckpointError(f"checkpoint {checkpoint} holds agent {ckpt['agent']!r}, not a world model "
-                              f"({', '.join(WORLD_MODELS)}): imagination needs one")
+        raise CheckpointError(f"checkpoint {checkpoint} holds agent {ckpt['agent']!r}, neither a world model "
+                              f"({', '.join(WORLD_MODELS)}) nor a world-model agent (dreamer): imagination needs one")
     try:
         config = build(WorldModelConfig, ckpt["preset"]["policy"], prefix="policy.")
         model = WorldModel(config, TaskSpec.from_dict(ckpt["spec"]))
@@ -127,18 +132,14 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
                        dataset: str | ReplayStore | None = None, sequences: int = 8, show: int = 8,
                        sample: bool = False, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """`score_imagination` on a checkpoint's world model; writes the files of the module docstring into `out` and
-    returns the JSON's dict. dataset: a store, a Minari id, or None for the checkpoint's own dataset. `show`:
-    imagined steps in the strip."""
+    returns the JSON's dict. dataset: a store, a Minari id, a saved store (`.npz`, e.g. an online run's
+    `replay.npz`), or None: the checkpoint's own dataset, else the replay saved beside it (an online world-model
+    agent's run). `show`: imagined steps in the strip."""
     if not isinstance(show, (int, np.integer)) or isinstance(show, bool) or show < 1:
         raise ValueError(f"imagine: show must be an integer >= 1, got {show!r}")
     model, ckpt = world_model_from_checkpoint(checkpoint, device)
     if not isinstance(dataset, ReplayStore):
-        did = dataset or ckpt["spec"]["meta"].get("dataset_id")
-        if not did:
-            raise DataError(f"checkpoint {checkpoint} names no dataset: pass one")
-        import seqrl.envs  # noqa: F401
-
-        dataset = ReplayStore.from_minari(did)
+        dataset = _episodes(checkpoint, ckpt, dataset)
     check_store(dataset, model.spec.observation_space, f"checkpoint {checkpoint}'s")
     scores, t = score_imagination(model, dataset, context, horizon, sequences, sample, seed)
     out = Path(out)
@@ -157,6 +158,22 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
               "files": files}
     atomic_write_json(out / "imagine.json", result)
     return result
+
+
+def _episodes(checkpoint: str | Path, ckpt: dict, dataset: str | None) -> ReplayStore:
+    """The store `imagine_checkpoint` imagines from (its docstring)."""
+    replay = Path(checkpoint).parent / "replay.npz"
+    if dataset is None and not ckpt["spec"]["meta"].get("dataset_id") and replay.is_file():
+        dataset = str(replay)
+    if dataset is not None and dataset.endswith(".npz"):
+        return ReplayStore.load(dataset)
+    did = dataset or ckpt["spec"]["meta"].get("dataset_id")
+    if not did:
+        raise DataError(f"checkpoint {checkpoint} names no dataset and has no replay.npz beside it: pass one "
+                        "(a Minari id or a saved store)")
+    import seqrl.envs  # noqa: F401
+
+    return ReplayStore.from_minari(did)
 
 
 def _strip(real: np.ndarray, fake: np.ndarray, steps: np.ndarray, context: int, image: bool, path: Path) -> None:
