@@ -75,10 +75,17 @@ def load_checkpoint(path: str | Path, agent: str | None = None) -> dict[str, Any
 
 def policy_from_checkpoint(path: str | Path, agent: str | None = None, device: str | torch.device = "cpu"):
     """Rebuild the agent of a checkpoint. Returns (agent, agent preset, checkpoint dict)."""
+    ckpt = load_checkpoint(path, agent)
+    policy, preset = rebuild_policy(ckpt, path)
+    return policy.to(device), preset, ckpt
+
+
+def rebuild_policy(ckpt: dict[str, Any], path: str | Path):
+    """The agent (on the CPU) and agent preset of a checkpoint `load_checkpoint` read from `path`; CheckpointError
+    when they do not rebuild or its weights hold what training never saves."""
     from seqrl.policies import TaskSpec, policy_class
     from seqrl.presets import agent_from_dict
 
-    ckpt = load_checkpoint(path, agent)
     try:
         preset = agent_from_dict(ckpt["preset"])
         spec = TaskSpec.from_dict(ckpt["spec"])
@@ -91,7 +98,7 @@ def policy_from_checkpoint(path: str | Path, agent: str | None = None, device: s
             raise CheckpointError(f"checkpoint {path}: its weights hold NaN or inf ({name})")
         if name.endswith("obs_std") and not (t > 0).all():
             raise CheckpointError(f"checkpoint {path}: its observation std ({name}) is not positive")
-    return policy.to(device), preset, ckpt
+    return policy, preset
 
 
 def training_state(preset, agent: torch.nn.Module, opts: dict[str, torch.optim.Optimizer], device: torch.device,

@@ -28,14 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqrl.checkpoint import load_checkpoint, policy_from_checkpoint
+from seqrl.checkpoint import load_checkpoint, rebuild_policy
 from seqrl.data.samplers import windows_at
 from seqrl.data.store import ReplayStore
 from seqrl.errors import CheckpointError, DataError
 from seqrl.io import atomic_write_json
-from seqrl.policies.base import TaskSpec
-from seqrl.policies.world_model import WORLD_MODELS, WorldModel, WorldModelConfig, check_store, imagine, symexp
-from seqrl.presets import build
+from seqrl.policies.world_model import WORLD_MODELS, WorldModel, check_store, imagine, symexp
 
 
 def training_length_note(steps: int, seq_len: int) -> str | None:
@@ -62,19 +60,11 @@ def world_model_from_checkpoint(checkpoint: str | Path, device: str | torch.devi
     acts from (agent dreamer: the presets s4wm_agent, dreamer, s4wm_agent_offline); CheckpointError for any other
     agent."""
     ckpt = load_checkpoint(checkpoint)
-    if ckpt["agent"] == "dreamer":
-        agent, _, ckpt = policy_from_checkpoint(checkpoint, device=device)
-        return agent.wm.eval(), ckpt
-    if ckpt["agent"] not in WORLD_MODELS:
+    if ckpt["agent"] not in (*WORLD_MODELS, "dreamer"):
         raise CheckpointError(f"checkpoint {checkpoint} holds agent {ckpt['agent']!r}, neither a world model "
                               f"({', '.join(WORLD_MODELS)}) nor a world-model agent (dreamer): imagination needs one")
-    try:
-        config = build(WorldModelConfig, ckpt["preset"]["policy"], prefix="policy.")
-        model = WorldModel(config, TaskSpec.from_dict(ckpt["spec"]))
-        model.load_state_dict(ckpt["policy"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {checkpoint} does not rebuild its world model "
-                              f"({type(e).__name__}: {e})") from e
+    policy, _ = rebuild_policy(ckpt, checkpoint)
+    model = policy.wm if ckpt["agent"] == "dreamer" else policy
     return model.to(device).eval(), ckpt
 
 
@@ -162,18 +152,17 @@ def imagine_checkpoint(checkpoint: str | Path, context: int, horizon: int, out: 
 
 def _episodes(checkpoint: str | Path, ckpt: dict, dataset: str | None) -> ReplayStore:
     """The store `imagine_checkpoint` imagines from (its docstring)."""
-    replay = Path(checkpoint).parent / "replay.npz"
-    if dataset is None and not ckpt["spec"]["meta"].get("dataset_id") and replay.is_file():
-        dataset = str(replay)
-    if dataset is not None and dataset.endswith(".npz"):
-        return ReplayStore.load(dataset)
-    did = dataset or ckpt["spec"]["meta"].get("dataset_id")
-    if not did:
+    if not dataset:
+        replay = Path(checkpoint).parent / "replay.npz"
+        dataset = ckpt["spec"]["meta"].get("dataset_id") or (str(replay) if replay.is_file() else None)
+    if not dataset:
         raise DataError(f"checkpoint {checkpoint} names no dataset and has no replay.npz beside it: pass one "
                         "(a Minari id or a saved store)")
+    if dataset.endswith(".npz"):
+        return ReplayStore.load(dataset)
     import seqrl.envs  # noqa: F401
 
-    return ReplayStore.from_minari(did)
+    return ReplayStore.from_minari(dataset)
 
 
 def _strip(real: np.ndarray, fake: np.ndarray, steps: np.ndarray, context: int, image: bool, path: Path) -> None:
