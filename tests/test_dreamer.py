@@ -172,6 +172,26 @@ def test_each_loss_steps_only_its_own_parameters():
     assert terms["bc_nll"] > 0 and agent.return_seen and agent.return_scale > 0
 
 
+def test_uniform_kl_pulls_a_saturated_actor_back():
+    """An actor sure of action 0 (logits 30, 0, 0): the policy gradient and the entropy bonus give its other logits
+    next to nothing (unimix still samples them, but the softmax's gradient is e^-30); uniform_kl = kappa adds
+    -kappa mean_a log softmax_a to the loss, which pulls each of them up by kappa / A."""
+    obs, act, first = batch_of(make_agent("s4"), B=4, K=8)
+    batch = sequence_batch(obs, act, first, torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator()
+                                                        .manual_seed(1)))
+    loss, grad = {}, {}
+    for kappa in (0.0, 0.1):
+        agent = make_agent("s4", uniform_kl=kappa)
+        with torch.no_grad():
+            agent.actor[-1].bias.copy_(torch.tensor([30.0, 0.0, 0.0]))
+        torch.manual_seed(2)  # the same imagination for both
+        loss[kappa] = agent.losses(batch)["loss_actor"]
+        grad[kappa] = torch.autograd.grad(loss[kappa], agent.actor[-1].bias)[0]
+    assert grad[0.0].abs().max() < 1e-9
+    torch.testing.assert_close(grad[0.1], torch.tensor([2.0, -1.0, -1.0], dtype=torch.float64) * 0.1 / 3)
+    torch.testing.assert_close(loss[0.1] - loss[0.0], torch.tensor(0.1 * 60 / 3, dtype=torch.float64))
+
+
 def test_reward_ensemble_penalty_is_a_lower_confidence_bound():
     """R reward heads: each is trained on the real rewards (loss_reward is their mean squared error, averaged over
     heads), and imagined rewards are their mean less reward_penalty standard deviations. Heads made constant

@@ -29,6 +29,10 @@ One update (`losses`) on B sequences of real steps:
    S an exponential moving average (decay `return_decay`) of the 95th minus the 5th percentile of the
    returns. Discrete actions mix `unimix` of the uniform into the actor's probabilities; Box actions are a
    Gaussian with mean tanh(.) and std in [min_std, max_std], sampled then clipped to [-1, 1].
+   Discrete actions with `uniform_kl` = kappa > 0: the bracket gains kappa mean_a log softmax(l_k)_a (minus
+   KL(uniform || softmax), l_k the actor's logits), whose pull on each logit does not fade as the actor grows
+   sure; it keeps a policy that committed early (on a world model that could not yet tell the actions apart)
+   able to move once the world model can.
 6. Offline (source.kind = "dataset"), `bc_weight` > 0 adds a behaviour-cloning term on the batch's own
    actions at their posterior features: -bc_weight mean log pi(a_t | f_t). An actor kept near the data's
    actions cannot exploit the world model where the data never went (TD3+BC's idea, Fujimoto & Gu 2021);
@@ -94,6 +98,10 @@ class DreamerConfig:
     """eta: the actor's entropy bonus (DreamerV3: 3e-4)"""
     unimix: float = 0.01
     """discrete actor: share of the uniform mixed into its probabilities (DreamerV3: 1%)"""
+    uniform_kl: float = 0.0
+    """discrete actor: weight of KL(uniform || softmax of its logits) per imagined step, a pull towards the uniform
+    whose gradient on a logit stays near uniform_kl / A however sure the actor is (the entropy bonus's vanishes as
+    the softmax saturates, and unimix hides that saturation from the log-probabilities' gradient; 0: none)"""
     min_std: float = 0.1
     """Box actor: the Gaussian's least std, in [-1, 1] action units (DreamerV3: 0.1)"""
     max_std: float = 1.0
@@ -118,7 +126,7 @@ class DreamerConfig:
 
     def __post_init__(self):
         require_at_least(self, 1, ("horizon", "starts", "hidden"))
-        require_at_least(self, 0, ("entropy", "slow_reg", "bc_weight", "reward_penalty", "actor_lr_scale",
+        require_at_least(self, 0, ("entropy", "uniform_kl", "slow_reg", "bc_weight", "reward_penalty", "actor_lr_scale",
                                    "critic_lr_scale"))
         require_in(self, 0.0, 1.0, ("gamma", "lam", "unimix", "return_decay", "slow_rate"))
         if not 0 < self.min_std <= self.max_std:
@@ -210,7 +218,10 @@ class Dreamer(Agent):
     def policy(self, f: torch.Tensor) -> Distribution:
         """The actor's distribution at features f (..., F); Box actions in [-1, 1] units. Without argument
         validation: its checks read values back to the host, which a CUDA graph's capture forbids."""
-        c, out = self.config, self.actor(f)
+        return self._distribution(self.actor(f))
+
+    def _distribution(self, out: torch.Tensor) -> Distribution:
+        c = self.config
         if self.discrete:
             probs = (1 - c.unimix) * F.softmax(out, -1) + c.unimix / out.shape[-1]
             return Categorical(probs=probs, validate_args=False)
@@ -306,11 +317,13 @@ class Dreamer(Agent):
 
         # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
         # through the imagined dynamics (Box), and an entropy bonus
-        dist = self.policy(feat[:-1])
-        logp, ent = log_prob_entropy(dist, im["act"].detach(), self.discrete)
+        out_a = self.actor(feat[:-1])
+        logp, ent = log_prob_entropy(self._distribution(out_a), im["act"].detach(), self.discrete)
         scale = self.return_scale.clamp(min=1.0)
         if self.discrete:
             objective = (ret - symexp(pred.detach())) / scale * logp
+            if c.uniform_kl:  # -KL(uniform || softmax) up to a constant
+                objective = objective + c.uniform_kl * F.log_softmax(out_a.to(feat.dtype), -1).mean(-1)
         else:
             objective = ret_g / scale
         terms["loss_actor"] = -((objective + c.entropy * ent) * weight).sum() / n
