@@ -7,7 +7,9 @@
 #   bash experiments/dreamer_cpu.sh OUT [WORKERS] [SEEDS] [ENV_STEPS] [TASKS] [AGENTS]
 #
 # e.g. bash experiments/dreamer_cpu.sh runs/dreamer 2 "0 1 2" 20000. EXTRA adds --set options to every run
-# (EXTRA="--set source.train_ratio=256"). Runs already done (OUT/NAME/eval.json) are skipped; the table is printed
+# (EXTRA="--set source.train_ratio=256"; on a GPU machine EXTRA="--set trainer.device=cuda" runs them side by side on
+# the GPU). A task is an env id (seqrl/DistractingMemory-v0 names its runs DistractingMemory-v0) or tmaze:LENGTH.
+# Runs already done (OUT/NAME/eval.json) are skipped; the table is printed
 # at the end from every OUT/*/eval.json.
 set -eu
 OUT=${1:?OUT}; WORKERS=${2:-2}; SEEDS=${3:-0}; STEPS=${4:-20000}
@@ -15,7 +17,7 @@ TASKS=${5:-CartPole-v1 tmaze:10 tmaze:30}; AGENTS=${6:-s4wm_agent dreamer gtrxl}
 mkdir -p "$OUT"
 jobs=()
 for task in $TASKS; do
-  env=${task%%:*}; extra=""; name=$env
+  env=${task%%:*}; extra=""; name=${env##*/}
   if [ "$env" = tmaze ]; then L=${task##*:}; extra="--set env.env_kwargs.length=$L"; name=tmaze$L; fi
   for agent in $AGENTS; do
     for s in $SEEDS; do
