@@ -126,8 +126,8 @@ class DreamerConfig:
 
     def __post_init__(self):
         require_at_least(self, 1, ("horizon", "starts", "hidden"))
-        require_at_least(self, 0, ("entropy", "uniform_kl", "slow_reg", "bc_weight", "reward_penalty", "actor_lr_scale",
-                                   "critic_lr_scale"))
+        require_at_least(self, 0, ("entropy", "uniform_kl", "slow_reg", "bc_weight", "reward_penalty",
+                                   "actor_lr_scale", "critic_lr_scale"))
         require_in(self, 0.0, 1.0, ("gamma", "lam", "unimix", "return_decay", "slow_rate"))
         if not 0 < self.min_std <= self.max_std:
             raise ValueError(f"min_std {self.min_std} and max_std {self.max_std} need 0 < min_std <= max_std")
@@ -316,7 +316,7 @@ class Dreamer(Agent):
         terms["loss_critic"] = 0.5 * (se * weight).sum() / n
 
         # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
-        # through the imagined dynamics (Box), and an entropy bonus
+        # through the imagined dynamics (Box), and an entropy bonus (and, Discrete, uniform_kl's pull)
         out_a = self.actor(feat[:-1])
         logp, ent = log_prob_entropy(self._distribution(out_a), im["act"].detach(), self.discrete)
         scale = self.return_scale.clamp(min=1.0)
