@@ -185,8 +185,11 @@ def test_uniform_kl_pulls_a_saturated_actor_back():
         with torch.no_grad():
             agent.actor[-1].bias.copy_(torch.tensor([30.0, 0.0, 0.0]))
         torch.manual_seed(2)  # the same imagination for both
-        loss[kappa] = agent.losses(batch)["loss_actor"]
+        terms = agent.losses(batch)
+        loss[kappa] = terms["loss_actor"]
         grad[kappa] = torch.autograd.grad(loss[kappa], agent.actor[-1].bias)[0]
+        assert terms["actor_saturated"] == 1.0  # every imagined step
+    assert make_agent("s4").losses(batch)["actor_saturated"] == 0.0  # a new actor is uniform
     assert grad[0.0].abs().max() < 1e-9
     torch.testing.assert_close(grad[0.1], torch.tensor([2.0, -1.0, -1.0], dtype=torch.float64) * 0.1 / 3)
     torch.testing.assert_close(loss[0.1] - loss[0.0], torch.tensor(0.1 * 60 / 3, dtype=torch.float64))

@@ -340,6 +340,10 @@ class Dreamer(Agent):
                   "imagined_reward": (im["rew"] * weight).sum() / n}
         if self.wm.reward_ensemble:
             terms["reward_spread"] = (im["spread"].detach() * weight).sum() / n
+        if self.discrete:  # share of imagined steps where some action's softmax is under unimix's share: there the
+            with torch.no_grad():  # log-probabilities' gradient has all but gone (the mean entropy can hide this)
+                low = F.softmax(out_a.detach().to(feat.dtype), -1).amin(-1) < c.unimix / out_a.shape[-1]
+                terms["actor_saturated"] = (low.to(feat.dtype) * weight).sum() / n
         return terms
 
     def _update_return_scale(self, ret: torch.Tensor) -> None:
