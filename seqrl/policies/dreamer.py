@@ -322,8 +322,13 @@ class Dreamer(Agent):
         scale = self.return_scale.clamp(min=1.0)
         if self.discrete:
             objective = (ret - symexp(pred.detach())) / scale * logp
+            log_s = F.log_softmax(out_a.to(feat.dtype), -1)  # the actor's own softmax, before unimix
             if c.uniform_kl:  # -KL(uniform || softmax) up to a constant
-                objective = objective + c.uniform_kl * F.log_softmax(out_a.to(feat.dtype), -1).mean(-1)
+                objective = objective + c.uniform_kl * log_s.mean(-1)
+            # share of imagined steps where some action's softmax is under unimix's share: there the
+            # log-probabilities' gradient has all but gone (the mean entropy can hide this)
+            low = log_s.detach().amin(-1).exp() < c.unimix / out_a.shape[-1]
+            terms["actor_saturated"] = (low.to(feat.dtype) * weight).sum() / n
         else:
             objective = ret_g / scale
         terms["loss_actor"] = -((objective + c.entropy * ent) * weight).sum() / n
@@ -340,10 +345,6 @@ class Dreamer(Agent):
                   "imagined_reward": (im["rew"] * weight).sum() / n}
         if self.wm.reward_ensemble:
             terms["reward_spread"] = (im["spread"].detach() * weight).sum() / n
-        if self.discrete:  # share of imagined steps where some action's softmax is under unimix's share: there the
-            with torch.no_grad():  # log-probabilities' gradient has all but gone (the mean entropy can hide this)
-                low = F.softmax(out_a.detach().to(feat.dtype), -1).amin(-1) < c.unimix / out_a.shape[-1]
-                terms["actor_saturated"] = (low.to(feat.dtype) * weight).sum() / n
         return terms
 
     def _update_return_scale(self, ret: torch.Tensor) -> None:
