@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,10 @@ class DreamerConfig:
     """discrete actor: weight of KL(uniform || softmax of its logits) per imagined step, a pull towards the uniform
     whose gradient on a logit stays near uniform_kl / A however sure the actor is (the entropy bonus's vanishes as
     the softmax saturates, and unimix hides that saturation from the log-probabilities' gradient; 0: none)"""
+    floor_pull: float = 0.0
+    """discrete actor: the same pull, uniform_kl's, but only on the actions whose softmax probability is under
+    unimix's share unimix / A (where the log-probabilities' gradient has all but gone): a floor that leaves a
+    policy above it alone (0: none)"""
     min_std: float = 0.1
     """Box actor: the Gaussian's least std, in [-1, 1] action units (DreamerV3: 0.1)"""
     max_std: float = 1.0
@@ -126,9 +131,11 @@ class DreamerConfig:
 
     def __post_init__(self):
         require_at_least(self, 1, ("horizon", "starts", "hidden"))
-        require_at_least(self, 0, ("entropy", "uniform_kl", "slow_reg", "bc_weight", "reward_penalty",
-                                   "actor_lr_scale", "critic_lr_scale"))
+        require_at_least(self, 0, ("entropy", "uniform_kl", "floor_pull", "slow_reg", "bc_weight",
+                                   "reward_penalty", "actor_lr_scale", "critic_lr_scale"))
         require_in(self, 0.0, 1.0, ("gamma", "lam", "unimix", "return_decay", "slow_rate"))
+        if self.floor_pull and not self.unimix:
+            raise ValueError(f"floor_pull {self.floor_pull} needs unimix > 0: the floor is unimix / A")
         if not 0 < self.min_std <= self.max_std:
             raise ValueError(f"min_std {self.min_std} and max_std {self.max_std} need 0 < min_std <= max_std")
         if self.reward_penalty and self.world_model.reward_heads < 2:
@@ -325,9 +332,12 @@ class Dreamer(Agent):
             log_s = F.log_softmax(out_a.to(feat.dtype), -1)  # the actor's own softmax, before unimix
             if c.uniform_kl:  # -KL(uniform || softmax) up to a constant
                 objective = objective + c.uniform_kl * log_s.mean(-1)
+            log_floor = math.log(c.unimix / out_a.shape[-1]) if c.unimix else -math.inf
+            if c.floor_pull:  # the same pull, only below unimix's share
+                objective = objective + c.floor_pull * (log_s - log_floor).clamp(max=0).mean(-1)
             # share of imagined steps where some action's softmax is under unimix's share: there the
             # log-probabilities' gradient has all but gone (the mean entropy can hide this)
-            low = log_s.detach().amin(-1).exp() < c.unimix / out_a.shape[-1]
+            low = log_s.detach().amin(-1) < log_floor
             terms["actor_saturated"] = (low.to(feat.dtype) * weight).sum() / n
         else:
             objective = ret_g / scale
