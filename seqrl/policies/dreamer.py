@@ -33,6 +33,8 @@ One update (`losses`) on B sequences of real steps:
    KL(uniform || softmax), l_k the actor's logits), whose pull on each logit does not fade as the actor grows
    sure; it keeps a policy that committed early (on a world model that could not yet tell the actions apart)
    able to move once the world model can.
+   With `floor_pull` = kappa > 0 the bracket gains kappa mean_a min(log softmax(l_k)_a - log(unimix / A), 0):
+   the same pull on the actions whose softmax is under unimix's share, and none on an actor above that floor.
 6. Offline (source.kind = "dataset"), `bc_weight` > 0 adds a behaviour-cloning term on the batch's own
    actions at their posterior features: -bc_weight mean log pi(a_t | f_t). An actor kept near the data's
    actions cannot exploit the world model where the data never went (TD3+BC's idea, Fujimoto & Gu 2021);
@@ -323,7 +325,7 @@ class Dreamer(Agent):
         terms["loss_critic"] = 0.5 * (se * weight).sum() / n
 
         # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
-        # through the imagined dynamics (Box), and an entropy bonus (and, Discrete, uniform_kl's pull)
+        # through the imagined dynamics (Box), and an entropy bonus (and, Discrete, uniform_kl's and floor_pull's pulls)
         out_a = self.actor(feat[:-1])
         logp, ent = log_prob_entropy(self._distribution(out_a), im["act"].detach(), self.discrete)
         scale = self.return_scale.clamp(min=1.0)
