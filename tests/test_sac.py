@@ -84,6 +84,7 @@ def test_step_equals_sb3_train_on_the_same_batches():
 def test_checkpoint_is_sb3s_and_training_resumes(tmp_path):
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
     model = GraphSAC("MlpPolicy", env, seed=0, learning_starts=50, batch_size=16, gradient_steps=-1, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))
     model.learn(120)
     assert model._n_updates == 70  # one gradient step per env step past learning_starts: 35 vector steps of 2
     model.save(tmp_path / "m.zip")

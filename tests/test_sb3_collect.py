@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -109,8 +110,11 @@ def test_medium_replay_stops_at_medium_checkpoint(trained):
         assert len(replay_episodes(run, TRAIN)) > len(eps)
 
 
-def test_resume_continues_from_newest_checkpoint(tmp_path):
+def test_resume_continues_from_newest_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     run = train(tiny_env(train_steps=200), 0, tmp_path)  # "interrupted" after step 200
+    assert not list((tmp_path / "tmp").glob("SB3-*"))  # SB3's default logger would leave a folder there
     before = files(run)
     assert sorted(before) == ["chunk_100.npz", "chunk_200.npz", "model_100.zip", "model_200.zip"]
     assert train(tiny_env(), 0, tmp_path) == run

@@ -41,6 +41,7 @@ from stable_baselines3 import PPO, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from seqrl.data.collect import random_policy, rollout
@@ -101,6 +102,7 @@ def train(env: EnvPreset, seed: int, workdir: Path) -> Path:
     else:
         off_policy = issubclass(ALGOS[c.algo], OffPolicyAlgorithm)
         model = ALGOS[c.algo]("MlpPolicy", venv, seed=seed, **({"gradient_steps": -1} if off_policy else {}))
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty folder in /tmp per run
     recorder = _Recorder(run, c.checkpoint_every, c.train_steps, desc=f"{env.name}: {c.algo} training")
     model.learn(c.train_steps - start, callback=recorder, reset_num_timesteps=False)
     recorder.checkpoint()  # the final policy
