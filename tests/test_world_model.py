@@ -17,7 +17,7 @@ from seqrl.data.store import ReplayStore
 from seqrl.errors import CheckpointError, DataError, PresetError
 from seqrl.policies.base import TaskSpec
 from seqrl.policies.world_model import (WorldModel, WorldModelConfig, imagine, kl_terms, latent_kl, latent_sample,
-                                        symlog, twohot, world_model_loss)
+                                        symlog, world_model_loss)
 from seqrl.presets import EnvPreset, load_agent
 from seqrl.runners.sources import DatasetSource
 from seqrl.runners.trainer import Trainer
@@ -235,56 +235,6 @@ def test_prior_input_pass_by_hand(backbone, latent):
         WorldModelConfig(**(TINY | {"backbone": "gru", "prior_input_rate": 0.5}))
     with pytest.raises(ValueError, match="prior_input_rate must be in"):
         WorldModelConfig(**(TINY | {"prior_input_rate": 1.5}))
-
-
-
-def test_twohot_weights_bracket_each_value():
-    bins = torch.linspace(-20.0, 20.0, 255, dtype=torch.float64)
-    y = torch.cat([torch.empty(200, dtype=torch.float64).uniform_(-25, 25, generator=torch.Generator().manual_seed(0)),
-                   bins[[0, 100, 127, 254]]])
-    w = twohot(y, bins)
-    assert (w >= 0).all() and ((w > 0).sum(-1) <= 2).all()
-    torch.testing.assert_close(w.sum(-1), torch.ones_like(y))
-    torch.testing.assert_close(w @ bins, y.clamp(-20, 20))  # the expected bin is the value, clamped to the range
-    nz = [torch.nonzero(row).flatten().tolist() for row in w]
-    assert all(len(i) == 1 or i[1] == i[0] + 1 for i in nz)  # two neighbours
-
-
-def test_two_hot_reward_head_by_hand():
-    """reward_bins n: n logits per reward head, zero at init (a prediction of 0, a loss of log n), trained by the
-    cross-entropy against symlog(r)'s two-hot weights (here against a loop over the bins), predicting the bins'
-    expected value in symlog units."""
-    store = vector_store(act="discrete")
-    m = f64(model(store, reward_bins=9, reward_heads=2, reward_loss_scale=2.0))
-    b = m.sample(store, 4, torch.Generator().manual_seed(0))
-    assert b.rew.abs().max() > 0.1
-    out = m.posterior_pass(b.obs, b.act, b.first)
-    fa = torch.cat([out["h"], out["z"], out["a"]], -1)
-    assert m.rewards(fa, logits=True).shape == (2, 4, 12, 9)
-    assert m.rewards(fa).abs().max() < 1e-12
-    mask = b.mask.double()
-    assert world_model_loss(m, b, out)["loss_reward"].item() == pytest.approx(2 * math.log(9), rel=1e-12)
-    with torch.no_grad():
-        for head in (m.reward_head, *m.reward_ensemble):
-            head[-1].weight.normal_(generator=torch.Generator().manual_seed(3))
-    logp = m.rewards(fa, logits=True).log_softmax(-1)
-    support = np.linspace(-20, 20, 9)
-    want = 0.0
-    for r in range(2):
-        for i in range(4):
-            for t in range(12):
-                y = float(np.clip(symlog(b.rew[i, t].double()).item(), -20, 20))
-                j = min(int(np.searchsorted(support, y, side="right")) - 1, 7)
-                w = (y - support[j]) / (support[j + 1] - support[j])
-                want -= mask[i, t].item() * ((1 - w) * logp[r, i, t, j] + w * logp[r, i, t, j + 1]).item()
-    want = 2.0 * (want / 2) / mask.sum().item()  # reward_loss_scale x (the mean over 2 heads)
-    terms = world_model_loss(m, b, out)
-    assert terms["loss_reward"].item() == pytest.approx(want, rel=1e-10)
-    torch.testing.assert_close(m.rewards(fa), logp.exp() @ torch.as_tensor(support))
-    grad = torch.autograd.grad(terms["loss_reward"], m.reward_ensemble[0][-1].weight)[0]
-    assert grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="reward_bins must be 0 .* or at least 2, got 1"):
-        WorldModelConfig(**(TINY | {"reward_bins": 1}))
 
 
 # --------------------------------------------------------------------------------- imagine_checkpoint

@@ -18,8 +18,7 @@ At step t of a sequence (o_t the observation, a_t the action taken at o_t, r_t i
 
 Loss per step (DreamerV3's, its defaults): reconstruction (squared error summed over pixels in [0, 1] units, or
 over normalised features), reward (squared error on symlog(r) = sign(r) log(1 + |r|), DreamerV3's squashing,
-in the env's own units: the env preset's reward_scale is for return tokens and is not used here; with
-`reward_bins`, DreamerV3's cross-entropy on two-hot bins of symlog(r) in its place), continuation
+in the env's own units: the env preset's reward_scale is for return tokens and is not used here), continuation
 (Bernoulli, target 1 - term_t), and the KL balanced and clipped by free bits:
 
     loss_kl_dyn = beta_dyn * max(free_bits, KL[sg(q) || p]),   loss_kl_rep = beta_rep * max(free_bits, KL[q || sg(p)])
@@ -123,15 +122,12 @@ class WorldModelConfig:
     """beta_rep: weight of KL[q || sg(p)] (trains the posterior; DreamerV3: 0.1)"""
     free_bits: float = 1.0
     """KL terms below this many nats per step give no gradient (DreamerV3: 1)"""
-    reward_bins: int = 0
-    """0: each reward head regresses symlog(r) by squared error. n >= 2: DreamerV3's discrete regression: n logits
-    over bins evenly spaced in symlog units on [-20, 20] (DreamerV3: 255), cross-entropy against symlog(r)'s two-hot
-    encoding, the bins' expected value as the prediction, the last layer zeroed at init (a prediction of 0). A rare
-    reward the head misses costs about -log p of its bins, where a squared error costs symlog(r)^2 (0.48 at r = 1)"""
     reward_loss_scale: float = 1.0
     """weight of the reward loss (DreamerV3's: 1). The decoder's loss is summed over a frame's pixels (3,072 values
     at 32x32 RGB) against one reward value a step: where only the reward depends on something remembered
-    (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md)"""
+    (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md). The agent
+    (agents/s4wm_agent.toml) uses 100. DreamerV3's two-hot reward head in place of the squared error lost on the
+    T-maze and CartPole (docs/results.md)"""
     prior_input_rate: float = 0.0
     """S4 and transformer backbones: the share of steps whose backbone input z_{t-1} is, in a second training pass,
     the prior's mode (what imagination feeds it) in place of the posterior's latent, with the reward and continuation
@@ -147,8 +143,6 @@ class WorldModelConfig:
                                    "embed_dim", "hidden", "seq_len", "reward_heads"))
         require_at_least(self, 0, ("window", "kl_dyn", "kl_rep", "free_bits", "min_std", "reward_loss_scale"))
         require_in(self, 0.0, 1.0, ("unimix", "dropout"))
-        if self.reward_bins == 1 or self.reward_bins < 0:
-            raise ValueError(f"reward_bins must be 0 (squared error) or at least 2, got {self.reward_bins}")
         require_in(self, 0.0, 1.0, ("prior_input_rate",), high_open=False)
         if self.prior_input_rate and self.backbone == "gru":
             raise ValueError("prior_input_rate is for the S4 and transformer backbones: the GRU's (RSSM's) posterior "
@@ -232,18 +226,6 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
-def twohot(y: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """(...) values -> (..., n) weights on the two bins (n,) increasing that bracket each value, linear in its
-    distance to them, so that the weights sum to 1 and their expected bin is the value (clamped to the bins' range)."""
-    y = y.clamp(bins[0], bins[-1])
-    k = (torch.searchsorted(bins, y.detach().contiguous(), right=True) - 1).clamp(0, len(bins) - 2)
-    lo, hi = bins[k], bins[k + 1]
-    w_hi = (y - lo) / (hi - lo)
-    out = y.new_zeros(*y.shape, len(bins))
-    out.scatter_(-1, k[..., None], (1 - w_hi)[..., None])
-    return out.scatter_add(-1, k[..., None] + 1, w_hi[..., None])
-
-
 # ------------------------------------------------------------------------------------------- networks
 def mlp(d_in: int, hidden: int, d_out: int, layers: int = 1) -> nn.Sequential:
     """`layers` hidden layers of Linear, LayerNorm, SiLU (DreamerV3's blocks), then a Linear to d_out."""
@@ -323,13 +305,8 @@ class WorldModel(Agent):
             self.decoder = ImageDecoder(feat, obs_space.shape)
         else:
             self.decoder = mlp(feat, c.hidden, int(np.prod(obs_space.shape)))
-        n_rew = c.reward_bins or 1
-        self.reward_head = mlp(feat + self.a_dim, c.hidden, n_rew)
-        self.reward_ensemble = nn.ModuleList(mlp(feat + self.a_dim, c.hidden, n_rew) for _ in range(c.reward_heads - 1))
-        if c.reward_bins:
-            self.register_buffer("reward_support", torch.linspace(-20.0, 20.0, c.reward_bins), persistent=False)
-            for head in (self.reward_head, *self.reward_ensemble):
-                nn.init.zeros_(head[-1].weight), nn.init.zeros_(head[-1].bias)
+        self.reward_head = mlp(feat + self.a_dim, c.hidden, 1)
+        self.reward_ensemble = nn.ModuleList(mlp(feat + self.a_dim, c.hidden, 1) for _ in range(c.reward_heads - 1))
         self.cont_head = mlp(feat + self.a_dim, c.hidden, 1)
 
     @classmethod
@@ -439,25 +416,19 @@ class WorldModel(Agent):
                                       state)
         return h, latent_sample(self.prior(h), self.config, sample), state
 
-    def heads(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor,
-              logits: bool = False) -> tuple[torch.Tensor, ...]:
+    def heads(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(decoded observation in target units, rewards (R, ...) in symlog units, one row per reward head,
-        continuation logit); `logits`: the rewards as `rewards` gives them with it."""
-        return (self.decoder(torch.cat([h, z], -1)), *self.reward_cont(h, z, a, logits))
+        continuation logit)."""
+        return (self.decoder(torch.cat([h, z], -1)), *self.reward_cont(h, z, a))
 
-    def reward_cont(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor,
-                    logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def reward_cont(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`heads` without the decoder: (rewards (R, ...) in symlog units, continuation logit)."""
         fa = torch.cat([h, z, a], -1)
-        return self.rewards(fa, logits), self.cont_head(fa)[..., 0]
+        return self.rewards(fa), self.cont_head(fa)[..., 0]
 
-    def rewards(self, fa: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        """Every reward head at (h, z, a) features (..., F + A): (R, ...) in symlog units; with `logits` and
-        reward_bins n, the heads' (R, ..., n) logits instead."""
-        out = torch.stack([head(fa) for head in (self.reward_head, *self.reward_ensemble)])  # (R, ..., n or 1)
-        if not self.config.reward_bins:
-            return out[..., 0]
-        return out if logits else out.softmax(-1) @ self.reward_support.to(out.dtype)
+    def rewards(self, fa: torch.Tensor) -> torch.Tensor:
+        """Every reward head at (h, z, a) features (..., F + A): (R, ...) in symlog units."""
+        return torch.stack([head(fa)[..., 0] for head in (self.reward_head, *self.reward_ensemble)])
 
     # ---------------------------------------------------------------------------------- training
     def sample(self, store: ReplayStore, batch_size: int, generator: torch.Generator | None = None) -> Batch:
@@ -496,7 +467,7 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     cfg = model.config
     out = model.posterior_pass(batch.obs, batch.act, batch.first) if out is None else out
     acc = torch.promote_types(model.dtype, torch.float32)  # bf16 under AMP: the losses in float32
-    dec, rew, cont = (x.to(acc) for x in model.heads(out["h"], out["z"], out["a"], logits=True))
+    dec, rew, cont = (x.to(acc) for x in model.heads(out["h"], out["z"], out["a"]))
     m = batch.mask.to(dec.dtype)
     n = m.sum().clamp(min=1)
     target = model.obs_target(batch.obs).to(acc)
@@ -506,13 +477,8 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     c_target = (~batch.term).to(dec.dtype)
 
     def reward_and_cont(rew: torch.Tensor, cont: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reward loss (mean over the reward heads, weighted) and the continuation loss, masked means; rew
-        (R, B, K) symlog predictions, or (R, B, K, n) logits with reward_bins."""
-        if cfg.reward_bins:
-            err = -(twohot(r_target, model.reward_support.to(acc)) * rew.log_softmax(-1)).sum(-1)
-        else:
-            err = (rew - r_target) ** 2
-        return (cfg.reward_loss_scale * (err.mean(0) * m).sum() / n,
+        """The reward loss (mean over the reward heads, weighted) and the continuation loss, masked means."""
+        return (cfg.reward_loss_scale * (((rew - r_target) ** 2).mean(0) * m).sum() / n,
                 (F.binary_cross_entropy_with_logits(cont, c_target, reduction="none") * m).sum() / n)
 
     terms = {"loss_recon": (se * m).sum() / n}
@@ -522,7 +488,7 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
         prior_z = latent_sample(out["prior"].detach(), cfg, False)
         swap = torch.rand(out["z"].shape[:2], device=out["z"].device) < cfg.prior_input_rate
         h, _ = model.hidden(torch.where(swap[..., None], prior_z, out["z"]), out["a"], batch.first)
-        rew_p, cont_p = (x.to(acc) for x in model.reward_cont(h, out["z"], out["a"], logits=True))
+        rew_p, cont_p = (x.to(acc) for x in model.reward_cont(h, out["z"], out["a"]))
         terms |= dict(zip(PRIOR_INPUT_LOSSES, reward_and_cont(rew_p, cont_p)))
     per = math.prod(target.shape[2:])
     terms["recon_mse"] = (terms["loss_recon"] / per).detach()  # per pixel (feature)
