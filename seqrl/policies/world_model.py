@@ -125,8 +125,8 @@ class WorldModelConfig:
     reward_loss_scale: float = 1.0
     """weight of the reward loss (DreamerV3's: 1). The decoder's loss is summed over a frame's pixels (3,072 values
     at 32x32 RGB) against one reward value a step: where only the reward depends on something remembered
-    (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md). The agent
-    (agents/s4wm_agent.toml) uses 100. DreamerV3's two-hot reward head in place of the squared error lost on the
+    (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md). The agents
+    (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot reward head in place of the squared error lost on the
     T-maze and CartPole (docs/results.md)"""
     prior_input_rate: float = 0.0
     """S4 and transformer backbones: the share of steps whose backbone input z_{t-1} is, in a second training pass,
