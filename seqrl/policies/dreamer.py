@@ -29,12 +29,6 @@ One update (`losses`) on B sequences of real steps:
    S an exponential moving average (decay `return_decay`) of the 95th minus the 5th percentile of the
    returns. Discrete actions mix `unimix` of the uniform into the actor's probabilities; Box actions are a
    Gaussian with mean tanh(.) and std in [min_std, max_std], sampled then clipped to [-1, 1].
-   Discrete actions with `uniform_kl` = kappa > 0: the bracket gains kappa mean_a log softmax(l_k)_a (minus
-   KL(uniform || softmax), l_k the actor's logits), whose pull on each logit does not fade as the actor grows
-   sure; it keeps a policy that committed early (on a world model that could not yet tell the actions apart)
-   able to move once the world model can.
-   With `floor_pull` = kappa > 0 the bracket gains kappa mean_a min(log softmax(l_k)_a - log(unimix / A), 0):
-   the same pull on the actions whose softmax is under unimix's share, and none on an actor above that floor.
 6. Offline (source.kind = "dataset"), `bc_weight` > 0 adds a behaviour-cloning term on the batch's own
    actions at their posterior features: -bc_weight mean log pi(a_t | f_t). An actor kept near the data's
    actions cannot exploit the world model where the data never went (TD3+BC's idea, Fujimoto & Gu 2021);
@@ -101,14 +95,6 @@ class DreamerConfig:
     """eta: the actor's entropy bonus (DreamerV3: 3e-4)"""
     unimix: float = 0.01
     """discrete actor: share of the uniform mixed into its probabilities (DreamerV3: 1%)"""
-    uniform_kl: float = 0.0
-    """discrete actor: weight of KL(uniform || softmax of its logits) per imagined step, a pull towards the uniform
-    whose gradient on a logit stays near uniform_kl / A however sure the actor is (the entropy bonus's vanishes as
-    the softmax saturates, and unimix hides that saturation from the log-probabilities' gradient; 0: none)"""
-    floor_pull: float = 0.0
-    """discrete actor: the same pull, uniform_kl's, but only on the actions whose softmax probability is under
-    unimix's share unimix / A (where the log-probabilities' gradient has all but gone): a floor that leaves a
-    policy above it alone (0: none)"""
     min_std: float = 0.1
     """Box actor: the Gaussian's least std, in [-1, 1] action units (DreamerV3: 0.1)"""
     max_std: float = 1.0
@@ -133,11 +119,9 @@ class DreamerConfig:
 
     def __post_init__(self):
         require_at_least(self, 1, ("horizon", "starts", "hidden"))
-        require_at_least(self, 0, ("entropy", "uniform_kl", "floor_pull", "slow_reg", "bc_weight",
-                                   "reward_penalty", "actor_lr_scale", "critic_lr_scale"))
+        require_at_least(self, 0, ("entropy", "slow_reg", "bc_weight", "reward_penalty", "actor_lr_scale",
+                                   "critic_lr_scale"))
         require_in(self, 0.0, 1.0, ("gamma", "lam", "unimix", "return_decay", "slow_rate"))
-        if self.floor_pull and not self.unimix:
-            raise ValueError(f"floor_pull {self.floor_pull} needs unimix > 0: the floor is unimix / A")
         if not 0 < self.min_std <= self.max_std:
             raise ValueError(f"min_std {self.min_std} and max_std {self.max_std} need 0 < min_std <= max_std")
         if self.reward_penalty and self.world_model.reward_heads < 2:
@@ -325,21 +309,17 @@ class Dreamer(Agent):
         terms["loss_critic"] = 0.5 * (se * weight).sum() / n
 
         # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
-        # through the imagined dynamics (Box), and an entropy bonus (and, Discrete, uniform_kl's and floor_pull's pulls)
+        # through the imagined dynamics (Box), and an entropy bonus
         out_a = self.actor(feat[:-1])
         logp, ent = log_prob_entropy(self._distribution(out_a), im["act"].detach(), self.discrete)
         scale = self.return_scale.clamp(min=1.0)
         if self.discrete:
             objective = (ret - symexp(pred.detach())) / scale * logp
-            log_s = F.log_softmax(out_a.to(feat.dtype), -1)  # the actor's own softmax, before unimix
-            if c.uniform_kl:  # -KL(uniform || softmax) up to a constant
-                objective = objective + c.uniform_kl * log_s.mean(-1)
+            log_s = F.log_softmax(out_a.detach().to(feat.dtype), -1)  # the actor's own softmax, before unimix
             log_floor = math.log(c.unimix / out_a.shape[-1]) if c.unimix else -math.inf
-            if c.floor_pull:  # the same pull, only below unimix's share
-                objective = objective + c.floor_pull * (log_s - log_floor).clamp(max=0).mean(-1)
             # share of imagined steps where some action's softmax is under unimix's share: there the
             # log-probabilities' gradient has all but gone (the mean entropy can hide this)
-            low = log_s.detach().amin(-1) < log_floor
+            low = log_s.amin(-1) < log_floor
             terms["actor_saturated"] = (low.to(feat.dtype) * weight).sum() / n
         else:
             objective = ret_g / scale
