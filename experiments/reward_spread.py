@@ -10,8 +10,10 @@ import argparse
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import seqrl.envs  # noqa: F401  (registers the seqrl/ envs)
+from seqrl.policies.world_model import symlog
 
 TASKS = [("CartPole-v1", {}), ("Pendulum-v1", {}), ("seqrl/TMaze-v0", {"length": 10}),
          ("seqrl/TMaze-v0", {"length": 30}), ("seqrl/TMaze-v0", {"length": 100}), ("seqrl/RepeatPrevious-v0", {}),
@@ -27,7 +29,7 @@ def symlog_rewards(env_id: str, kwargs: dict, steps: int, seed: int = 0) -> np.n
         _, rewards[t], terminated, truncated, _ = env.step(env.action_space.sample())
         if terminated or truncated:
             env.reset()
-    return np.sign(rewards) * np.log1p(np.abs(rewards))
+    return symlog(torch.from_numpy(rewards)).numpy()  # the reward head's targets
 
 
 def main() -> None:

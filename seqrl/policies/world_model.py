@@ -127,7 +127,7 @@ class WorldModelConfig:
     at 32x32 RGB) against one reward value a step: where only the reward depends on something remembered
     (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md). The agents
     (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot reward head in place of the squared error
-    lost on the T-maze and CartPole (docs/results.md)"""
+    lost on the T-maze and CartPole (docs/history.md)"""
     prior_input_rate: float = 0.0
     """S4 and transformer backbones: the share of steps whose backbone input z_{t-1} is, in a second training pass,
     the prior's mode (what imagination feeds it) in place of the posterior's latent, with the reward and continuation
