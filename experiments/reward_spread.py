@@ -1,5 +1,7 @@
 """The spread of each task's rewards as the world model's reward head sees them: the mean and variance of symlog(r)
-over random-action steps (docs/results.md, "Pendulum at reward weight 100": sparse rewards have a small spread).
+over random-action steps, and the reward loss's weight that `reward_weight` makes of that variance at the agents'
+reward_loss_scale of 100 (docs/results.md, "The reward weight from the rewards' spread": sparse rewards have a small
+spread, and sit at the largest weight).
 
     python experiments/reward_spread.py [--steps 20000]
 """
@@ -13,11 +15,12 @@ import numpy as np
 import torch
 
 import seqrl.envs  # noqa: F401  (registers the seqrl/ envs)
-from seqrl.policies.world_model import symlog
+from seqrl.policies.world_model import spread_weight, symlog
 
 TASKS = [("CartPole-v1", {}), ("Pendulum-v1", {}), ("seqrl/TMaze-v0", {"length": 10}),
          ("seqrl/TMaze-v0", {"length": 30}), ("seqrl/TMaze-v0", {"length": 100}), ("seqrl/RepeatPrevious-v0", {}),
-         ("seqrl/DistractingMemory-v0", {})]
+         ("seqrl/DistractingMemory-v0", {}), ("seqrl/DistractingMemory-v0", {"width": 32})]
+CAP = 100.0  # agents/s4wm_agent.toml's reward_loss_scale
 
 
 def symlog_rewards(env_id: str, kwargs: dict, steps: int, seed: int = 0) -> np.ndarray:
@@ -36,11 +39,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20000)
     args = ap.parse_args()
-    print("| task | mean of symlog(r) | variance of symlog(r) |\n|---|---|---|")
+    print("| task | mean of symlog(r) | variance of symlog(r) | weight |\n|---|---|---|---|")
     for env_id, kw in TASKS:
         s = symlog_rewards(env_id, kw, args.steps)
         name = env_id + "".join(f" {k}={v}" for k, v in kw.items())
-        print(f"| {name} | {s.mean():.4f} | {s.var():.5f} |")
+        weight = spread_weight(torch.tensor(s.var()), CAP).item()
+        print(f"| {name} | {s.mean():.4f} | {s.var():.5f} | {weight:.1f} |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from conftest import make_episodes
 from seqrl.data.store import ReplayStore
 from seqrl.errors import CheckpointError, DataError, PresetError
+from seqrl.policies import world_model
 from seqrl.policies.base import TaskSpec
 from seqrl.policies.world_model import (WorldModel, WorldModelConfig, imagine, kl_terms, latent_kl, latent_sample,
                                         symlog, world_model_loss)
@@ -190,16 +191,61 @@ def test_vector_observations_train(backbone, latent, act):
     assert world_model_loss(m, b)["loss_reward"].item() == pytest.approx(want.item(), rel=1e-5) and want > 0.1
     torch.manual_seed(1)
     plain = world_model_loss(m, b)
-    m.config = dataclasses.replace(m.config, reward_loss_scale=30.0)  # the reward term's weight, and only its
+    assert plain["reward_weight"].item() == 1.0  # reward_loss_scale 1: DreamerV3's fixed weight
+    m.config = dataclasses.replace(m.config, reward_loss_scale=30.0)  # the reward term's largest weight, only its
     torch.manual_seed(1)  # the same latent draws
     scaled = world_model_loss(m, b)
-    assert scaled["loss_reward"].item() == pytest.approx(30 * want.item(), rel=1e-5)
+    assert 1.5 < scaled["reward_weight"].item() < 30  # 4 / var(symlog r) of these rewards, inside the bounds
+    assert scaled["loss_reward"].item() == pytest.approx(scaled["reward_weight"].item() * want.item(), rel=1e-5)
     for k in ("loss_recon", "loss_cont", "loss_kl_dyn", "loss_kl_rep"):
         assert scaled[k].item() == pytest.approx(plain[k].item(), rel=1e-6)
     with pytest.raises(TypeError, match="world model"):
         m.act(b.obs[:, 0], None)
     with pytest.raises(PresetError, match="set trainer.eval_episodes = 0"):
         load_agent("s4wm_small", {"trainer": {"eval_episodes": 5}})
+
+
+def test_reward_weight_follows_the_rewards_spread():
+    """reward_weight: 4 / the variance of symlog(r) from bias-corrected moving averages of the training batches'
+    masked moments, held in [1, reward_loss_scale], against a float64 loop; frozen outside training."""
+    m = model(vector_store(), reward_loss_scale=1000.0)
+    g = torch.Generator().manual_seed(0)
+    d, avg, n_up = world_model.REWARD_DECAY, np.zeros(3), 0
+
+    def want(r, mask):
+        """The loop's weight after r, mask (numpy) join the average."""
+        nonlocal avg, n_up
+        x = r[mask].astype(np.float64)
+        avg = d * avg + (1 - d) * np.array([1.0, x.mean(), (x * x).mean()])
+        n_up += 1
+        mean, sq = avg[1] / (1 - d ** n_up), avg[2] / (1 - d ** n_up)
+        return float(np.clip(4 / (sq - mean ** 2), 1, 1000))
+
+    seen = []
+    for scale in (0.01, 0.4, 0.1, 6.0):  # weights at the largest, between the bounds twice, at the smallest
+        r = torch.randn(4, 9, generator=g) * scale
+        mask = torch.rand(4, 9, generator=g) < 0.7
+        got = world_model.reward_weight(m, r, mask)
+        assert got.item() == pytest.approx(want(r.numpy(), mask.numpy()), rel=1e-4)
+        seen.append(got.item())
+    assert seen[0] == 1000 and all(1.5 < x < 1000 for x in seen[1:3]) and seen[3] == 1
+    frozen = m.reward_moments.clone()
+    r = torch.randn(4, 9, generator=g)
+    with torch.no_grad():  # an evaluation pass reads the averages and leaves them
+        assert world_model.reward_weight(m, r * 0, torch.ones(4, 9, dtype=torch.bool)).item() == got.item()
+    m.eval()
+    assert world_model.reward_weight(m, r * 0, torch.ones(4, 9, dtype=torch.bool)).item() == got.item()
+    assert torch.equal(m.reward_moments, frozen)
+    fresh = model(vector_store(), reward_loss_scale=1000.0).eval()  # no average yet: the batch's own spread
+    one = torch.ones(2, 50, dtype=torch.bool)
+    r = torch.linspace(-0.2, 0.2, 100).reshape(2, 50)
+    assert fresh.reward_moments.abs().sum() == 0
+    assert world_model.reward_weight(fresh, r, one).item() == pytest.approx(4 / r.double().var(unbiased=False).item(),
+                                                                            rel=1e-4)
+    assert world_model.reward_weight(fresh, torch.full((2, 50), 0.7), one).item() == 1000  # constant: the largest
+    assert world_model.reward_weight(fresh, r * 100, one).item() == 1  # spread wider than 2: the smallest
+    fresh.config = dataclasses.replace(fresh.config, reward_loss_scale=0.5)
+    assert world_model.reward_weight(fresh, r, one).item() == 0.5  # a largest weight below 1 is the weight
 
 
 @pytest.mark.parametrize("backbone,latent", [("s4", "gaussian"), ("transformer", "categorical")])
@@ -219,7 +265,8 @@ def test_prior_input_pass_by_hand(backbone, latent):
     h, _ = m.hidden(z, out["a"], b.first)
     _, rew, cont = m.heads(h, out["z"], out["a"])
     mask = b.mask.float()
-    want_r = 3.0 * (((rew - symlog(b.rew)) ** 2).mean(0) * mask).sum() / mask.sum()
+    assert 1 < terms["reward_weight"] <= 3  # both passes' reward losses take this weight
+    want_r = terms["reward_weight"] * (((rew - symlog(b.rew)) ** 2).mean(0) * mask).sum() / mask.sum()
     want_c = (torch.nn.functional.binary_cross_entropy_with_logits(cont, (~b.term).float(), reduction="none")
               * mask).sum() / mask.sum()
     assert terms["loss_reward_prior"].item() == pytest.approx(want_r.item(), rel=1e-5)

@@ -25,6 +25,10 @@ in the env's own units: the env preset's reward_scale is for return tokens and i
 
 beta_dyn 0.5, beta_rep 0.1, free bits 1 nat, per step on the KL summed over the latent, averaged after the clip.
 
+Departure (`reward_weight`): the reward term is weighted 4 / the variance of its symlog targets over the training
+batches (moving averages), held in [1, reward_loss_scale]; at reward_loss_scale 1 (the default) that is
+DreamerV3's fixed 1, and the agents' 100 lets sparse rewards weigh against the decoder's summed loss.
+
 Addition, off by default (`prior_input_rate` p > 0, S4 and transformer backbones): training feeds the backbone
 posterior latents only, imagination the prior's. A second backbone pass replaces each step's z_{t-1} input with
 the prior's mode at that step (detached) with probability p, and adds the reward and continuation losses read from
@@ -71,6 +75,8 @@ from seqrl.tokenizer import TrajectoryTokenizer
 
 WORLD_MODELS = ("s4wm", "rssm", "twm")  # agent names (agents/*.toml) whose class is WorldModel
 PRIOR_INPUT_LOSSES = ("loss_reward_prior", "loss_cont_prior")  # world_model_loss's terms with prior_input_rate > 0
+REWARD_DECAY = 0.99  # per update: the moving averages behind `reward_weight`
+REWARD_UNIT = 0.5  # `reward_weight` measures the reward error in this many standard deviations of the targets
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,12 @@ class WorldModelConfig:
     free_bits: float = 1.0
     """KL terms below this many nats per step give no gradient (DreamerV3: 1)"""
     reward_loss_scale: float = 1.0
-    """weight of the reward loss (DreamerV3's: 1). The decoder's loss is summed over a frame's pixels (3,072 values
-    at 32x32 RGB) against one reward value a step: where only the reward depends on something remembered
-    (DistractingMemory's cue), no backbone learned it at 1 and all did at 1,000 (docs/world_model.md). The agents
+    """the reward loss's largest weight. The weight is 4 / the variance of the symlog(r) targets (the error in units
+    of half their standard deviation), tracked over the training batches (`reward_weight`) and held in
+    [1, reward_loss_scale]: at 1 it is DreamerV3's fixed 1. The decoder's loss is summed over a frame's pixels or an
+    observation's features against one reward value a step, so sparse rewards (a T-maze's, DistractingMemory's cue)
+    were drowned out at a fixed 1 and learned at 100, while Pendulum's dense rewards lost at a fixed 100; at
+    1 / variance (71) DistractingMemory's 32-wide hallway was lost (docs/results.md). The agents
     (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot reward head in place of the squared error
     lost on the T-maze and CartPole (docs/history.md)"""
     prior_input_rate: float = 0.0
@@ -308,6 +317,9 @@ class WorldModel(Agent):
         self.reward_head = mlp(feat + self.a_dim, c.hidden, 1)
         self.reward_ensemble = nn.ModuleList(mlp(feat + self.a_dim, c.hidden, 1) for _ in range(c.reward_heads - 1))
         self.cont_head = mlp(feat + self.a_dim, c.hidden, 1)
+        # moving averages of (1, symlog r, symlog(r)^2) over training batches, from zeros: the first entry is the
+        # average's bias correction (Adam's), 1 - decay^updates
+        self.register_buffer("reward_moments", torch.zeros(3))
 
     @classmethod
     def check_preset(cls, preset: Any) -> None:
@@ -475,13 +487,14 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     se = se.flatten(2).sum(-1)  # (B, K) summed over pixels or features
     r_target = symlog(batch.rew.to(dec.dtype))
     c_target = (~batch.term).to(dec.dtype)
+    weight = reward_weight(model, r_target, m)
 
     def reward_and_cont(rew: torch.Tensor, cont: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reward loss (mean over the reward heads, weighted) and the continuation loss, masked means."""
-        return (cfg.reward_loss_scale * (((rew - r_target) ** 2).mean(0) * m).sum() / n,
+        return (weight * (((rew - r_target) ** 2).mean(0) * m).sum() / n,
                 (F.binary_cross_entropy_with_logits(cont, c_target, reduction="none") * m).sum() / n)
 
-    terms = {"loss_recon": (se * m).sum() / n}
+    terms = {"loss_recon": (se * m).sum() / n, "reward_weight": weight}
     terms["loss_reward"], terms["loss_cont"] = reward_and_cont(rew, cont)
     terms |= kl_terms(out["post"], out["prior"], batch.mask, cfg)
     if cfg.prior_input_rate:  # the backbone again, some inputs the prior's mode: what imagination feeds it
@@ -495,6 +508,30 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     # -ELBO of the observations under unit-variance Gaussians, up to constants
     terms["neg_elbo_obs"] = (terms["loss_recon"] / 2 + terms["kl"]).detach()
     return terms
+
+
+def reward_weight(model: WorldModel, r_target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The reward loss's weight, 1 / (REWARD_UNIT^2 var(symlog r)) held in [1, reward_loss_scale]: a scalar tensor
+    without gradient. r_target (B, K) symlog rewards, mask (B, K) real steps. In training mode with gradients on, the
+    batch's masked moments first join the model's moving averages (`reward_moments`, decay REWARD_DECAY); the
+    variance is read from those, or from the batch alone before any update. Constant rewards (variance 0) get the
+    largest weight."""
+    cap, update = model.config.reward_loss_scale, model.training and torch.is_grad_enabled()
+    with torch.no_grad():
+        r, w = r_target.float(), mask.float()
+        n = w.sum().clamp(min=1)
+        batch = torch.stack([torch.ones_like(n), (r * w).sum() / n, (r * r * w).sum() / n])
+        mom = model.reward_moments
+        if update:
+            mom.mul_(REWARD_DECAY).add_(batch.to(mom.dtype), alpha=1 - REWARD_DECAY)
+        mom = torch.where(mom[0] > 0, mom.float(), batch)
+        mean, sq = mom[1] / mom[0], mom[2] / mom[0]
+        return spread_weight(sq - mean * mean, cap)
+
+
+def spread_weight(var: torch.Tensor, cap: float) -> torch.Tensor:
+    """1 / (REWARD_UNIT^2 var) held in [1, cap] (at cap below 1: cap); var 0 gives cap."""
+    return (1 / (REWARD_UNIT ** 2 * var.clamp(min=0))).clamp(min(1.0, cap), cap)
 
 
 # ----------------------------------------------------------------------------------------- imagination
