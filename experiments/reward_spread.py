@@ -16,11 +16,11 @@ import torch
 
 import seqrl.envs  # noqa: F401  (registers the seqrl/ envs)
 from seqrl.policies.world_model import spread_weight, symlog
+from seqrl.presets import load_agent
 
 TASKS = [("CartPole-v1", {}), ("Pendulum-v1", {}), ("seqrl/TMaze-v0", {"length": 10}),
          ("seqrl/TMaze-v0", {"length": 30}), ("seqrl/TMaze-v0", {"length": 100}), ("seqrl/RepeatPrevious-v0", {}),
          ("seqrl/DistractingMemory-v0", {}), ("seqrl/DistractingMemory-v0", {"width": 32})]
-CAP = 100.0  # agents/s4wm_agent.toml's reward_loss_scale
 
 
 def symlog_rewards(env_id: str, kwargs: dict, steps: int, seed: int = 0) -> np.ndarray:
@@ -39,11 +39,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20000)
     args = ap.parse_args()
+    cap = load_agent("s4wm_agent").policy.world_model.reward_loss_scale  # the agents' largest weight
     print("| task | mean of symlog(r) | variance of symlog(r) | weight |\n|---|---|---|---|")
     for env_id, kw in TASKS:
         s = symlog_rewards(env_id, kw, args.steps)
         name = env_id + "".join(f" {k}={v}" for k, v in kw.items())
-        weight = spread_weight(torch.tensor(s.var()), CAP).item()
+        weight = spread_weight(torch.tensor(s.var()), cap).item()
         print(f"| {name} | {s.mean():.4f} | {s.var():.5f} | {weight:.1f} |")
 
 
