@@ -248,6 +248,29 @@ def test_reward_weight_follows_the_rewards_spread():
     assert world_model.reward_weight(fresh, r, one).item() == 0.5  # a largest weight below 1 is the weight
 
 
+@pytest.mark.parametrize("latent", ["gaussian", "categorical"])
+def test_reward_weight_above_one_skips_the_current_latent(latent):
+    """The reward loss is the weight times the squared error, but only the weight's part up to 1 reaches the current
+    latent z_t: through h_t (the backbone) and the heads it counts in full. Float64 gradients against the same
+    error at weight 1, taken at h and z as leaves."""
+    store = vector_store()
+    m = f64(model(store, latent=latent, reward_loss_scale=50.0)).train()
+    b = m.sample(store, 4, torch.Generator().manual_seed(0))
+    out = m.posterior_pass(b.obs, b.act, b.first)
+    h, z = (out[k].detach().requires_grad_() for k in ("h", "z"))
+    terms = world_model_loss(m, b, out | {"h": h, "z": z})
+    w = terms["reward_weight"].item()
+    assert 2 < w <= 50  # the test's rewards are sparse: a weight far from 1
+    mask = b.mask.double()
+    rew, _ = m.reward_cont(h, z, out["a"])
+    plain = (((rew - symlog(b.rew.double())) ** 2).mean(0) * mask).sum() / mask.sum()
+    assert terms["loss_reward"].item() == pytest.approx(w * plain.item(), rel=1e-9)
+    gh, gz, gw = torch.autograd.grad(terms["loss_reward"], [h, z, m.reward_head[0].weight])
+    ph, pz, pw = torch.autograd.grad(plain, [h, z, m.reward_head[0].weight])
+    assert pz.abs().sum() > 0 and torch.allclose(gz, pz, rtol=1e-9, atol=1e-12)  # z: at weight 1
+    assert torch.allclose(gh, w * ph, rtol=1e-9, atol=1e-12) and torch.allclose(gw, w * pw, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("backbone,latent", [("s4", "gaussian"), ("transformer", "categorical")])
 def test_prior_input_pass_by_hand(backbone, latent):
     """prior_input_rate: a second backbone pass with some inputs the prior's mode, its reward and continuation

@@ -27,7 +27,10 @@ beta_dyn 0.5, beta_rep 0.1, free bits 1 nat, per step on the KL summed over the 
 
 Departure (`reward_weight`): the reward term is weighted 4 / the variance of its symlog targets over the training
 batches (moving averages), held in [1, reward_loss_scale]; at reward_loss_scale 1 (the default) that is
-DreamerV3's fixed 1, and the agents' 100 lets sparse rewards weigh against the decoder's summed loss.
+DreamerV3's fixed 1, and the agents' 100 lets sparse rewards weigh against the decoder's summed loss. The weight's
+part above 1 trains the reward heads and the backbone (so the memory that predicts a reward) but not the current
+latent z_t: on Pendulum the full weight on z_t sharpened the posterior near the top away from the prior, whose
+samples imagination rolls, and the agent never learned to hold the pendulum up (docs/results.md).
 
 Addition, off by default (`prior_input_rate` p > 0, S4 and transformer backbones): training feeds the backbone
 posterior latents only, imagination the prior's. A second backbone pass replaces each step's z_{t-1} input with
@@ -129,14 +132,14 @@ class WorldModelConfig:
     free_bits: float = 1.0
     """KL terms below this many nats per step give no gradient (DreamerV3: 1)"""
     reward_loss_scale: float = 1.0
-    """the reward loss's largest weight. The weight is 4 / the variance of the symlog(r) targets (the error in units
-    of half their standard deviation), tracked over the training batches (`reward_weight`) and held in
-    [1, reward_loss_scale]: at 1 it is DreamerV3's fixed 1. The decoder's loss is summed over a frame's pixels or an
-    observation's features against one reward value a step, so sparse rewards (a T-maze's, DistractingMemory's cue)
-    were drowned out at a fixed 1 and learned at 100, while Pendulum's dense rewards lost at a fixed 100; at
-    1 / variance (71) DistractingMemory's 32-wide hallway was lost (docs/results.md). The agents
-    (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot reward head in place of the squared error
-    lost on the T-maze and CartPole (docs/history.md)"""
+    """the reward loss's largest weight. The weight is 4 / the variance of the symlog(r) targets (the error in units of
+    half their standard deviation), tracked over the training batches (`reward_weight`) and held
+    in [1, reward_loss_scale]: at 1 it is DreamerV3's fixed 1; above 1 it does not reach the current latent z_t
+    (module docstring). The decoder's loss is summed over a frame's pixels or an observation's features against one
+    reward value a step, so sparse rewards (a T-maze's, DistractingMemory's cue) were drowned out at a fixed 1 and
+    learned at 100, while Pendulum's dense rewards lost at a fixed 100; at 1 / variance (71) DistractingMemory's 32-wide
+    hallway was lost (docs/results.md). The agents (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot
+    reward head in place of the squared error lost on the T-maze and CartPole (docs/history.md)"""
     prior_input_rate: float = 0.0
     """S4 and transformer backbones: the share of steps whose backbone input z_{t-1} is, in a second training pass,
     the prior's mode (what imagination feeds it) in place of the posterior's latent, with the reward and continuation
@@ -479,7 +482,7 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     cfg = model.config
     out = model.posterior_pass(batch.obs, batch.act, batch.first) if out is None else out
     acc = torch.promote_types(model.dtype, torch.float32)  # bf16 under AMP: the losses in float32
-    dec, rew, cont = (x.to(acc) for x in model.heads(out["h"], out["z"], out["a"]))
+    dec = model.decoder(torch.cat([out["h"], out["z"]], -1)).to(acc)
     m = batch.mask.to(dec.dtype)
     n = m.sum().clamp(min=1)
     target = model.obs_target(batch.obs).to(acc)
@@ -489,20 +492,26 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     c_target = (~batch.term).to(dec.dtype)
     weight = reward_weight(model, r_target, m)
 
-    def reward_and_cont(rew: torch.Tensor, cont: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reward loss (mean over the reward heads, weighted) and the continuation loss, masked means."""
-        return (weight * (((rew - r_target) ** 2).mean(0) * m).sum() / n,
+    def reward_and_cont(h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reward loss (mean over the reward heads, weighted) and the continuation loss at (h, z, a), masked
+        means. The weight's part above 1 reaches the heads and h (the backbone and, through it, earlier latents) but
+        not the current latent z: that part is the same squared error on z detached, so the value is the weight
+        times the error either way."""
+        rew, cont = (x.to(acc) for x in model.reward_cont(h, z, out["a"]))
+        rew_h = model.rewards(torch.cat([h, z.detach(), out["a"]], -1)).to(acc)
+        w_z = weight.clamp(max=1)
+        se_r = (w_z * (rew - r_target) ** 2 + (weight - w_z) * (rew_h - r_target) ** 2).mean(0)
+        return ((se_r * m).sum() / n,
                 (F.binary_cross_entropy_with_logits(cont, c_target, reduction="none") * m).sum() / n)
 
     terms = {"loss_recon": (se * m).sum() / n, "reward_weight": weight}
-    terms["loss_reward"], terms["loss_cont"] = reward_and_cont(rew, cont)
+    terms["loss_reward"], terms["loss_cont"] = reward_and_cont(out["h"], out["z"])
     terms |= kl_terms(out["post"], out["prior"], batch.mask, cfg)
     if cfg.prior_input_rate:  # the backbone again, some inputs the prior's mode: what imagination feeds it
         prior_z = latent_sample(out["prior"].detach(), cfg, False)
         swap = torch.rand(out["z"].shape[:2], device=out["z"].device) < cfg.prior_input_rate
         h, _ = model.hidden(torch.where(swap[..., None], prior_z, out["z"]), out["a"], batch.first)
-        rew_p, cont_p = (x.to(acc) for x in model.reward_cont(h, out["z"], out["a"]))
-        terms |= dict(zip(PRIOR_INPUT_LOSSES, reward_and_cont(rew_p, cont_p)))
+        terms |= dict(zip(PRIOR_INPUT_LOSSES, reward_and_cont(h, out["z"])))
     per = math.prod(target.shape[2:])
     terms["recon_mse"] = (terms["loss_recon"] / per).detach()  # per pixel (feature)
     # -ELBO of the observations under unit-variance Gaussians, up to constants
