@@ -30,7 +30,7 @@ batches (moving averages), held in [1, reward_loss_scale]; at reward_loss_scale 
 DreamerV3's fixed 1, and the agents' 100 lets sparse rewards weigh against the decoder's summed loss. The weight's
 part above 1 trains the reward heads and the backbone (so the memory that predicts a reward) but not the current
 latent z_t: on Pendulum the full weight on z_t sharpened the posterior near the top away from the prior, whose
-samples imagination rolls, and the agent never learned to hold the pendulum up (docs/results.md).
+samples imagination rolls, and on most seeds the agent did not learn to hold the pendulum up (docs/results.md).
 
 Addition, off by default (`prior_input_rate` p > 0, S4 and transformer backbones): training feeds the backbone
 posterior latents only, imagination the prior's. A second backbone pass replaces each step's z_{t-1} input with
