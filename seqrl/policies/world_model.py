@@ -495,13 +495,13 @@ def world_model_loss(model: WorldModel, batch: Batch, out: dict[str, Any] | None
     def reward_and_cont(h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reward loss (mean over the reward heads, weighted) and the continuation loss at (h, z, a), masked
         means. The weight's part above 1 reaches the heads and h (the backbone and, through it, earlier latents) but
-        not the current latent z: that part is the same squared error on z detached, so the value is the weight
-        times the error either way."""
-        rew, cont = (x.to(acc) for x in model.reward_cont(h, z, out["a"]))
-        rew_h = model.rewards(torch.cat([h, z.detach(), out["a"]], -1)).to(acc)
-        w_z = weight.clamp(max=1)
-        se_r = (w_z * (rew - r_target) ** 2 + (weight - w_z) * (rew_h - r_target) ** 2).mean(0)
-        return ((se_r * m).sum() / n,
+        not the current latent z: the reward heads read z with its value unchanged and its gradient scaled by
+        1 / max(weight, 1)."""
+        a = out["a"]
+        z_r = z.detach() + (z - z.detach()) / weight.clamp(min=1)
+        rew = model.rewards(torch.cat([h, z_r, a], -1)).to(acc)
+        cont = model.cont_head(torch.cat([h, z, a], -1))[..., 0].to(acc)
+        return (weight * (((rew - r_target) ** 2).mean(0) * m).sum() / n,
                 (F.binary_cross_entropy_with_logits(cont, c_target, reduction="none") * m).sum() / n)
 
     terms = {"loss_recon": (se * m).sum() / n, "reward_weight": weight}
