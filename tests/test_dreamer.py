@@ -304,6 +304,37 @@ def tiny_preset(*extra, agent="s4wm_agent"):
     return load_agent(agent, parse_overrides(over))
 
 
+def test_online_replay_holds_every_step_taken_with_unfinished_episodes_in_pieces():
+    from seqrl.runners.sources import resolve_env
+
+    preset = tiny_preset("source.n_steps=12")
+    env = resolve_env("Pendulum-v1", {})  # 200-step episodes: the first ends 8 steps into the 17th collection
+    torch.manual_seed(0)
+    policy = policy_class("dreamer")(preset.policy, TaskSpec.from_env(env))
+    src = EnvSource(preset.source, env)
+    src.start(policy, torch.device("cpu"), seed=0, rank=0, world=1)
+    src.collect(policy)
+    store = src.store
+    assert len(store) == 24 and store.t0.tolist() == [0, 0]  # replay has the steps before any episode ends
+    for _ in range(16):
+        src.collect(policy)
+    assert len(store) == 17 * 24 and src._log["lengths"] == [200, 200]
+    for env_i in range(2):  # each env's pieces, in order, are its episode and the next one's first 4 steps
+        ks = np.flatnonzero(store.stream == env_i)
+        steps = np.concatenate([np.arange(store.ep_start[k], store.ep_start[k + 1]) for k in ks])
+        assert store.column("timestep")[steps].tolist() == [*range(200), *range(4)]
+        assert np.flatnonzero(store.column("trunc")[steps]).tolist() == [199] and not store.column("term").any()
+        obs, final = store.column("obs"), store.final_obs
+        for k, k_next in zip(ks[:-1], ks[1:]):  # a piece's final observation is the next piece's first
+            if store.t0[k_next]:
+                np.testing.assert_array_equal(final[k], obs[store.ep_start[k_next]])
+        assert src._log["returns"][env_i] == pytest.approx(float(store.column("rew")[steps[:200]].sum()), rel=1e-5)
+    ts = policy.sample(store, 64, torch.Generator().manual_seed(0)).timestep  # 64-step sequences across pieces
+    on = ts[:, 1:] == ts[:, :-1] + 1
+    assert (on | ((ts[:, :-1] == 199) & (ts[:, 1:] == 0))).all() and (ts[:, 0] > 0).any()
+    src.close()
+
+
 @pytest.mark.parametrize("agent", ["s4wm_agent", "dreamer"])
 def test_online_training_replays_at_the_train_ratio_and_resumes(tmp_path, agent):
     from seqrl.runners.sources import resolve_env

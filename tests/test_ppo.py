@@ -197,9 +197,12 @@ def test_box_actions_with_gaussian_policy(tmp_path):
     torch.testing.assert_close(ro.extras["logp"][0], by_hand, atol=1e-5, rtol=1e-5)
     # the store holds the actions the env got: the sample clipped to [-1, 1] and scaled to Pendulum's [-2, 2]
     store = t.source.store
-    assert store.num_episodes == 4 and list(store.stream) == [0, 1, 2, 3]
+    # in pieces: each env's first 16 steps, its episode's last 4 (truncated), the next episode's first 12
+    assert list(store.stream) == [0, 1, 2, 3] * 3 and store.episode_lengths.tolist() == [16] * 4 + [4] * 4 + [12] * 4
+    assert store.column("trunc")[64:80].reshape(4, 4)[:, -1].all() and store.column("trunc").sum() == 4
     sampled = torch.cat([ro.act[:, 0], ro2.act[:4, 0]])  # env 0's episode
-    np.testing.assert_allclose(store.column("act")[:20], (sampled.clamp(-1, 1) * 2).numpy(), rtol=1e-6)
+    stored = np.r_[store.column("act")[:16], store.column("act")[64:68]]
+    np.testing.assert_allclose(stored, (sampled.clamp(-1, 1) * 2).numpy(), rtol=1e-6)
     assert (sampled.abs() > 1).any()  # the clip mattered
     action, _ = policy.act(torch.zeros(2, 3), policy.initial_state(2, "cpu"))
     assert action.shape == (2, 1) and (action.abs() <= 2.0).all()

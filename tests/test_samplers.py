@@ -8,9 +8,10 @@ from seqrl.data.store import ReplayStore
 from seqrl.errors import DataError
 
 
-def traced_store(spaces, lengths, streams=None, capacity=None, chunks=1):
+def traced_store(spaces, lengths, streams=None, capacity=None, chunks=1, t0=None):
     """A store whose observation feature 0 is each step's global index, to trace sample positions; with a
-    capacity and several chunks, the oldest episodes are evicted on the way."""
+    capacity and several chunks, the oldest episodes are evicted on the way. `t0` makes episodes pieces: one
+    with t0 > 0 continues its stream's previous piece, which then ends neither terminated nor truncated."""
     eps = make_episodes(lengths)
     offset = 0
     for i, e in enumerate(eps):
@@ -21,6 +22,12 @@ def traced_store(spaces, lengths, streams=None, capacity=None, chunks=1):
         e["trunc"][-1] = i % 2 == 1
         e["stream"] = 0 if streams is None else streams[i]
         offset += T
+    for i, e in enumerate(eps):
+        e["t0"] = 0 if t0 is None else t0[i]
+        if e["t0"]:  # its stream's previous piece goes on here
+            prev = max(k for k in range(i) if eps[k]["stream"] == e["stream"])
+            assert eps[prev]["t0"] + len(eps[prev]["rew"]) == e["t0"]
+            eps[prev]["term"][-1] = eps[prev]["trunc"][-1] = False
     store = ReplayStore(*spaces, capacity=capacity)
     for part in np.array_split(np.arange(len(eps)), chunks):
         store.extend([eps[i] for i in part])
@@ -62,16 +69,18 @@ def check_against_columns(store, b):
     want_next = torch.where(last[..., None], torch.from_numpy(store.final_obs)[ep], after)
     assert torch.equal(b.next_obs[m], want_next[m]) and (b.next_obs[~m] == 0).all()
     assert torch.equal(b.stream[m], torch.from_numpy(store.stream)[ep][m]) and (b.stream[~m] == 0).all()
-    assert torch.equal(b.timestep[m], (row - ep_start[ep])[m])
+    assert torch.equal(b.timestep[m], (row - ep_start[ep] + torch.from_numpy(store.t0)[ep])[m])
     assert torch.equal(b.first, (b.timestep == 0) & m)
     return row, ep
 
 
-STORES = {  # lengths, streams, capacity, chunks
+STORES = {  # lengths, streams, capacity, chunks[, t0]
     "plain": ([3, 8, 2, 11, 1, 6, 4, 5], [0, 0, 0, 1, 1, 2, 0, 0], None, 1),
     "evicted": ([3, 8, 2, 11, 1, 6, 4, 5, 9, 2, 7, 3], [0, 0, 1, 1, 1, 2, 2, 0, 0, 0, 3, 3], 30, 5),
     "interleaved": ([3, 4, 2, 5, 3, 2, 4, 1, 3], [0, 1, 2, 0, 1, 2, 0, 1, 2], None, 3),  # an online store: envs
     # finish episodes in turn
+    "pieces": ([4, 4, 3, 4, 2, 1, 4, 4, 5, 3], [0, 1, 0, 1, 0, 1, 0, 1, 0, 1], 30, 4,  # an online store today: each
+               [0, 0, 4, 4, 0, 8, 2, 0, 6, 4]),  # env's steps at every collection, unfinished episodes as pieces
 }
 SAMPLERS = {
     "windows": lambda s, g: windows(s, 512, 6, g),
@@ -86,9 +95,8 @@ SAMPLERS = {
 @pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_no_sample_crosses_a_boundary_unmasked(spaces, kind, sampler):
-    lengths, streams, capacity, chunks = STORES[kind]
-    store = traced_store(spaces, lengths, streams, capacity, chunks)
-    if capacity:
+    store = traced_store(spaces, *STORES[kind])
+    if capacity := STORES[kind][2]:
         assert store.episodes_added > store.num_episodes and len(store) <= capacity  # some were evicted
     b = SAMPLERS[sampler](store, torch.Generator().manual_seed(0))
     row, ep = check_against_columns(store, b)
@@ -122,10 +130,10 @@ def test_no_sample_crosses_a_boundary_unmasked(spaces, kind, sampler):
             assert m[w].all() or real[0] == ep_first[ep[w, 0]]
         elif not m[w].all():  # padding starts exactly where the episode or run ends
             assert real[-1] + 1 == end[w, 0]
-    if sampler.startswith("histories") and kind != "interleaved":  # interleaved runs are single episodes
+    if sampler.startswith("histories") and kind in ("plain", "evicted"):  # interleaved runs are single episodes
         assert b.first[:, 1:].any()  # episode starts inside histories are marked
-    if sampler == "histories_from_episode_starts":
-        assert (b.timestep[:, 0] == 0).all()
+    if sampler == "histories_from_episode_starts":  # a stored episode's first step: a piece's is t0
+        assert torch.equal(b.timestep[:, 0], torch.from_numpy(store.t0)[ep[:, 0]])
 
 
 def test_windows_at_known_positions(spaces):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_episodes
-from seqrl.data.samplers import windows, windows_at
+from seqrl.data.samplers import sequences, windows, windows_at
 from seqrl.data.store import Batch, ReplayStore, space_from_dict, space_to_dict
 from seqrl.errors import DataError
 
@@ -173,6 +173,40 @@ def test_empty_zero_step_and_bad_extras(spaces):
         ReplayStore.from_episodes([dict(eps[0], meta={"x": object()})], *spaces)
     with pytest.raises(DataError, match="episode 0: stream must be an int"):
         ReplayStore.from_episodes([dict(eps[0], stream="a")], *spaces)
+
+
+def test_pieces_continue_their_episodes(tmp_path, spaces):
+    # two envs' episodes in pieces, as the env source appends them: env 0's 7 steps as 3 + 4, env 1's 6 as 2 + 4
+    a, b = make_episodes([7, 6])
+    a["term"][-1], a["trunc"][-1], b["term"][-1], b["trunc"][-1] = True, False, False, True
+
+    def piece(e, lo, hi, stream):
+        end = hi == len(e["rew"])
+        return {"obs": e["obs"][lo : hi + 1], "act": e["act"][lo:hi], "rew": e["rew"][lo:hi], "stream": stream,
+                "term": e["term"][lo:hi] & end, "trunc": e["trunc"][lo:hi] & end, "t0": lo}
+
+    store = ReplayStore(*spaces)
+    store.extend([piece(a, 0, 3, 0), piece(b, 0, 2, 1)])
+    store.extend([piece(a, 3, 7, 0), piece(b, 2, 6, 1)])
+    assert store.t0.tolist() == [0, 0, 3, 2] and store.episode_lengths.tolist() == [3, 2, 4, 4]
+    assert store.column("timestep").tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 6, 2, 3, 4, 5]
+    assert store.column("term").sum() == 1 and store.column("trunc").sum() == 1  # only the true ends
+    # 7-step sequences fit env 0's stream only, from its start: its episode across the pieces, one start marked
+    seq = sequences(store, 8, 7, torch.Generator().manual_seed(0))
+    assert (seq.stream == 0).all() and (seq.first == torch.tensor([True] + [False] * 6)).all()
+    assert torch.equal(seq.obs, torch.from_numpy(a["obs"][:7]).expand(8, 7, 3))
+    back = ReplayStore.load(store.save(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(back.t0, store.t0)
+    np.testing.assert_array_equal(back.column("timestep"), store.column("timestep"))
+    # a file written before pieces existed has no t0: whole episodes
+    with np.load(tmp_path / "s.npz") as z:
+        arrays = {k: v for k, v in z.items() if k != "t0"}
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert ReplayStore.load(tmp_path / "old.npz").t0.tolist() == [0, 0, 0, 0]
+    for bad in (-1, 1.5):
+        with pytest.raises(DataError, match="episode 4: t0 must be a non-negative int"):
+            store.extend([dict(piece(a, 0, 3, 0), t0=bad)])
+    assert store.num_episodes == 4  # a refused append changes nothing
 
 
 def test_shape_mismatch(spaces):

@@ -153,7 +153,7 @@ def context_query(store: ReplayStore, batch_size: int, context: int,
     q = v.head + _draw(v, v.n, (batch_size,), generator)  # (B,) query steps
     k = _episode(v, q)  # (B,)
     lo, hi = v.idx["task_lo"][k], v.idx["task_hi"][k]  # (B,) positions of the query's stream in stream order
-    q_pos = v.idx["pos"][k] + v.step["timestep"][q % v.P]  # (B,) the query's own position
+    q_pos = v.idx["pos"][k] + q - v.ep["start"][(v.ep_head + k) % v.Q]  # (B,) the query's own position
     size = hi - lo  # (B,) steps of the stream
     u = _draw(v, 1 << 62, (batch_size, context), generator) % (size - 1).clamp(min=1)[:, None]  # (B, C)
     p = lo[:, None] + u

@@ -19,12 +19,20 @@ episodes may give such observations as columns (nested dicts/tuples of T+1-row a
 layout, or flat dicts) or as a sequence of per-step observations (what an env returns).
 `flatten_obs`, `unflatten_obs`, `tree_map` and `obs_tensor` are the helpers every caller shares.
 
+Pieces. An online store also holds unfinished episodes, a piece at a time (the env source appends each
+env's steps at every collection, so that replay sees steps as they come, not only when their episode ends):
+an appended "episode" may be a piece of one, given with `t0`, the index in its episode of its first step
+(default 0). Its `timestep` runs on from t0, so `first` (timestep == 0) marks only true episode starts and
+a stream's pieces read back, in order, as its episodes; a piece that is not an episode's last ends without
+term or trunc, its final observation being the next piece's first. Episode counts, lengths, returns and
+rtg are then per piece.
+
 Columns and dtypes. Per step: obs (Box: its own dtype, so uint8 images stay uint8 and integer dtypes
 stay integer, except float64, kept as float32; Discrete: int64; MultiDiscrete, MultiBinary: their own
 integer dtype; per leaf for Dict/Tuple), act ((N, A) float32 for a Box, (N,) int64 for Discrete), rew
 float32, term and trunc bool, and, derived once, vectorised, when episodes arrive: rtg (float32
 undiscounted return-to-go, this step's reward included), timestep (int64 index in the episode), episode
-(int64 id), ep_end (int64, where the step's episode ends). Per episode: start, length, stream (int64
+(int64 id), ep_end (int64, where the step's episode ends). Per episode: start, length, t0, stream (int64
 stream/task id: a learning history, a task, an env), final_obs, and `episode_meta` (a small JSON-able
 dict each, e.g. a task seed). Runs and stream groups (which episodes a history or a DPT context may
 span) are re-derived, O(E), after every change.
@@ -43,7 +51,8 @@ changes.
 
 Save/load: one .npz (no pickles), written atomically, FORMAT_VERSION 2 (format 1 had no final
 observations, per-episode meta or capacity, and is refused with a DataError). A Dict/Tuple store holds
-one array per leaf ("obs/desired_goal", "final_obs/desired_goal") where a flat one holds "obs".
+one array per leaf ("obs/desired_goal", "final_obs/desired_goal") where a flat one holds "obs". The
+pieces' `t0` is one array; a file written before pieces existed has none and loads as whole episodes.
 """
 
 from __future__ import annotations
@@ -499,7 +508,7 @@ class ReplayStore:
         self._steps = _Ring({**{"obs" + suf: lay for suf, lay in obs_layout.items()}, "act": self._act_layout,
                              "rew": ((), f32), "term": ((), b), "trunc": ((), b), "rtg": ((), f32),
                              "timestep": ((), i64), "episode": ((), i64), "ep_end": ((), i64)}, self.capacity)
-        self._eps = _Ring({"start": ((), i64), "length": ((), i64), "stream": ((), i64),
+        self._eps = _Ring({"start": ((), i64), "length": ((), i64), "t0": ((), i64), "stream": ((), i64),
                            **{"final_obs" + suf: lay for suf, lay in obs_layout.items()}})
         self.episode_meta: list[dict[str, Any]] = []  # (E,) one dict per stored episode
         self.episodes_added = 0  # every episode ever added, evicted ones included
@@ -538,7 +547,8 @@ class ReplayStore:
 
     def extend(self, episodes: Iterable[Mapping[str, Any]]) -> None:
         """Append episodes, one concatenation per column: dicts with obs (T+1 rows), act, rew, term, trunc
-        (T rows each) and optionally stream (int, default 0) and meta (a JSON-able dict)."""
+        (T rows each) and optionally stream (int, default 0), meta (a JSON-able dict) and t0 (a piece of an
+        episode: the index in it of the piece's first step, default 0)."""
         eps = list(episodes)
         where = self.meta.get("dataset_id", "store")
         if not eps:
@@ -562,6 +572,9 @@ class ReplayStore:
                     raise DataError(f"{name}: {what} for {T} steps; give T+1, the final one included")
             obs.append(o)
             extras.append(episode_extras(e, name))
+            if not isinstance(e.get("t0", 0), (int, np.integer)) or e.get("t0", 0) < 0:
+                raise DataError(f"{name}: t0 must be a non-negative int (the index in its episode of the piece's "
+                                f"first step), got {e['t0']!r}")
 
         def join(fn):  # fn over each leaf's per-episode arrays
             return {k: fn([o[k] for o in obs]) for k in obs[0]} if isinstance(obs[0], dict) else fn(obs)
@@ -572,10 +585,11 @@ class ReplayStore:
                      rew=np.concatenate([np.asarray(e["rew"], np.float64) for e in eps]),
                      term=np.concatenate([np.asarray(e["term"]) for e in eps]).astype(bool),
                      trunc=np.concatenate([np.asarray(e["trunc"]) for e in eps]).astype(bool),
-                     stream=np.array([x[0] for x in extras], np.int64), meta=[x[1] for x in extras])
+                     stream=np.array([x[0] for x in extras], np.int64), meta=[x[1] for x in extras],
+                     t0=np.array([e.get("t0", 0) for e in eps], np.int64))
 
     def _append(self, where: str, lengths: np.ndarray, obs, final_obs, act, rew, term, trunc, stream: np.ndarray,
-                meta: list[dict[str, Any]]) -> None:
+                meta: list[dict[str, Any]], t0: np.ndarray) -> None:
         """Validate, derive and append M episodes given as columns (m steps); evict to fit the capacity."""
         M, m = len(lengths), int(lengths.sum())
         if self.capacity is not None and lengths.max() > self.capacity:
@@ -594,9 +608,9 @@ class ReplayStore:
         rtg = (csum[off[1:] - 1][ep_local] - csum + rew32).astype(np.float32)
         base = self._steps.tail  # logical index of the first new step
         new = {**obs, "act": act, "rew": rew32, "term": term, "trunc": trunc, "rtg": rtg,
-               "timestep": np.arange(m) - off[ep_local], "episode": self.episodes_added + ep_local,
+               "timestep": t0[ep_local] + np.arange(m) - off[ep_local], "episode": self.episodes_added + ep_local,
                "ep_end": base + off[1:][ep_local]}
-        new_eps = {"start": base + off[:-1], "length": lengths, "stream": stream, **final_obs}
+        new_eps = {"start": base + off[:-1], "length": lengths, "t0": t0, "stream": stream, **final_obs}
         # FIFO: drop the d oldest of (stored + new) episodes so that the rest fits the capacity
         d = 0
         excess = len(self) + m - (self.capacity if self.capacity is not None else len(self) + m)
@@ -679,6 +693,11 @@ class ReplayStore:
         return self._eps.read("stream")
 
     @property
+    def t0(self) -> np.ndarray:
+        """(E,) the index in its episode of each stored episode's first step: 0 but for pieces (see Pieces)."""
+        return self._eps.read("t0")
+
+    @property
     def final_obs(self) -> Any:
         """(E, *obs_shape) the observation after each stored episode's last step ({leaf: ...} for Dict/Tuple)."""
         return self._obs_tree(self._eps, "final_obs")
@@ -752,7 +771,7 @@ class ReplayStore:
         arrays = {k: self.column(k) for k in ("act", "rew", "term", "trunc")}
         for col, ring in (("obs", self._steps), ("final_obs", self._eps)):  # one array per observation leaf
             arrays |= {col + suf: ring.read(col + suf) for suf in self._obs_leaves}
-        arrays.update(ep_start=self.ep_start, stream=self.stream,
+        arrays.update(ep_start=self.ep_start, stream=self.stream, t0=self.t0,
                       header=np.frombuffer(json.dumps(header).encode(), np.uint8))
         return atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -770,6 +789,7 @@ class ReplayStore:
                 spaces = space_from_dict(header["observation_space"]), space_from_dict(header["action_space"])
                 leaves = (["/" + k for k in leaf_spaces(spaces[0])] if isinstance(spaces[0], COMPOSITE) else [""])
                 cols = {k: z[k] for k in ("act", "rew", "term", "trunc", "ep_start", "stream")}
+                cols["t0"] = z["t0"] if "t0" in z.files else np.zeros(len(cols["stream"]), np.int64)  # older files
                 for col in ("obs", "final_obs"):  # {leaf: array} for a Dict/Tuple space
                     cols[col] = {suf[1:]: z[col + suf] for suf in leaves} if leaves != [""] else z[col]
             meta, capacity, added, ep_meta = (header[k] for k in ("meta", "capacity", "episodes_added", "episode_meta"))
@@ -782,15 +802,16 @@ class ReplayStore:
         if (E < 1 or s[0] != 0 or (np.diff(s) < 1).any() or added < E
                 or any(len(cols[k]) != s[-1] for k in ("act", "rew", "term", "trunc"))
                 or any(len(x) != s[-1] for x in _leaves(cols["obs"]))
-                or any(len(x) != E for x in (*_leaves(cols["final_obs"]), cols["stream"], ep_meta))):
-            raise DataError(f"store file {path} is inconsistent: offsets, final observations, streams and "
-                            f"episode meta do not agree")
+                or any(len(x) != E for x in (*_leaves(cols["final_obs"]), cols["stream"], cols["t0"], ep_meta))
+                or (cols["t0"] < 0).any()):
+            raise DataError(f"store file {path} is inconsistent: offsets, final observations, streams, piece "
+                            f"offsets t0 and episode meta do not agree")
         store = cls(*spaces, meta, capacity)
         store.episodes_added = store._eps.head = store._eps.tail = int(added) - E  # ids continue where they were
         ep_meta = [episode_extras({"meta": m}, str(path))[1] for m in ep_meta]
         store._append(str(path), np.diff(s), obs=cols["obs"], final_obs=cols["final_obs"], act=cols["act"],
                       rew=cols["rew"].astype(np.float64), term=cols["term"], trunc=cols["trunc"],
-                      stream=cols["stream"].astype(np.int64), meta=ep_meta)
+                      stream=cols["stream"].astype(np.int64), meta=ep_meta, t0=cols["t0"].astype(np.int64))
         return store
 
     def __repr__(self) -> str:

@@ -17,12 +17,12 @@ A source is picked by the agent preset's `source.kind` and has one small interfa
   source's store, `replay.npz`), written before the checkpoint and read back on resume.
 
 `DatasetSource` (offline): a fixed ReplayStore; each iteration is one `agent.sample(store, ...)`.
-`EnvSource` (online): a Gymnasium vector env stepped by `agent.explore` (`agent.bootstrap` reports on the
-observations it does not act on: the final one of a truncated episode, the one after the rollout); each
-iteration collects T steps of n envs into a `Rollout`, puts the finished episodes into the ReplayStore (which keeps the last
-`capacity` steps, one stream per env), and yields what `agent.rollout_batches(rollout)` makes of it (PPO: epochs of
-minibatches of whole sequences); an agent with `replay = True` (world-model agents) is instead sampled from
-the store, `train_ratio` replayed steps per env step once `learning_starts` steps are stored.
+`EnvSource` (online): a Gymnasium vector env stepped by `agent.explore` (`agent.bootstrap` reports on the observations
+it does not act on: the final one of a truncated episode, the one after the rollout); each iteration collects T steps of
+n envs into a `Rollout`, puts the steps into the ReplayStore (which keeps the last `capacity` steps, one stream per env;
+an unfinished episode as pieces, see `seqrl.data.store`), and yields what `agent.rollout_batches(rollout)` makes of it
+(PPO: epochs of minibatches of whole sequences); an agent with `replay = True` (world-model agents) is instead sampled
+from the store, `train_ratio` replayed steps per env step once `learning_starts` steps are stored.
 """
 
 from __future__ import annotations
@@ -151,6 +151,11 @@ class _RolloutWriter:
                        last_extras, self.starts)
 
 
+def _fresh_episode(t0: int = 0, ret: float = 0.0) -> dict[str, Any]:
+    """An env's steps not yet in the store, from step t0 of its episode, and the episode's return so far."""
+    return {"obs": [], "act": [], "rew": [], "t0": t0, "return": ret}
+
+
 def _fresh_log() -> dict[str, Any]:
     """What the env source logs, gathered since the last `scalars()`."""
     return {"returns": [], "lengths": [], "success": [], "steps": 0, "t0": time.perf_counter()}
@@ -194,7 +199,7 @@ class EnvSource:
         self.obs, _ = self.envs.reset(seed=self.seed + 1_000 * self.collections)
         self.first = np.ones(n, bool)
         self.state = agent.initial_state(n, self.device)
-        self._ep: list[dict[str, list]] = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
+        self._ep = [_fresh_episode() for _ in range(n)]
         self._log = _fresh_log()
 
     # ------------------------------------------------------------------------------- collecting
@@ -228,6 +233,7 @@ class EnvSource:
             self.state = agent.observe(self.state, rew_t, torch.as_tensor(done, device=dev))
             self.first, self.obs = done, next_obs
             obs_t = obs_tensor(next_obs, dev)
+        self._flush()
         self.env_steps += T * n
         self.collections += 1
         self._log["steps"] += T * n
@@ -235,28 +241,48 @@ class EnvSource:
 
     def _record(self, obs: np.ndarray, action: np.ndarray, rew: np.ndarray, term: np.ndarray, done: np.ndarray,
                 info: dict) -> None:
-        """Keep each env's episode in flight; finished ones go to the store (stream = env index)."""
+        """Keep each env's steps in flight; a finished episode's last piece goes to the store (stream = env
+        index)."""
         obs = flatten_obs(obs)  # Dict/Tuple: {leaf: (n, ...)}, each env's row kept per leaf
         for i, ep in enumerate(self._ep):
             ep["obs"].append(tree_map(lambda o: o[i], obs))
             ep["act"].append(action[i])
             ep["rew"].append(rew[i])
+            ep["return"] += float(rew[i])
         finished = []
         final_info = info.get("final_info", {})
         for i in np.flatnonzero(done):
             ep = self._ep[i]
-            end = np.zeros(len(ep["rew"]), bool)
-            end[-1] = True
-            finished.append({"obs": [*ep["obs"], flatten_obs(info["final_obs"][i])], "act": np.stack(ep["act"]),
-                             "rew": np.asarray(ep["rew"], np.float32), "term": end & term[i],
-                             "trunc": end & ~term[i], "stream": i})
-            self._log["returns"].append(float(np.sum(ep["rew"])))
-            self._log["lengths"].append(len(ep["rew"]))
+            finished.append(self._piece(i, flatten_obs(info["final_obs"][i]), bool(term[i]), True))
+            self._log["returns"].append(ep["return"])
+            self._log["lengths"].append(ep["t0"] + len(ep["rew"]))
             if "success" in final_info and final_info.get("_success", np.ones(len(done), bool))[i]:
                 self._log["success"].append(float(final_info["success"][i]))
-            self._ep[i] = {"obs": [], "act": [], "rew": []}
+            self._ep[i] = _fresh_episode()
         if finished:
             self.store.extend(finished)
+
+    def _piece(self, i: int, final_obs: Any, term: bool, end: bool) -> dict[str, Any]:
+        """Env i's steps in flight as a store episode (a piece of its episode from step t0), and the next piece
+        starting after them."""
+        ep = self._ep[i]
+        T = len(ep["rew"])
+        last = np.zeros(T, bool)
+        last[-1] = end
+        piece = {"obs": [*ep["obs"], final_obs], "act": np.stack(ep["act"]), "rew": np.asarray(ep["rew"], np.float32),
+                 "term": last & term, "trunc": last & ~term, "stream": i, "t0": ep["t0"]}
+        self._ep[i] = _fresh_episode(ep["t0"] + T, ep["return"])
+        return piece
+
+    def _flush(self) -> None:
+        """Every env's steps in flight to the store as pieces of their unfinished episodes, so that replay sees
+        steps within a collection of being taken, not only once their episode ends (DreamerV3 streams steps
+        into its replay the same way); the next observation ends each piece and starts the next."""
+        obs = flatten_obs(self.obs)
+        pieces = [self._piece(i, tree_map(lambda o: o[i], obs), False, False) for i, ep in enumerate(self._ep)
+                  if ep["rew"]]
+        if pieces:
+            self.store.extend(pieces)
 
     # -------------------------------------------------------------------------------- interface
     def iteration(self, agent: Any, generator: torch.Generator) -> Iterator[Any]:
