@@ -270,7 +270,7 @@ class EnvSource:
         last = np.zeros(T, bool)
         last[-1] = end
         piece = {"obs": [*ep["obs"], final_obs], "act": np.stack(ep["act"]), "rew": np.asarray(ep["rew"], np.float32),
-                 "term": last & term, "trunc": last & ~term, "stream": i, "t0": ep["t0"]}
+                 "term": last & term, "trunc": last & (not term), "stream": i, "t0": ep["t0"]}
         self._ep[i] = _fresh_episode(ep["t0"] + T, ep["return"])
         return piece
 
