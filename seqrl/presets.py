@@ -161,7 +161,7 @@ class DatasetSourceConfig:
 
 @dataclass(frozen=True)
 class EnvSourceConfig:
-    """Online: a Gymnasium vector env stepped by the agent; finished episodes go into a ReplayStore."""
+    """Online: a Gymnasium vector env stepped by the agent; its steps go into a ReplayStore."""
 
     kind: Literal["env"] = "env"
     env_steps: int = 500_000

@@ -41,10 +41,10 @@ One update (`losses`) on B sequences of real steps:
 
 The three optimiser groups (world model, actor, critic) step on their own loss terms.
 
-Online (source.kind = "env"): the env source fills its ReplayStore with finished episodes, one stream per
-env, and, once `source.learning_starts` steps are stored, replays it (`replay = True`): `source.train_ratio`
-replayed steps per env step, in batches of `source.batch_size` sequences drawn with `sample` (stream-ordered
-sequences across episode ends, with is_first flags).
+Online (source.kind = "env"): the env source puts every collection's steps into its ReplayStore (unfinished
+episodes as pieces), one stream per env, and, once `source.learning_starts` steps are stored, replays it
+(`replay = True`): `source.train_ratio` replayed steps per env step, in batches of `source.batch_size` sequences
+drawn with `sample` (stream-ordered sequences across episode ends, with is_first flags).
 
 Acting (`act`, `explore`): the posterior of the current observation, the backbone stepped on the previous
 (z, a), the actor on (h, z): the mode (evaluation) or a sample (exploration). One backbone step per env step:
