@@ -6,14 +6,15 @@
 #
 #   bash experiments/wm_agent_mujoco.sh OUT [ENV_PRESET] [GYM_ID] [ENV_STEPS] [SEEDS]
 #
-# e.g. bash experiments/wm_agent_mujoco.sh /tmp/hc halfcheetah HalfCheetah-v5 50000 "0 1 2"
+# e.g. bash experiments/wm_agent_mujoco.sh /tmp/hc halfcheetah HalfCheetah-v5 50000 "0 1 2". EXTRA adds --set options
+# to the agent's runs (EXTRA="--set policy.entropy=3e-3").
 set -u
 OUT=${1:?OUT}; ENV=${2:-halfcheetah}; GYM=${3:-HalfCheetah-v5}; STEPS=${4:-50000}; SEEDS=${5:-0 1 2}
 mkdir -p "$OUT"
 for s in $SEEDS; do
   OMP_NUM_THREADS=2 python3 -m seqrl.cli train --agent s4wm_agent --env "$ENV" --run-dir "$OUT/wm_s$s" \
     --set source.env_steps="$STEPS" --set trainer.device=cuda --set trainer.threads=2 --set trainer.seed="$s" \
-    --set trainer.eval_episodes=10 --set trainer.eval_every=0 > "$OUT/wm_s$s.log" 2>&1 &
+    --set trainer.eval_episodes=10 --set trainer.eval_every=0 ${EXTRA:-} > "$OUT/wm_s$s.log" 2>&1 &
   OMP_NUM_THREADS=1 python3 experiments/sb3_reference.py --algo sac --env "$GYM" --steps "$STEPS" --seeds "$s" \
     --episodes 10 --json "$OUT/sac_s$s.json" > "$OUT/sac_s$s.log" 2>&1 &
 done
