@@ -304,7 +304,7 @@ def tiny_preset(*extra, agent="s4wm_agent"):
     return load_agent(agent, parse_overrides(over))
 
 
-def test_online_replay_holds_every_step_taken_with_unfinished_episodes_in_pieces():
+def test_online_replay_holds_every_step_taken_with_unfinished_episodes_in_pieces(tmp_path):
     from seqrl.runners.sources import resolve_env
 
     preset = tiny_preset("source.n_steps=12")
@@ -332,7 +332,18 @@ def test_online_replay_holds_every_step_taken_with_unfinished_episodes_in_pieces
     ts = policy.sample(store, 64, torch.Generator().manual_seed(0)).timestep  # 64-step sequences across pieces
     on = ts[:, 1:] == ts[:, :-1] + 1
     assert (on | ((ts[:, :-1] == 199) & (ts[:, 1:] == 0))).all() and (ts[:, 0] > 0).any()
-    src.close()
+    # a resume (the replay saved mid-episode, as a checkpoint does) starts fresh episodes after the pieces stored
+    src.save(tmp_path)
+    src2 = EnvSource(preset.source, env)
+    src2.start(policy, torch.device("cpu"), seed=0, rank=0, world=1)
+    src2.load_state_dict(src.state_dict())
+    src2.restore(tmp_path)
+    src2.collect(policy)
+    ks = np.flatnonzero(src2.store.stream == 0)
+    steps = np.concatenate([np.arange(src2.store.ep_start[k], src2.store.ep_start[k + 1]) for k in ks])
+    assert src2.store.column("timestep")[steps].tolist() == [*range(200), *range(4), *range(12)]
+    assert not src2.store.column("term")[steps][200:].any() and not src2.store.column("trunc")[steps][200:].any()
+    src.close(), src2.close()
 
 
 @pytest.mark.parametrize("agent", ["s4wm_agent", "dreamer"])
