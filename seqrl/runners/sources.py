@@ -258,20 +258,19 @@ class EnvSource:
             self._log["lengths"].append(ep["t0"] + len(ep["rew"]))
             if "success" in final_info and final_info.get("_success", np.ones(len(done), bool))[i]:
                 self._log["success"].append(float(final_info["success"][i]))
-            self._ep[i] = _fresh_episode()
         if finished:
             self.store.extend(finished)
 
     def _piece(self, i: int, final_obs: Any, term: bool, end: bool) -> dict[str, Any]:
-        """Env i's steps in flight as a store episode (a piece of its episode from step t0), and the next piece
-        starting after them."""
+        """Env i's steps in flight as a store episode (a piece of its episode from step t0; its last if `end`);
+        what env i keeps in flight starts after them."""
         ep = self._ep[i]
         T = len(ep["rew"])
         last = np.zeros(T, bool)
         last[-1] = end
         piece = {"obs": [*ep["obs"], final_obs], "act": np.stack(ep["act"]), "rew": np.asarray(ep["rew"], np.float32),
                  "term": last & term, "trunc": last & (not term), "stream": i, "t0": ep["t0"]}
-        self._ep[i] = _fresh_episode(ep["t0"] + T, ep["return"])
+        self._ep[i] = _fresh_episode() if end else _fresh_episode(ep["t0"] + T, ep["return"])
         return piece
 
     def _flush(self) -> None:
