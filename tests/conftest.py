@@ -18,6 +18,15 @@ def step_through(backbone, x, state, reset=None):
     return torch.stack(ys, 1), state
 
 
+def stream_order(store):
+    """{stream: its stored rows in storage order}, by a plain loop."""
+    out = {}
+    starts = list(store.ep_start)
+    for k, s in enumerate(store.stream):
+        out.setdefault(int(s), []).extend(range(starts[k], starts[k + 1]))
+    return out
+
+
 def make_episodes(lengths, obs_dim=3, act_dim=1, seed=0, final_obs=True):
     rng = np.random.default_rng(seed)
     eps = []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import stream_order
 from seqrl.checkpoint import policy_from_checkpoint
 from seqrl.data.store import Batch, ReplayStore
 from seqrl.errors import DataError, PresetError
@@ -321,7 +322,7 @@ def test_online_replay_holds_every_step_taken_with_unfinished_episodes_in_pieces
     assert len(store) == 17 * 24 and src._log["lengths"] == [200, 200]
     for env_i in range(2):  # each env's pieces, in order, are its episode and the next one's first 4 steps
         ks = np.flatnonzero(store.stream == env_i)
-        steps = np.concatenate([np.arange(store.ep_start[k], store.ep_start[k + 1]) for k in ks])
+        steps = stream_order(store)[env_i]
         assert store.column("timestep")[steps].tolist() == [*range(200), *range(4)]
         assert np.flatnonzero(store.column("trunc")[steps]).tolist() == [199] and not store.column("term").any()
         obs, final = store.column("obs"), store.final_obs
@@ -339,8 +340,7 @@ def test_online_replay_holds_every_step_taken_with_unfinished_episodes_in_pieces
     src2.load_state_dict(src.state_dict())
     src2.restore(tmp_path)
     src2.collect(policy)
-    ks = np.flatnonzero(src2.store.stream == 0)
-    steps = np.concatenate([np.arange(src2.store.ep_start[k], src2.store.ep_start[k + 1]) for k in ks])
+    steps = stream_order(src2.store)[0]
     assert src2.store.column("timestep")[steps].tolist() == [*range(200), *range(4), *range(12)]
     assert not src2.store.column("term")[steps][200:].any() and not src2.store.column("trunc")[steps][200:].any()
     src.close(), src2.close()

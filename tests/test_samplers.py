@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_episodes
+from conftest import make_episodes, stream_order
 from seqrl.data.samplers import context_query, histories, sequences, windows, windows_at
 from seqrl.data.store import ReplayStore
 from seqrl.errors import DataError
@@ -41,15 +41,6 @@ def runs_of(store):
         run += k > 0 and s != store.stream[k - 1]
         out.append(run)
     return torch.tensor(out)
-
-
-def stream_order(store):
-    """{stream: its stored rows in storage order}, by a plain loop."""
-    out = {}
-    starts = list(store.ep_start)
-    for k, s in enumerate(store.stream):
-        out.setdefault(int(s), []).extend(range(starts[k], starts[k + 1]))
-    return out
 
 
 def check_against_columns(store, b):
