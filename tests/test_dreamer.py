@@ -262,6 +262,47 @@ def test_box_actor_gradient_backpropagates_through_imagination():
     assert not im["feat"].requires_grad
 
 
+def losses_and_imagination(agent, batch):
+    """agent.losses(batch) under a fixed torch seed, and the imagination it drew."""
+    seen, dream = {}, agent.dream
+    agent.dream = lambda *a, **k: seen.setdefault("im", dream(*a, **k))
+    torch.manual_seed(5)
+    return agent.losses(batch), seen["im"]
+
+
+def test_box_actor_by_reinforce_takes_no_gradient_through_imagination():
+    """box_gradient = "reinforce": imagination keeps no graph for Box actions either, and the actor's gradient is
+    REINFORCE's, -sum_k w_k [adv_k log pi(a_k) + eta H_k] / sum_k w_k with the advantages, step weights and actions
+    of the same imagination, written out here from torch's Normal (float64); the dynamics version's differs."""
+    box = gym.spaces.Box(-1, 1, (2,), np.float32)
+    obs, act, first = batch_of(make_agent("s4", box), B=3, K=8)
+    batch = sequence_batch(obs, act, first, torch.randn(3, 8, dtype=torch.float64,
+                                                        generator=torch.Generator().manual_seed(2)))
+    agents, grads, ims = {}, {}, {}
+    for how in ("reinforce", "dynamics"):
+        agents[how] = agent = make_agent("s4", box, box_gradient=how)
+        with torch.no_grad():
+            w = agent.actor[-1].weight
+            w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(3), dtype=w.dtype) * 0.3)
+        terms, ims[how] = losses_and_imagination(agent, batch)
+        grads[how] = torch.autograd.grad(terms["loss_actor"], w)[0]
+    assert not ims["reinforce"]["feat"].requires_grad and ims["dynamics"]["feat"].requires_grad
+    assert not torch.allclose(grads["reinforce"], grads["dynamics"])
+
+    agent, im = agents["reinforce"], ims["reinforce"]  # its return scale as the loss left it
+    c = agent.config
+    from seqrl.policies.world_model import symexp
+    ret = lambda_returns(im["rew"], im["cont"], symexp(agent.slow_critic(im["feat"])[..., 0]), c.gamma, c.lam)
+    weight = torch.cumprod(torch.cat([torch.ones_like(im["cont"][:1]), im["cont"][:-1]]), 0)
+    adv = (ret - symexp(agent.critic(im["feat"][:-1])[..., 0])) / agent.return_scale.clamp(min=1.0)
+    mean, raw = agent.actor(im["feat"][:-1]).chunk(2, -1)
+    dist = torch.distributions.Normal(torch.tanh(mean), (c.max_std - c.min_std) * torch.sigmoid(raw + 2) + c.min_std)
+    logp, ent = dist.log_prob(im["act"]).sum(-1), dist.entropy().sum(-1)
+    by_hand = -((adv.detach() * logp + c.entropy * ent) * weight).sum() / weight.sum()
+    assert torch.allclose(torch.autograd.grad(by_hand, agent.actor[-1].weight)[0], grads["reinforce"], rtol=1e-9,
+                          atol=1e-12)
+
+
 def test_imagination_starts_pair_each_state_with_its_own_features(monkeypatch):
     """Row i*B + b of the starts is part i of sequence b in the backbone state, h and z alike (with the GRU the
     state's top layer is h itself)."""

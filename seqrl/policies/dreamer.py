@@ -25,7 +25,9 @@ One update (`losses`) on B sequences of real steps:
        loss = -mean_k w_k [ sg((R_k - v(f_k)) / max(1, S)) log pi(a_k | f_k) + eta H[pi(. | f_k)] ];
    for Box actions the imagination keeps its graph (reparameterised action samples) and the actor maximises
    R_k / max(1, S) by backpropagating through the world model's dynamics, rewards and the slow critic (the
-   trainer steps only the actor's parameters on it; the world model's come from its own loss);
+   trainer steps only the actor's parameters on it; the world model's come from its own loss), or, with
+   `box_gradient = "reinforce"`, by REINFORCE as for discrete actions (DreamerV3's current code does so for every
+   action space: no gradient through a model the actor could exploit);
    S an exponential moving average (decay `return_decay`) of the 95th minus the 5th percentile of the
    returns. Discrete actions mix `unimix` of the uniform into the actor's probabilities; Box actions are a
    Gaussian with mean tanh(.) and std in [min_std, max_std], sampled then clipped to [-1, 1].
@@ -57,7 +59,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -100,6 +102,10 @@ class DreamerConfig:
     """Box actor: the Gaussian's least std, in [-1, 1] action units (DreamerV3: 0.1)"""
     max_std: float = 1.0
     """Box actor: the Gaussian's largest std (DreamerV3: 1)"""
+    box_gradient: Literal["dynamics", "reinforce"] = "dynamics"
+    """Box actor's gradient: backpropagated through the imagined dynamics (Dreamer V1-V2; the first DreamerV3
+    release for continuous control), or REINFORCE with normalised advantages as for discrete actions (DreamerV3's
+    current code, for every action space)"""
     return_decay: float = 0.99
     """decay of the moving average of the returns' 5-95 percentile range (DreamerV3: 0.99)"""
     slow_rate: float = 0.02
@@ -182,6 +188,7 @@ class Dreamer(Agent):
             raise DataError(f"dreamer: the actor takes Discrete or Box actions, not {act_space}")
         self.wm = WorldModel(config.world_model, spec)  # DataError for observations it cannot decode
         self.discrete = self.wm.discrete
+        self._dynamics_gradient = not self.discrete and config.box_gradient == "dynamics"
         A = self.wm.a_dim
         feat = config.world_model.d_model + config.world_model.z_flat
         self.actor = mlp(feat, config.hidden, A if self.discrete else 2 * A, layers=2)
@@ -258,9 +265,10 @@ class Dreamer(Agent):
         """Imagine H steps from N states: backbone state, h (N, d), z (N, Z) -> features (H+1, N, F), actions
         (H, N[, A]) as sampled, rewards (H, N) in env units (the reward heads' mean, less `reward_penalty` times their
         spread), continuation probabilities (H, N) and, with several reward heads, their spread (H, N). Discrete
-        actions: no gradient. Box actions: reparameterised samples, and the graph kept through the world model
-        (the actor's gradient backpropagates through the dynamics; the trainer steps only the actor on it)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
+        actions, and Box ones at box_gradient "reinforce": no gradient. Box actions at "dynamics": reparameterised
+        samples, and the graph kept through the world model (the actor's gradient backpropagates through the
+        dynamics; the trainer steps only the actor on it)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._dynamics_gradient):
             return self._dream(state, h, z)
 
     def _dream(self, state: Any, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -309,21 +317,22 @@ class Dreamer(Agent):
         se = (pred - symlog(ret)) ** 2 + c.slow_reg * (pred - slow[:-1]) ** 2
         terms["loss_critic"] = 0.5 * (se * weight).sum() / n
 
-        # actor: REINFORCE with normalised advantages (Discrete), or the normalised return itself differentiated
-        # through the imagined dynamics (Box), and an entropy bonus
+        # actor: the normalised return itself differentiated through the imagined dynamics (Box, box_gradient
+        # "dynamics"), or REINFORCE with normalised advantages (Discrete, and Box at "reinforce"); an entropy bonus
         out_a = self.actor(feat[:-1])
         logp, ent = log_prob_entropy(self._distribution(out_a), im["act"].detach(), self.discrete)
         scale = self.return_scale.clamp(min=1.0)
-        if self.discrete:
+        if self._dynamics_gradient:
+            objective = ret_g / scale
+        else:
             objective = (ret - symexp(pred.detach())) / scale * logp
+        if self.discrete:
             log_s = F.log_softmax(out_a.detach().to(feat.dtype), -1)  # the actor's own softmax, before unimix
             log_floor = math.log(c.unimix / out_a.shape[-1]) if c.unimix else -math.inf
             # share of imagined steps where some action's softmax is under unimix's share: there the
             # log-probabilities' gradient has all but gone (the mean entropy can hide this)
             low = log_s.amin(-1) < log_floor
             terms["actor_saturated"] = (low.to(feat.dtype) * weight).sum() / n
-        else:
-            objective = ret_g / scale
         terms["loss_actor"] = -((objective + c.entropy * ent) * weight).sum() / n
         if c.bc_weight:
             real = torch.cat([out["h"], out["z"]], -1).detach().to(feat.dtype)  # (B, K, F)
