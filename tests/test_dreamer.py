@@ -17,7 +17,7 @@ from seqrl.errors import DataError, PresetError
 from seqrl.nn import map_state
 from seqrl.policies import TaskSpec, policy_class
 from seqrl.policies.dreamer import Dreamer, DreamerConfig, lambda_returns, percentiles
-from seqrl.policies.world_model import WorldModelConfig
+from seqrl.policies.world_model import WorldModelConfig, symexp
 from seqrl.presets import EnvPreset, load_agent, parse_overrides
 from seqrl.runners.sources import EnvSource
 from seqrl.runners.trainer import Trainer
@@ -232,8 +232,6 @@ class _Imagined(torch.nn.Module):
         im = self.agent.dream(*self.starts)
         slow = self.agent.slow_critic(im["feat"])[..., 0]
         c = self.agent.config
-        from seqrl.policies.world_model import symexp
-
         return lambda_returns(im["rew"], im["cont"], symexp(slow), c.gamma, c.lam).mean()
 
 
@@ -291,7 +289,6 @@ def test_box_actor_by_reinforce_takes_no_gradient_through_imagination():
 
     agent, im = agents["reinforce"], ims["reinforce"]  # its return scale as the loss left it
     c = agent.config
-    from seqrl.policies.world_model import symexp
     ret = lambda_returns(im["rew"], im["cont"], symexp(agent.slow_critic(im["feat"])[..., 0]), c.gamma, c.lam)
     weight = torch.cumprod(torch.cat([torch.ones_like(im["cont"][:1]), im["cont"][:-1]]), 0)
     adv = (ret - symexp(agent.critic(im["feat"][:-1])[..., 0])) / agent.return_scale.clamp(min=1.0)
