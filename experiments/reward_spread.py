@@ -1,6 +1,6 @@
 """The spread of each task's rewards as the world model's reward head sees them: the mean and variance of symlog(r)
 over random-action steps, and the reward loss's weight that `reward_weight` makes of that variance at the agents'
-reward_loss_scale of 100 (docs/results.md, "The reward weight from the rewards' spread": sparse rewards have a small
+reward_loss_scale of 100 (docs/history.md, "The world-model agent on a CPU": sparse rewards have a small
 spread, and sit at the largest weight).
 
     python experiments/reward_spread.py [--steps 20000]

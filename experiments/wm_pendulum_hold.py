@@ -1,5 +1,5 @@
 """Does a world-model agent's imagination let it hold Pendulum up? A diagnosis of trained `s4wm_agent` checkpoints
-on Pendulum-v1 (docs/results.md, "Why the reward weight cost Pendulum"), each run on the same inputs:
+on Pendulum-v1 (docs/history.md, "Why the reward weight cost Pendulum"), each run on the same inputs:
 
 1. real: 400-step episodes from 16 seeded starts (twice the env's limit, so that holding the top shows), the
    actor's mode; return over steps 0-200 and 200-400, the share of steps 200-400 upright (|angle| < 0.3).

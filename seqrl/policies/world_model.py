@@ -30,7 +30,7 @@ batches (moving averages), held in [1, reward_loss_scale]; at reward_loss_scale 
 DreamerV3's fixed 1, and the agents' 100 lets sparse rewards weigh against the decoder's summed loss. The weight's
 part above 1 trains the reward heads and the backbone (so the memory that predicts a reward) but not the current
 latent z_t: on Pendulum the full weight on z_t sharpened the posterior near the top away from the prior, whose
-samples imagination rolls, and on most seeds the agent did not learn to hold the pendulum up (docs/results.md).
+samples imagination rolls, and on most seeds the agent did not learn to hold the pendulum up (docs/history.md).
 
 Addition, off by default (`prior_input_rate` p > 0, S4 and transformer backbones): training feeds the backbone
 posterior latents only, imagination the prior's. A second backbone pass replaces each step's z_{t-1} input with
@@ -138,7 +138,7 @@ class WorldModelConfig:
     (module docstring). The decoder's loss is summed over a frame's pixels or an observation's features against one
     reward value a step, so sparse rewards (a T-maze's, DistractingMemory's cue) were drowned out at a fixed 1 and
     learned at 100, while Pendulum's dense rewards lost at a fixed 100; at 1 / variance (71) DistractingMemory's 32-wide
-    hallway was lost (docs/results.md). The agents (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot
+    hallway was lost (docs/history.md). The agents (agents/s4wm_agent.toml, dreamer.toml) use 100. DreamerV3's two-hot
     reward head in place of the squared error lost on the T-maze and CartPole (docs/history.md)"""
     prior_input_rate: float = 0.0
     """S4 and transformer backbones: the share of steps whose backbone input z_{t-1} is, in a second training pass,
